@@ -1,0 +1,247 @@
+"""The `captioner` command: thin wrappers that parse flags and call the modules (no logic here)."""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="Train, evaluate and serve CNN->LSTM image-captioning models (Show and Tell).",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+
+DataArg = Annotated[Path, typer.Option("--data", help="Data set: a folder with annotations/captions_<split>*.json "
+                                       "(synthetic, COCO 2014/2017 layout), a Karpathy JSON or a COCO annotation file")]
+ImagesOpt = Annotated[Path | None, typer.Option(help="Image folder (COCO file) or image root (Karpathy JSON)")]
+
+
+def _fail(e: Exception) -> typer.Exit:
+    typer.secho(f"error: {e}", fg="red", err=True)
+    return typer.Exit(2)
+
+
+@app.command()
+def synth(out: Annotated[Path, typer.Option(help="Folder to write the data set to")] = Path("data/synth"),
+          train: Annotated[int, typer.Option(help="Training images")] = 2000,
+          val: Annotated[int, typer.Option(help="Validation images")] = 250,
+          test: Annotated[int, typer.Option(help="Test images")] = 250,
+          size: Annotated[int, typer.Option(help="Image side in pixels")] = 128,
+          seed: Annotated[int, typer.Option(help="Random seed (same seed, same files)")] = 0) -> None:
+    """Write the synthetic captioned-scenes data set (COCO format, 5 captions per image)."""
+    from captioner.synth import generate
+
+    try:
+        paths = generate(out, train, val, test, size, seed)
+    except ValueError as e:
+        raise _fail(e) from None
+    for split, path in paths.items():
+        typer.echo(f"{split}: {path}")
+
+
+@app.command()
+def inspect(data: Annotated[Path | None, typer.Option(help="Data set folder, Karpathy JSON or COCO file")] = None,
+            coco: Annotated[Path | None, typer.Option(help="A COCO caption annotation file")] = None,
+            karpathy: Annotated[Path | None, typer.Option(help="A Karpathy split JSON")] = None,
+            images: ImagesOpt = None,
+            split: Annotated[str, typer.Option(help="Split to read (train/val/test)")] = "train",
+            grid: Annotated[Path | None, typer.Option(help="Write a PNG of sample images with captions")] = None,
+            n: Annotated[int, typer.Option(help="Images in the grid")] = 8) -> None:
+    """Report a data set: images, captions, caption lengths, skipped images with reasons."""
+    from captioner.data.datasets import open_split
+    from captioner.data.vocab import tokenize
+
+    source = data or coco or karpathy
+    if source is None:
+        raise _fail(ValueError("give --data, --coco or --karpathy"))
+    try:
+        records, report = open_split(source, split, images)
+    except (OSError, ValueError) as e:
+        raise _fail(e) from None
+    lengths = Counter(len(tokenize(c)) for r in records for c in r.captions)
+    typer.echo(f"source: {source} (split {split})")
+    typer.echo(f"usable images: {len(records)}")
+    typer.echo(f"captions: {sum(lengths.values())}")
+    typer.echo(f"skipped images: {len(report.skipped)}")
+    for reason, count in report.reasons().most_common():
+        typer.echo(f"  {count} {reason}")
+    if lengths:
+        top = max(lengths.values())
+        typer.echo("caption length (words): count")
+        for length in sorted(lengths):
+            typer.echo(f"  {length:3d}: {lengths[length]:7d} {'#' * max(1, round(40 * lengths[length] / top))}")
+    if grid and records:
+        from captioner.plots import caption_grid
+
+        sample = records[:n]
+        caption_grid([r.path for r in sample], [r.captions[0] for r in sample], grid)
+        typer.echo(f"grid: {grid}")
+
+
+@app.command()
+def vocab(data: DataArg, images: ImagesOpt = None,
+          split: Annotated[str, typer.Option(help="Split whose captions build it")] = "train",
+          threshold: Annotated[int, typer.Option(help="Keep words seen at least this often")] = 5,
+          out: Annotated[Path | None, typer.Option(help="Save the vocabulary JSON here")] = None) -> None:
+    """Build a vocabulary from a split's captions and print its size (and save it as JSON)."""
+    from captioner.data.datasets import open_split
+    from captioner.data.vocab import Vocabulary
+
+    start = time.perf_counter()
+    try:
+        records, _ = open_split(data, split, images, check_images=False)
+        v = Vocabulary.build((c for r in records for c in r.captions), threshold, progress=True)
+    except (OSError, ValueError) as e:
+        raise _fail(e) from None
+    n = sum(len(r.captions) for r in records)
+    typer.echo(f"vocabulary: {len(v)} words (threshold {threshold}) from {n} captions of {len(records)} images "
+               f"in {time.perf_counter() - start:.1f} s")
+    if out:
+        typer.echo(f"saved: {v.save(out)}")
+
+
+@app.command()
+def train(data: DataArg,
+          out: Annotated[Path, typer.Option(help="Run folder (model, metrics.csv, loss.png, checkpoints)")] = Path(
+              "runs/default"),
+          images: ImagesOpt = None,
+          backbone: Annotated[str, typer.Option(help="resnet18/34/50/101/152, resnext50_32x4d, wide_resnet50_2")]
+          = "resnet50",
+          encoder_weights: Annotated[str, typer.Option(help="imagenet (file in $TORCH_HOME/hub/checkpoints) or none")]
+          = "imagenet",
+          image_size: Annotated[int, typer.Option(help="Encoder input side in pixels")] = 224,
+          embed_size: int = 256, hidden_size: int = 512, num_layers: int = 1, dropout: float = 0.0,
+          batch_norm: Annotated[bool, typer.Option(help="BatchNorm after the image embedding")] = True,
+          fine_tune: Annotated[bool, typer.Option(help="Train the encoder's last stage (no feature cache)")] = False,
+          epochs: int = 20, batch_size: int = 512,
+          lr: Annotated[float, typer.Option(help="Initial learning rate (Adam)")] = 0.01,
+          min_lr: Annotated[float, typer.Option(help="Lowest learning rate the scheduler reaches")] = 0.001,
+          scheduler: Annotated[str, typer.Option(help="cosine, plateau (on val loss) or none")] = "cosine",
+          weight_decay: float = 0.0, clip: Annotated[float, typer.Option(help="Gradient norm clip")] = 5.0,
+          threshold: Annotated[int, typer.Option(help="Vocabulary frequency threshold")] = 5,
+          batching: Annotated[str, typer.Option(help="bucket (one caption length per batch) or pad (packed)")]
+          = "bucket",
+          cache_views: Annotated[int, typer.Option(help="Cached views per image: 1 plain, 2 +mirrored, more +crops")]
+          = 1,
+          cache_dir: Annotated[Path | None, typer.Option(help="Feature cache folder (default ~/.cache/captioner)")]
+          = None,
+          eval_every: Annotated[int, typer.Option(help="Val BLEU-4/CIDEr every N epochs")] = 1,
+          val_images: Annotated[int, typer.Option(help="Val images decoded for CIDEr")] = 500,
+          early_stop: Annotated[int, typer.Option(help="Stop after N evaluations without better CIDEr (0: off)")] = 0,
+          seed: int = 0, accelerator: str = "auto",
+          devices: Annotated[int, typer.Option(help="Processes/GPUs per node (DDP when > 1)")] = 1,
+          num_nodes: int = 1,
+          num_workers: Annotated[int, typer.Option(help="DataLoader workers decoding images")] = 0,
+          resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint")] = False,
+          progress: bool = True) -> None:
+    """Train a captioner (frozen encoder via the feature cache) and export it to the run folder."""
+    from captioner.models.encoder import WeightsUnavailableError
+    from captioner.train import TrainConfig
+    from captioner.train import train as run
+
+    try:
+        cfg = TrainConfig(str(data), str(out), str(images) if images else None, "val", epochs, batch_size, lr, min_lr,
+                          scheduler, weight_decay, clip, threshold, batching, cache_views,
+                          str(cache_dir) if cache_dir else None, eval_every, val_images, early_stop, seed,
+                          accelerator, devices, num_nodes, num_workers, resume=resume, progress=progress)
+        run(cfg, dict(backbone=backbone, encoder_weights=encoder_weights, image_size=image_size,
+                      embed_size=embed_size, hidden_size=hidden_size, num_layers=num_layers, dropout=dropout,
+                      batch_norm=batch_norm, fine_tune=fine_tune))
+    except (OSError, ValueError, WeightsUnavailableError) as e:
+        raise _fail(e) from None
+
+
+@app.command()
+def caption(model: Annotated[Path, typer.Option(help="Model folder (model.safetensors, config.json, vocab.json)")],
+            images: Annotated[list[Path], typer.Argument(help="Image files")],
+            beam: Annotated[int, typer.Option(help="Beam size (1: greedy)")] = 1,
+            grid: Annotated[Path | None, typer.Option(help="Write a PNG grid of the images with captions")] = None,
+            ) -> None:
+    """Print one caption per image (and optionally draw them in a grid)."""
+    from captioner import load
+    from captioner.data.images import load_rgb
+
+    try:
+        m = load(str(model))
+        readable = []
+        for path in images:
+            try:
+                readable.append((path, load_rgb(path)))
+            except OSError as e:
+                typer.secho(f"skipped: {e}", fg="yellow", err=True)
+        results = m.caption([im for _, im in readable], beam)
+    except (OSError, ValueError) as e:
+        raise _fail(e) from None
+    for (path, _), hyps in zip(readable, results, strict=True):
+        typer.echo(f"{path}\t{hyps[0][0]}")
+    if grid and readable:
+        from captioner.plots import caption_grid
+
+        caption_grid([p for p, _ in readable], [h[0][0] for h in results], grid)
+        typer.echo(f"grid: {grid}")
+    if len(readable) < len(images):
+        raise typer.Exit(1)
+
+
+@app.command()
+def evaluate(model: Annotated[Path, typer.Option(help="Model folder")], data: DataArg, images: ImagesOpt = None,
+             split: str = "test", beam: int = 1,
+             out: Annotated[Path | None, typer.Option(help="Where results/metrics JSON go (default: model folder)")]
+             = None,
+             java: Annotated[bool, typer.Option(help="Official PTB tokenizer + METEOR (needs java)")] = True,
+             spice: Annotated[bool, typer.Option(help="Also SPICE (needs Stanford CoreNLP models)")] = False,
+             cache_dir: Path | None = None) -> None:
+    """Caption a split (generation), write results_<split>.json + metrics_<split>.json, print the metrics."""
+    from captioner.evaluate import JavaMissingError
+    from captioner.pipeline import evaluate_split
+
+    try:
+        evaluate_split(model, data, split, images, beam, out, java, spice, cache_dir)
+    except (OSError, ValueError, JavaMissingError) as e:
+        raise _fail(e) from None
+
+
+@app.command()
+def score(results: Annotated[Path, typer.Option(help="COCO results JSON [{image_id, caption}]")],
+          annotations: Annotated[Path, typer.Option(help="COCO caption annotation JSON (references)")],
+          java: Annotated[bool, typer.Option(help="Official PTB tokenizer + METEOR (needs java)")] = True,
+          spice: Annotated[bool, typer.Option(help="Also SPICE (needs Stanford CoreNLP models)")] = False) -> None:
+    """Score any results file against any COCO annotation file (BLEU-1..4, METEOR, ROUGE-L, CIDEr)."""
+    from captioner.evaluate import JavaMissingError, format_table, score_files
+
+    try:
+        metrics = score_files(results, annotations, java, spice)
+    except (OSError, ValueError, JavaMissingError) as e:
+        raise _fail(e) from None
+    typer.echo(format_table({results.name: metrics}))
+
+
+@app.command()
+def serve(model: Annotated[Path, typer.Option(help="Model folder")],
+          host: Annotated[str, typer.Option(help="Address to bind (loopback by default)")] = "127.0.0.1",
+          port: int = 8000, beam: int = 1,
+          max_batch: Annotated[int, typer.Option(help="Most images in one model batch")] = 16,
+          max_wait_ms: Annotated[float, typer.Option(help="How long a batch waits to fill")] = 10.0) -> None:
+    """Serve captions over HTTP: a web page at /, the API at /v1/captions."""
+    from captioner.serve.app import serve as run
+
+    try:
+        run(model, host=host, port=port, beam=beam, max_batch=max_batch, max_wait_ms=max_wait_ms)
+    except (OSError, ValueError) as e:
+        raise _fail(e) from None
+
+
+@app.command()
+def demo(out: Annotated[Path, typer.Option(help="Folder for the data set and the run")] = Path("runs/demo"),
+         train_images: Annotated[int, typer.Option(help="Synthetic training images")] = 2000,
+         epochs: int = 20,
+         image_size: Annotated[int, typer.Option(help="Encoder input side")] = 128,
+         progress: bool = True) -> None:
+    """The main job, offline: synthetic data -> feature cache -> train -> caption + score the test split."""
+    from captioner.pipeline import run_demo
+
+    run_demo(out, train_images, epochs, image_size, progress)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,81 @@
+"""Training pairs (image, caption ids): from cached encoder features or from image files."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from captioner.data.batching import pad
+from captioner.data.datasets import ImageRecord
+from captioner.data.images import flip, load_rgb, swap_left_right, train_transform
+from captioner.data.vocab import Vocabulary, tokenize
+
+
+class CaptionIds:
+    """Every caption of a record list as word ids, plain and with left/right swapped (for mirrored images)."""
+
+    def __init__(self, records: Sequence[ImageRecord], vocab: Vocabulary, keep: np.ndarray | None = None) -> None:
+        self.image, self.plain, self.mirrored = [], [], []
+        for i, record in enumerate(records):
+            if keep is not None and not keep[i]:
+                continue
+            for caption in record.captions:
+                tokens = tokenize(caption)
+                self.image.append(i)
+                self.plain.append(torch.tensor(vocab.encode(tokens)))
+                self.mirrored.append(torch.tensor(vocab.encode(swap_left_right(tokens))))
+        self.lengths = [len(ids) for ids in self.plain]
+
+    def __len__(self) -> int:
+        return len(self.plain)
+
+
+class CachedCaptions(Dataset):
+    """(pooled feature, caption ids) pairs from a feature cache; each epoch draws one cached view per caption.
+
+    Fetching is batched (``__getitems__``) and returns the collated batch: features, padded ids, lengths.
+    """
+
+    def __init__(self, features: np.ndarray, captions: CaptionIds, seed: int = 0, random_view: bool = True) -> None:
+        self.features, self.captions, self.seed, self.random_view = features, captions, seed, random_view
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Views are drawn from (seed, epoch) alone, so a resumed run sees the same data as an unbroken one."""
+        views = self.features.shape[1] if self.random_view else 1
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        self.view = torch.randint(views, (len(self.captions),), generator=g)
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rows = [self.captions.image[i] for i in indices]
+        views = self.view[list(indices)].tolist()
+        feats = torch.from_numpy(np.asarray(self.features[rows, views], dtype=np.float32))
+        ids = [(self.captions.mirrored if v % 2 else self.captions.plain)[i]
+               for i, v in zip(indices, views, strict=True)]
+        return feats, *pad(ids)
+
+    def __getitem__(self, index: int):
+        return self.__getitems__([index])
+
+
+class ImageCaptions(Dataset):
+    """(augmented image, caption ids) pairs read from files, for fine-tuning; a flip swaps left/right."""
+
+    def __init__(self, records: Sequence[ImageRecord], captions: CaptionIds, image_size: int, hflip: bool = True):
+        self.records, self.captions, self.hflip = records, captions, hflip
+        self.transform = train_transform(image_size)
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = self.transform(load_rgb(self.records[self.captions.image[index]].path))
+        if self.hflip and torch.rand(()) < 0.5:
+            return flip(image), self.captions.mirrored[index]
+        return image, self.captions.plain[index]
+

@@ -1,0 +1,191 @@
+"""Frozen-encoder feature cache: every image encoded once into a float16 memory-mapped array, reused by runs.
+
+The cache is keyed by a fingerprint of backbone + weights + image size + views + image list. It is built in
+chunks; a chunk counts only once its marker file exists, so a killed (or distributed) build is completed, never
+trusted half-written. Processes of a distributed run each encode their share of the chunks.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from captioner.data.images import RESIZE_RATIO, eval_transform, flip, load_rgb, train_transform
+from captioner.io import write_json
+
+CACHE_VERSION = 2
+
+
+def default_cache_dir() -> Path:
+    """$CAPTIONER_CACHE or ~/.cache/captioner/features."""
+    return Path(os.environ.get("CAPTIONER_CACHE", Path.home() / ".cache" / "captioner" / "features"))
+
+
+def fingerprint(backbone: str, weights: str, seed: int, image_size: int, views: int, paths: Sequence[Path]) -> str:
+    """Key of a cache: changes whenever the encoder, preprocessing or image list changes."""
+    h = hashlib.sha256(json.dumps([CACHE_VERSION, backbone, weights, seed if weights == "none" else None,
+                                   image_size, views, RESIZE_RATIO]).encode())
+    for p in paths:
+        h.update(str(Path(p).resolve()).encode() + b"\0")
+    return h.hexdigest()[:20]
+
+
+class ImageViews(Dataset):
+    """Each image as ``views`` tensors: 0 plain, 1 mirrored, then random crops (odd views mirrored).
+
+    A view's randomness is seeded by (image index, view), so every process and every rerun sees the same pixels.
+    An unreadable image yields zeros and ``ok=False``.
+    """
+
+    def __init__(self, paths: Sequence[Path], image_size: int, views: int = 1) -> None:
+        self.paths, self.views = list(paths), views
+        self.plain, self.aug = eval_transform(image_size), train_transform(image_size)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _view(self, image, index: int, view: int) -> torch.Tensor:
+        if view < 2:
+            x = self.plain(image)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(index * 1009 + view)
+                x = self.aug(image)
+        return flip(x) if view % 2 else x
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, bool]:
+        try:
+            image = load_rgb(self.paths[index])
+        except OSError:
+            size = self.plain.transforms[1].size
+            return torch.zeros(self.views, 3, *size), False
+        return torch.stack([self._view(image, index, v) for v in range(self.views)]), True
+
+
+class FeatureCache:
+    """The cache files of one fingerprint: ``<fp>.npy`` [n, views, dim] float16 and ``<fp>.json`` (metadata)."""
+
+    def __init__(self, folder: str | Path, key: str) -> None:
+        self.folder, self.key = Path(folder), key
+        self.array_path = self.folder / f"{key}.npy"
+        self.meta_path = self.folder / f"{key}.json"
+        self.partial_path = self.folder / f"{key}.partial.npy"
+        self.parts = self.folder / f"{key}.parts"
+
+    def complete(self) -> bool:
+        return self.array_path.is_file() and self.meta_path.is_file()
+
+    def load(self) -> tuple[np.ndarray, np.ndarray]:
+        """(features memmap [n, views, dim] float16, ok mask [n] bool)."""
+        meta = json.loads(self.meta_path.read_text())
+        ok = np.ones(meta["n"], dtype=bool)
+        ok[meta["unreadable"]] = False
+        return np.load(self.array_path, mmap_mode="r"), ok
+
+    def build(self, encode: Callable[[torch.Tensor], torch.Tensor], data: ImageViews, dim: int,
+              batch_size: int = 32, num_workers: int = 0, rank: int = 0, world_size: int = 1,
+              progress: bool = True) -> int:
+        """Encode this process's missing chunks into the partial array; returns images encoded."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.parts.mkdir(exist_ok=True)
+        shape = (len(data), data.views, dim)
+        if rank == 0 and not self.partial_path.exists():
+            tmp = self.folder / f"{self.key}.partial.tmp.npy"
+            np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape).flush()
+            os.replace(tmp, self.partial_path)
+        _wait_for(self.partial_path)
+        array = np.load(self.partial_path, mmap_mode="r+")
+        if array.shape != shape:
+            raise RuntimeError(f"{self.partial_path} has shape {array.shape}, expected {shape}: delete it and rerun")
+        chunks = [c for c in range(0, len(data), batch_size)[rank::world_size] if not self._done(c)]
+        indices = [i for c in chunks for i in range(c, min(c + batch_size, len(data)))]
+        loader = DataLoader(torch.utils.data.Subset(data, indices), batch_size=batch_size, num_workers=num_workers,
+                            pin_memory=torch.cuda.is_available())
+        bar = tqdm(total=len(indices), desc="encoding images", unit="img", disable=not progress or not indices)
+        for c, (images, ok) in zip(chunks, loader, strict=True):
+            n, v = images.shape[:2]
+            with torch.inference_mode():
+                feats = encode(images.flatten(0, 1)).view(n, v, -1)
+            array[c:c + n] = feats.to(torch.float16).cpu().numpy()
+            array.flush()
+            (self.parts / f"{c}").write_text(json.dumps([c + int(i) for i in (~ok).nonzero().flatten()]))
+            bar.update(n)
+        bar.close()
+        del array
+        return len(indices)
+
+    def _done(self, chunk: int) -> bool:
+        return (self.parts / f"{chunk}").is_file()
+
+    def finalize(self, n: int, batch_size: int) -> None:
+        """Once every chunk is done: rename the partial array into place and write the metadata (rank 0)."""
+        chunks = range(0, n, batch_size)
+        missing = [c for c in chunks if not self._done(c)]
+        if missing:
+            raise RuntimeError(f"feature cache {self.key}: {len(missing)} chunks still missing")
+        unreadable = sorted(i for c in chunks for i in json.loads((self.parts / f"{c}").read_text()))
+        os.replace(self.partial_path, self.array_path)
+        write_json(self.meta_path, {"n": n, "unreadable": unreadable, "version": CACHE_VERSION})
+        for c in chunks:
+            (self.parts / f"{c}").unlink()
+        self.parts.rmdir()
+
+
+def _wait_for(path: Path, timeout: float = 600.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout:.0f} s for {path}")
+        time.sleep(0.05)
+
+
+def encode_images(paths: Sequence[Path], backbone: str, weights: str, seed: int, image_size: int, views: int = 1,
+                  cache_dir: str | Path | None = None, batch_size: int = 32, num_workers: int = 0,
+                  device: str | torch.device = "cpu", rank: int = 0, world_size: int = 1,
+                  barrier: Callable[[], None] = lambda: None, log: Callable[[str], None] = print,
+                  progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled frozen-encoder features of ``paths`` from the cache, encoding (this rank's share of) what is missing.
+
+    Returns (float16 memmap [n, views, dim], ok mask [n]); unreadable images are reported and masked out.
+    """
+    from captioner.models.encoder import build_backbone
+
+    key = fingerprint(backbone, weights, seed, image_size, views, paths)
+    cache = FeatureCache(cache_dir or default_cache_dir(), key)
+    if cache.complete():
+        log(f"feature cache hit: {cache.array_path} ({len(paths)} images x {views} views; no encoder pass)")
+        return cache.load()
+    device = torch.device(device)
+    trunk, dim = build_backbone(backbone, weights, seed)
+    trunk = trunk.eval().to(device)
+
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            return trunk(x).float()
+
+    start = time.perf_counter()
+    n = cache.build(encode, ImageViews(paths, image_size, views), dim, batch_size, num_workers, rank, world_size,
+                    progress)
+    seconds = time.perf_counter() - start
+    if n:
+        log(f"encoded {n} images x {views} views with {backbone} in {seconds:.1f} s "
+            f"({n / seconds:.1f} img/s) into {cache.folder}")
+    barrier()
+    if rank == 0:
+        cache.finalize(len(paths), batch_size)
+    barrier()
+    _wait_for(cache.meta_path)
+    features, ok = cache.load()
+    if not ok.all():
+        bad = [str(paths[i]) for i in np.flatnonzero(~ok)[:3]]
+        log(f"skipped {int((~ok).sum())} unreadable images, e.g. {', '.join(bad)}")
+    return features, ok

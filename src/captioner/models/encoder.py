@@ -1,0 +1,98 @@
+"""Image encoder: a torchvision ResNet by name, classifier removed, frozen, then a linear embedding."""
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision import models
+
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "wide_resnet50_2")
+WEIGHTS = ("imagenet", "none")
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights are neither on disk nor downloadable."""
+
+
+def weights_file(backbone: str) -> Path:
+    """Where torchvision's weights API keeps the ImageNet weights of ``backbone`` ($TORCH_HOME/hub/checkpoints)."""
+    url = models.get_model_weights(backbone).DEFAULT.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+
+
+def _imagenet_state(backbone: str) -> dict[str, torch.Tensor]:
+    """ImageNet weights from the hub cache, downloading them only when the host answers within seconds."""
+    weights = models.get_model_weights(backbone).DEFAULT
+    file = weights_file(backbone)
+    remedy = (f"Place the file at {file} (copy it from a machine with internet; $TORCH_HOME moves the folder) "
+              f"or pass --encoder-weights none for a randomly initialised encoder.")
+    if not file.is_file():
+        host = urlparse(weights.url).hostname or ""
+        try:
+            socket.create_connection((host, 443), timeout=3).close()
+        except OSError as e:
+            raise WeightsUnavailableError(f"ImageNet weights for {backbone} not found at {file} and {host} "
+                                          f"cannot be reached ({e}). {remedy}") from None
+    try:
+        return weights.get_state_dict(progress=True)
+    except Exception as e:  # noqa: BLE001 - any download/parse failure gets the same advice
+        raise WeightsUnavailableError(f"could not load ImageNet weights for {backbone}: {e}. {remedy}") from e
+
+
+def build_backbone(name: str, weights: str = "imagenet", seed: int = 0) -> tuple[nn.Module, int]:
+    """A ResNet trunk whose output is the pooled feature vector; returns (module, feature size).
+
+    With ``weights="none"`` the random initialisation is seeded, so the same seed rebuilds the same encoder.
+    """
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    if weights not in WEIGHTS:
+        raise ValueError(f"unknown encoder weights {weights!r}; choose imagenet or none")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = models.get_model(name, weights=None, zero_init_residual=True)
+    if weights == "imagenet":
+        model.load_state_dict(_imagenet_state(name))
+    dim = model.fc.in_features
+    model.fc = nn.Identity()
+    return model.to(memory_format=torch.channels_last), dim
+
+
+class Encoder(nn.Module):
+    """Frozen CNN trunk (optionally its last stage trainable) -> Linear (+BatchNorm) image embedding."""
+
+    def __init__(self, backbone: str = "resnet50", weights: str = "imagenet", embed_size: int = 256,
+                 batch_norm: bool = True, fine_tune: bool = False, seed: int = 0) -> None:
+        super().__init__()
+        self.backbone, self.feature_size = build_backbone(backbone, weights, seed)
+        self.fine_tune = fine_tune
+        for name, p in self.backbone.named_parameters():
+            p.requires_grad = fine_tune and name.startswith("layer4.")
+        self.embed = nn.Linear(self.feature_size, embed_size)
+        self.norm = nn.BatchNorm1d(embed_size, momentum=0.01) if batch_norm else nn.Identity()
+
+    def train(self, mode: bool = True) -> Encoder:
+        """The trunk's BatchNorm statistics stay frozen even when fine-tuning (small caption batches)."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def pooled(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled trunk features [B, feature_size] of normalised images [B, 3, H, W]."""
+        with torch.set_grad_enabled(self.fine_tune and torch.is_grad_enabled()):
+            return self.backbone(images.contiguous(memory_format=torch.channels_last))
+
+    def project(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Image embedding [B, embed_size] from pooled features (cached or fresh)."""
+        x = self.embed(pooled.float())
+        if self.training and x.size(0) == 1 and isinstance(self.norm, nn.BatchNorm1d):
+            n = self.norm  # a one-caption batch has no batch statistics: use the running ones
+            return F.batch_norm(x, n.running_mean, n.running_var, n.weight, n.bias, training=False, eps=n.eps)
+        return self.norm(x)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.project(self.pooled(images))

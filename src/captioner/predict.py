@@ -1,0 +1,48 @@
+"""Caption a split with a trained model (from the feature cache when its encoder is frozen) and score it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from captioner.data.datasets import ImageRecord
+from captioner.data.images import eval_transform, load_rgb
+from captioner.models.captioner import Captioner
+
+
+def image_embeddings(model: Captioner, records: list[ImageRecord], cache_dir: str | Path | None = None,
+                     batch_size: int = 32, progress: bool = True) -> tuple[torch.Tensor, np.ndarray]:
+    """Image embeddings [n, E] of the records and an ok mask; frozen encoders go through the feature cache."""
+    c = model.config
+    if not c.fine_tune:
+        from captioner.features import encode_images
+
+        feats, ok = encode_images([r.path for r in records], c.backbone, c.encoder_weights, c.seed, c.image_size,
+                                  1, cache_dir, batch_size, progress=progress)
+        pooled = torch.from_numpy(np.asarray(feats[:, 0], dtype=np.float32))
+        with torch.inference_mode():
+            return model.encoder.project(pooled), ok
+    transform, out, ok = eval_transform(c.image_size), [], np.ones(len(records), dtype=bool)
+    for start in tqdm(range(0, len(records), batch_size), desc="encoding images", disable=not progress):
+        batch = []
+        for i, r in enumerate(records[start:start + batch_size], start):
+            try:
+                batch.append(transform(load_rgb(r.path)))
+            except OSError:
+                ok[i] = False
+                batch.append(torch.zeros(3, c.image_size, c.image_size))
+        with torch.inference_mode():
+            out.append(model.encoder(torch.stack(batch)))
+    return torch.cat(out), ok
+
+
+def caption_embeddings(model: Captioner, embeddings: torch.Tensor, beam: int = 1, batch_size: int = 64,
+                       progress: bool = True) -> list[str]:
+    """Best caption for each image embedding, decoded in batches with a progress bar."""
+    captions: list[str] = []
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(embeddings), batch_size), desc=f"decoding (beam {beam})", disable=not progress):
+            captions += [hyps[0][0] for hyps in model.generate(embeddings[start:start + batch_size], beam)]
+    return captions

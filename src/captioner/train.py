@@ -1,0 +1,337 @@
+"""Training with Lightning: data (feature cache or images) -> Show-and-Tell model -> run folder with the artifact.
+
+Reads top to bottom: configuration, data module, Lightning module, per-epoch CSV, then ``train`` wiring it up.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch.utils.data import DataLoader
+
+from captioner.data.batching import LengthBucketSampler, pad_collate
+from captioner.data.captions import CachedCaptions, CaptionIds, ImageCaptions
+from captioner.data.datasets import ImageRecord, open_split
+from captioner.data.vocab import Vocabulary
+from captioner.evaluate import JavaMissingError, score_captions
+from captioner.features import encode_images
+from captioner.io import atomic_write, read_json, write_json
+from captioner.models.captioner import Captioner, ModelConfig
+from captioner.models.decoder import caption_loss
+
+
+@dataclass
+class TrainConfig:
+    """Everything about a training run except the architecture; saved as train_config.json."""
+
+    data: str
+    out: str = "runs/default"
+    images: str | None = None
+    val_split: str = "val"
+    epochs: int = 20
+    batch_size: int = 512
+    lr: float = 0.01
+    min_lr: float = 0.001
+    scheduler: str = "cosine"
+    weight_decay: float = 0.0
+    clip: float = 5.0
+    threshold: int = 5
+    batching: str = "bucket"
+    cache_views: int = 1
+    cache_dir: str | None = None
+    eval_every: int = 1
+    val_images: int = 500
+    early_stop: int = 0
+    seed: int = 0
+    accelerator: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    num_workers: int = 0
+    encode_batch_size: int = 32
+    resume: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        choices = {"scheduler": ("cosine", "plateau", "none"), "batching": ("bucket", "pad")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for name in ("epochs", "batch_size", "cache_views", "eval_every", "devices", "num_nodes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.min_lr <= self.lr:
+            raise ValueError(f"need 0 < --min-lr <= --lr, got {self.min_lr} and {self.lr}")
+
+
+class CaptionData(L.LightningDataModule):
+    """Train/val pairs; with a frozen encoder they come from the feature cache (each rank encodes its share)."""
+
+    def __init__(self, cfg: TrainConfig, model: ModelConfig, train: list[ImageRecord], val: list[ImageRecord],
+                 vocab: Vocabulary) -> None:
+        super().__init__()
+        self.cfg, self.model_cfg, self.train_records, self.val_records, self.vocab = cfg, model, train, val, vocab
+        self.eval_records = val[:cfg.val_images]
+
+    def _features(self, records: list[ImageRecord], views: int) -> tuple[np.ndarray, np.ndarray]:
+        trainer, m = self.trainer, self.model_cfg
+        return encode_images([r.path for r in records], m.backbone, m.encoder_weights, m.seed, m.image_size, views,
+                             self.cfg.cache_dir, self.cfg.encode_batch_size, self.cfg.num_workers,
+                             trainer.strategy.root_device, trainer.global_rank, trainer.world_size,
+                             trainer.strategy.barrier, log=_say(trainer), progress=self.cfg.progress)
+
+    def setup(self, stage: str) -> None:
+        if self.model_cfg.fine_tune:
+            self.train_set = ImageCaptions(self.train_records, CaptionIds(self.train_records, self.vocab),
+                                           self.model_cfg.image_size)
+            self.val_set = ImageCaptions(self.val_records, CaptionIds(self.val_records, self.vocab),
+                                         self.model_cfg.image_size, hflip=False)
+            return
+        train_feats, ok = self._features(self.train_records, self.cfg.cache_views)
+        self.train_set = CachedCaptions(train_feats, CaptionIds(self.train_records, self.vocab, ok), self.cfg.seed)
+        val_feats, val_ok = self._features(self.val_records, 1)
+        self.val_set = CachedCaptions(val_feats, CaptionIds(self.val_records, self.vocab, val_ok), random_view=False)
+        n = len(self.eval_records)
+        self.eval_features = torch.from_numpy(np.asarray(val_feats[:n, 0], dtype=np.float32))[val_ok[:n]]
+        self.eval_records = [r for r, good in zip(self.eval_records, val_ok[:n], strict=True) if good]
+
+    def _loader(self, dataset, shuffle: bool) -> DataLoader:
+        cached = isinstance(dataset, CachedCaptions)
+        collate = (lambda batch: batch) if cached else pad_collate
+        if self.cfg.batching == "bucket" or not shuffle:
+            sampler = LengthBucketSampler(dataset.captions.lengths, self.cfg.batch_size, shuffle, self.cfg.seed,
+                                          self.trainer.global_rank if shuffle else 0,
+                                          self.trainer.world_size if shuffle else 1)
+            return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
+                              num_workers=0 if cached else self.cfg.num_workers)
+        return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=True, collate_fn=collate,
+                          num_workers=0 if cached else self.cfg.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        if isinstance(self.train_set, CachedCaptions):
+            self.train_set.set_epoch(self.trainer.current_epoch)
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+
+class CaptionModule(L.LightningModule):
+    """Teacher-forced cross-entropy training of a Captioner, with generation metrics on validation."""
+
+    def __init__(self, model_config: dict[str, Any], vocab: list[str], train_config: dict[str, Any]) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg = TrainConfig(**train_config)
+        self.model = Captioner(ModelConfig(**model_config), Vocabulary(vocab))
+
+    def _loss(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, captions, lengths = batch
+        image = self.model.encoder.project(x) if x.dim() == 2 else self.model.encoder(x)
+        return caption_loss(self.model.decoder(image, captions, lengths), captions)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss = self._loss(batch)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True,
+                 batch_size=batch[1].size(0))
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.log("val_loss", self._loss(batch), on_epoch=True, prog_bar=True, sync_dist=True,
+                 batch_size=batch[1].size(0))
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking or (self.current_epoch + 1) % self.cfg.eval_every:
+            return
+        data: CaptionData = self.trainer.datamodule
+        if not hasattr(data, "eval_features") or not data.eval_records:
+            return
+        scores = generation_scores(self.model, data.eval_features.to(self.device), data.eval_records)
+        self.log("val_bleu4", scores["Bleu_4"], prog_bar=False)
+        self.log("val_cider", scores["CIDEr"], prog_bar=True)
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+        if self.cfg.scheduler == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, self.cfg.epochs, self.cfg.min_lr)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        if self.cfg.scheduler == "plateau":
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.3, patience=1,
+                                                               min_lr=self.cfg.min_lr)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": sched, "monitor": "val_loss"}}
+        return optimizer
+
+    def _frozen_trunk(self) -> list[str]:
+        if self.model.config.fine_tune:
+            return []
+        return [k for k in self.state_dict() if k.startswith("model.encoder.backbone.")]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Leave the frozen trunk out (it is rebuilt from config) and keep the RNG state for an exact resume."""
+        for key in self._frozen_trunk():
+            checkpoint["state_dict"].pop(key, None)
+        checkpoint["torch_rng"] = torch.get_rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = self.state_dict()
+        for key in self._frozen_trunk():
+            checkpoint["state_dict"].setdefault(key, state[key])
+        if "torch_rng" in checkpoint:
+            torch.set_rng_state(checkpoint["torch_rng"])
+
+
+def generation_scores(model: Captioner, features: torch.Tensor, records: list[ImageRecord],
+                      batch_size: int = 256) -> dict[str, float]:
+    """Greedy-decode cached val features and score BLEU-4/CIDEr (PTB tokenizer when java is present)."""
+    was_training = model.training
+    model.eval()
+    results = {}
+    for start in range(0, len(records), batch_size):
+        image = model.encoder.project(features[start:start + batch_size])
+        for record, caps in zip(records[start:start + batch_size], model.generate(image), strict=True):
+            results[record.image_id] = caps[0][0]
+    model.train(was_training)
+    refs = {r.image_id: list(r.captions) for r in records}
+    try:
+        return score_captions(results, refs, metrics=("Bleu", "CIDEr"))
+    except JavaMissingError:
+        return score_captions(results, refs, java=False, metrics=("Bleu", "CIDEr"))
+
+
+class EpochCSV(Callback):
+    """One row per completed epoch in metrics.csv (lr, losses, perplexities, val scores), rewritten atomically."""
+
+    COLUMNS = ("epoch", "lr", "train_loss", "train_ppl", "val_loss", "val_ppl", "val_bleu4", "val_cider", "seconds")
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.lr, self.start = path, math.nan, 0.0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.lr, self.start = trainer.optimizers[0].param_groups[0]["lr"], time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        m = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        row = {"epoch": trainer.current_epoch, "lr": self.lr, "seconds": round(time.perf_counter() - self.start, 2)}
+        for split in ("train", "val"):
+            if f"{split}_loss" in m:
+                row[f"{split}_loss"] = m[f"{split}_loss"]
+                row[f"{split}_ppl"] = math.exp(min(m[f"{split}_loss"], 50))
+        if (trainer.current_epoch + 1) % module.cfg.eval_every == 0:
+            row |= {k: m[k] for k in ("val_bleu4", "val_cider") if k in m}
+        rows = []
+        if self.path.is_file():
+            with open(self.path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < trainer.current_epoch]
+        rows.append(row)
+
+        def write(p: Path) -> None:
+            with open(p, "w", newline="") as f:
+                writer = csv.DictWriter(f, self.COLUMNS)
+                writer.writeheader()
+                writer.writerows(rows)
+        atomic_write(self.path, write)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints are written to a temp file and renamed, so a kill never leaves a half-written one."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        save = super().save_checkpoint
+        atomic_write(path, lambda tmp: save(checkpoint, tmp, storage_options))
+
+
+def _say(trainer: L.Trainer | None):
+    """print on rank 0 only."""
+    return lambda msg: print(msg, flush=True) if trainer is None or trainer.is_global_zero else None
+
+
+def load_records(cfg: TrainConfig, log=print) -> tuple[list[ImageRecord], list[ImageRecord]]:
+    """Train and val records; without a val split, 5% of the train images (at least 1) are held out."""
+    train, report = open_split(cfg.data, "train", cfg.images)
+    log(report.summary())
+    try:
+        val, report = open_split(cfg.data, cfg.val_split, cfg.images)
+        log(report.summary())
+    except FileNotFoundError:
+        n = max(1, len(train) // 20)
+        train, val = train[:-n], train[-n:]
+        log(f"no '{cfg.val_split}' split in {cfg.data}: holding out the last {n} training images for validation")
+    if not train or not val:
+        raise ValueError(f"{cfg.data}: need training and validation images, found {len(train)} and {len(val)}")
+    return train, val
+
+
+def train(cfg: TrainConfig, model_kwargs: dict[str, Any] | None = None) -> Path:
+    """Train (or resume) a run in ``cfg.out``; returns the run folder holding the exported model."""
+    out = Path(cfg.out)
+    last = out / "checkpoints" / "last.ckpt"
+    if cfg.resume and not last.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint at {last}; start the run without --resume")
+    if not cfg.resume and last.is_file():
+        raise FileExistsError(f"{out} already holds a run: pass --resume to continue it or choose another --out")
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    train_records, val_records = load_records(cfg)
+    if cfg.resume:
+        vocab = Vocabulary.load(out / "vocab.json")
+        model_cfg = ModelConfig.from_dict(read_json(out / "config.json", "model config"), str(out / "config.json"))
+    else:
+        vocab = Vocabulary.build((c for r in train_records for c in r.captions), cfg.threshold)
+        model_cfg = ModelConfig(vocab_size=len(vocab), seed=cfg.seed, **(model_kwargs or {}))
+        out.mkdir(parents=True, exist_ok=True)
+        vocab.save(out / "vocab.json")
+        write_json(out / "train_config.json", asdict(cfg))
+        write_json(out / "config.json", asdict(model_cfg))
+    print(f"{len(train_records)} train / {len(val_records)} val images, vocabulary {len(vocab)} words "
+          f"(threshold {cfg.threshold}); run folder {out}", flush=True)
+    data = CaptionData(cfg, model_cfg, train_records, val_records, vocab)
+    module = CaptionModule(asdict(model_cfg), vocab.itos, asdict(cfg))
+    best = ModelCheckpoint(out / "checkpoints", "best", monitor="val_cider", mode="max", save_top_k=1,
+                           every_n_epochs=cfg.eval_every)
+    callbacks: list[Callback] = [ModelCheckpoint(out / "checkpoints", "last", save_top_k=1), best,
+                                 EpochCSV(out / "metrics.csv")]
+    if cfg.early_stop:
+        callbacks.append(EarlyStopping("val_cider", patience=cfg.early_stop, mode="max", check_finite=False))
+    cuda = torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda")
+    trainer = L.Trainer(max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices,
+                        num_nodes=cfg.num_nodes, strategy="ddp" if cfg.devices * cfg.num_nodes > 1 else "auto",
+                        precision="bf16-mixed" if cuda else "32-true", gradient_clip_val=cfg.clip,
+                        callbacks=callbacks, logger=TensorBoardLogger(out, name="tb", version=""),
+                        use_distributed_sampler=False, num_sanity_val_steps=0,
+                        enable_progress_bar=cfg.progress, enable_model_summary=False,
+                        log_every_n_steps=1, reload_dataloaders_every_n_epochs=1, plugins=[AtomicCheckpointIO()])
+    trainer.fit(module, datamodule=data, ckpt_path=last if cfg.resume else None)
+    if trainer.is_global_zero:
+        export(module, best.best_model_path, out)
+    return out
+
+
+def export(module: CaptionModule, best_ckpt: str, out: Path) -> None:
+    """Write the artifact (best checkpoint by val CIDEr, else the last weights) and the loss plot."""
+    from captioner.plots import loss_plot
+
+    if best_ckpt and Path(best_ckpt).is_file():
+        state = torch.load(best_ckpt, map_location="cpu", weights_only=False)["state_dict"]
+        module.load_state_dict(state, strict=False)
+        print(f"exporting the best checkpoint by val CIDEr: {best_ckpt}", flush=True)
+    module.model.cpu().save(out)
+    if (out / "metrics.csv").is_file():
+        loss_plot(out / "metrics.csv", out / "loss.png")
+    print(f"model: {out / 'model.safetensors'} (+ config.json, vocab.json); curves: {out / 'metrics.csv'}, "
+          f"{out / 'loss.png'}", flush=True)
+

@@ -1,0 +1,16 @@
+"""Shared fixtures: the real data in $CAPTIONER_SHARED (skipped without it)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    """Path of ../shared as given by $CAPTIONER_SHARED; skips the test when unset or missing."""
+    root = os.environ.get("CAPTIONER_SHARED")
+    if not root or not Path(root, "data").is_dir():
+        pytest.skip("CAPTIONER_SHARED is not set (or has no data/): real COCO files unavailable")
+    return Path(root)

@@ -1,0 +1,124 @@
+"""Image decoding to RGB, the train/eval transforms, and the caption-aware horizontal flip."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from captioner.data.images import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    eval_transform,
+    flip,
+    load_rgb,
+    swap_left_right,
+    to_rgb,
+    train_transform,
+)
+
+
+def _pixels(image: Image.Image) -> np.ndarray:
+    assert image.mode == "RGB"
+    return np.asarray(image).astype(int)
+
+
+def test_grayscale_becomes_rgb(tmp_path: Path) -> None:
+    Image.new("L", (5, 4), 77).save(tmp_path / "gray.png")
+    image = load_rgb(tmp_path / "gray.png")
+    assert image.size == (5, 4)
+    assert (_pixels(image) == 77).all()
+
+
+def test_cmyk_jpeg_becomes_rgb(tmp_path: Path) -> None:
+    Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg", quality=95)  # red in CMYK
+    assert Image.open(tmp_path / "cmyk.jpg").mode == "CMYK"
+    pixels = _pixels(load_rgb(tmp_path / "cmyk.jpg"))
+    assert np.abs(pixels - [255, 0, 0]).max() <= 8
+
+
+def test_palette_png_with_transparency_lands_on_white(tmp_path: Path) -> None:
+    image = Image.new("P", (4, 2), 0)
+    image.putpalette([0, 0, 0, 0, 0, 255] + [0] * (254 * 3))  # 0 black (transparent), 1 blue
+    image.paste(1, (2, 0, 4, 2))
+    image.save(tmp_path / "pal.png", transparency=0)
+    pixels = _pixels(load_rgb(tmp_path / "pal.png"))
+    assert (pixels[:, :2] == 255).all()  # the transparent black half is white, not black
+    assert (pixels[:, 2:] == [0, 0, 255]).all()
+
+
+def test_rgba_png_transparent_areas_become_white(tmp_path: Path) -> None:
+    image = Image.new("RGBA", (4, 2), (255, 0, 0, 255))
+    image.paste((0, 0, 0, 0), (0, 0, 2, 2))
+    image.save(tmp_path / "rgba.png")
+    pixels = _pixels(load_rgb(tmp_path / "rgba.png"))
+    assert (pixels[:, :2] == 255).all()
+    assert (pixels[:, 2:] == [255, 0, 0]).all()
+    half = to_rgb(Image.new("RGBA", (1, 1), (0, 0, 0, 128)))  # half transparent black on white: mid gray
+    assert np.abs(_pixels(half) - 127).max() <= 1
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    Image.new("RGB", (6, 2), (0, 128, 0)).save(tmp_path / "rot.jpg", exif=exif)
+    assert load_rgb(tmp_path / "rot.jpg").size == (2, 6)
+
+
+def test_truncated_jpeg_raises_oserror_naming_the_file(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    Image.effect_noise((64, 64), 50).convert("RGB").save(buffer, "JPEG")
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    with pytest.raises(OSError, match=r"cannot read image .*cut\.jpg"):
+        load_rgb(path)
+    (tmp_path / "text.jpg").write_text("not an image")
+    with pytest.raises(OSError, match=r"text\.jpg"):
+        load_rgb(tmp_path / "text.jpg")
+
+
+def _textured(size: tuple[int, int] = (60, 40)) -> Image.Image:
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def test_eval_transform_is_deterministic_and_normalised() -> None:
+    t = eval_transform(32)
+    image = _textured()
+    first, second = t(image), t(image)
+    assert first.shape == (3, 32, 32) and first.dtype == torch.float32
+    assert torch.equal(first, second)
+    gray = t(Image.new("RGB", (50, 70), (128, 128, 128)))
+    assert gray.shape == (3, 32, 32)
+    expected = (128 / 255 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    assert torch.allclose(gray, expected[:, None, None].expand(3, 32, 32), atol=1e-3)
+    assert torch.allclose(gray[:, 0, 0], torch.tensor([0.0741, 0.2052, 0.4265]), atol=1e-3)  # (0.5 - mean) / std
+
+
+def test_train_transform_shape_and_randomness() -> None:
+    t = train_transform(32)
+    image = _textured()
+    torch.manual_seed(0)
+    outputs = [t(image) for _ in range(6)]
+    assert all(o.shape == (3, 32, 32) and o.dtype == torch.float32 for o in outputs)
+    assert len({o.numpy().tobytes() for o in outputs}) > 1  # random crops differ
+    assert t(Image.new("RGB", (20, 90), "white")).shape == (3, 32, 32)  # small, thin images too
+
+
+def test_swap_left_right_only_swaps_sides() -> None:
+    tokens = ["the", "left", "dog", "and", "the", "rightmost", "cat", "right", "of", "leftmost", "leftover", "lefty"]
+    assert swap_left_right(tokens) == ["the", "right", "dog", "and", "the", "leftmost", "cat", "left", "of",
+                                       "rightmost", "leftover", "lefty"]
+    assert swap_left_right(swap_left_right(tokens)) == tokens
+    assert swap_left_right(["a", "cat"]) == ["a", "cat"] and swap_left_right([]) == []
+
+
+def test_flip_mirrors_the_last_dimension() -> None:
+    image = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 4)
+    mirrored = flip(image)
+    assert mirrored.shape == image.shape
+    assert mirrored[1, 2].tolist() == image[1, 2].tolist()[::-1]
+    assert torch.equal(mirrored[..., 0], image[..., -1]) and torch.equal(flip(mirrored), image)
