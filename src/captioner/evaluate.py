@@ -8,7 +8,9 @@ because those scores are close to, but not comparable with, published numbers.
 """
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -65,8 +67,9 @@ def score_captions(
         if shutil.which("java") is None:
             raise JavaMissingError()
         tokenizer = PTBTokenizer()
-        gts = tokenizer.tokenize({i: [{"caption": _one_line(c)} for c in references[i]] for i in ids})
-        res = tokenizer.tokenize({i: [{"caption": _one_line(results[i])}] for i in ids})
+        with _java_stderr_silenced():
+            gts = tokenizer.tokenize({i: [{"caption": _one_line(c)} for c in references[i]] for i in ids})
+            res = tokenizer.tokenize({i: [{"caption": _one_line(results[i])}] for i in ids})
     else:
         warnings.warn(
             "java=False: python tokenizer and no METEOR; scores are not comparable with published numbers",
@@ -80,6 +83,20 @@ def score_captions(
     if spice and _spice_ready():
         scores["SPICE"] = float(Spice().compute_score(gts, res)[0])
     return scores
+
+
+@contextmanager
+def _java_stderr_silenced() -> Iterator[None]:
+    """The java tokenizer prints a progress line per call to the inherited stderr: send it to /dev/null."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _check_metrics(metrics: tuple[str, ...] | None, java: bool, spice: bool) -> tuple[str, ...]:

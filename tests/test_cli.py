@@ -1,0 +1,105 @@
+"""The `captioner` command end to end, in process, on tiny synthetic data and the real COCO files."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from captioner.cli import app
+from captioner.data.vocab import Vocabulary
+from captioner.models.captioner import Captioner, ModelConfig
+
+runner = CliRunner()
+COMMANDS = ("synth", "inspect", "vocab", "train", "caption", "evaluate", "score", "serve", "demo")
+
+
+def invoke(*args: str | Path):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth")
+    result = invoke("synth", "--out", out, "--train", 12, "--val", 4, "--test", 6, "--size", 64)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def model(synth, tmp_path_factory) -> Path:
+    records = json.loads((synth / "annotations" / "captions_train.json").read_text())["annotations"]
+    vocab = Vocabulary.build([a["caption"] for a in records], threshold=1)
+    config = ModelConfig(vocab_size=len(vocab), backbone="resnet18", encoder_weights="none", image_size=64,
+                         embed_size=16, hidden_size=32)
+    return Captioner(config, vocab).save(tmp_path_factory.mktemp("model") / "m")
+
+
+def test_help_lists_every_command() -> None:
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for command in COMMANDS:
+        assert re.search(rf"\b{command}\b", result.output), command
+
+
+def test_synth_is_deterministic_and_readable(synth, tmp_path) -> None:
+    again = tmp_path / "again"
+    invoke("synth", "--out", again, "--train", 12, "--val", 4, "--test", 6, "--size", 64)
+    for file in sorted(synth.rglob("*.*")):
+        assert file.read_bytes() == (again / file.relative_to(synth)).read_bytes(), file
+    result = invoke("inspect", "--data", synth, "--split", "test", "--grid", tmp_path / "grid.png", "--n", 4)
+    assert result.exit_code == 0, result.output
+    assert "usable images: 6" in result.output and "captions: 30" in result.output
+    assert (tmp_path / "grid.png").stat().st_size > 1000
+
+
+def test_bad_input_is_a_clear_error(tmp_path) -> None:
+    result = invoke("inspect", "--data", tmp_path / "missing")
+    assert result.exit_code == 2 and "not found" in result.output
+    result = invoke("synth", "--out", tmp_path, "--size", 8)
+    assert result.exit_code == 2 and "size" in result.output
+
+
+def test_caption_and_evaluate(model, synth, tmp_path) -> None:
+    images = sorted((synth / "test").glob("*.png"))[:3]
+    result = invoke("caption", "--model", model, *images, "--beam", 2, "--grid", tmp_path / "c.png")
+    assert result.exit_code == 0, result.output
+    assert len([line for line in result.output.splitlines() if "\t" in line]) == 3
+    assert (tmp_path / "c.png").is_file()
+    result = invoke("evaluate", "--model", model, "--data", synth, "--split", "test", "--out", tmp_path,
+                    "--cache-dir", tmp_path / "cache")
+    assert result.exit_code == 0, result.output
+    assert "CIDEr" in result.output
+    results = json.loads((tmp_path / "results_test.json").read_text())
+    assert len(results) == 6 and {"image_id", "caption"} <= results[0].keys()
+    assert set(json.loads((tmp_path / "metrics_test.json").read_text())) >= {"Bleu_4", "METEOR", "CIDEr"}
+
+
+def test_evaluate_with_a_foreign_vocabulary_names_the_file(model, synth, tmp_path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in model.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    Vocabulary(["<pad>", "<start>", "<end>", "<unk>", "word"]).save(broken / "vocab.json")
+    result = invoke("evaluate", "--model", broken, "--data", synth)
+    assert result.exit_code == 2 and "vocab.json" in result.output
+
+
+def test_real_coco_inspect_vocab_and_caption(shared, model, tmp_path) -> None:
+    mini = shared / "data" / "coco-mini"
+    result = invoke("inspect", "--coco", mini / "annotations" / "captions_val2017.json", "--images",
+                    mini / "val2017", "--split", "val")
+    assert result.exit_code == 0, result.output
+    assert "usable images: 79" in result.output and "captions: 395" in result.output
+    assert "80 no captions" in result.output
+    refs = shared / "data" / "coco-val2014-captions" / "captions_val2014_4refs.json"
+    result = invoke("vocab", "--data", refs, "--split", "val", "--threshold", 5, "--out", tmp_path / "v.json")
+    assert result.exit_code == 0, result.output
+    size = int(re.search(r"vocabulary: (\d+) words", result.output).group(1))
+    assert size == len(Vocabulary.load(tmp_path / "v.json")) > 5000
+    photos = sorted((mini / "val2017").glob("*.jpg"))[:5] + [mini / "val2017" / "000000431848.jpg"]  # grayscale
+    result = invoke("caption", "--model", model, *photos)
+    assert result.exit_code == 0, result.output
+    assert len([line for line in result.output.splitlines() if "\t" in line]) == 6
