@@ -10,8 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from captioner import load
+from captioner.models.encoder import build_backbone
 from captioner.synth import generate
 from captioner.train import TrainConfig, train
 
@@ -78,3 +80,12 @@ def test_sigkill_then_resume_records_every_epoch_once(synth, tmp_path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert [int(r["epoch"]) for r in rows(run)] == list(range(6))
     assert (run / "model.safetensors").is_file()
+
+
+def test_fine_tuning_trains_the_last_stage_from_images(synth, tmp_path) -> None:
+    run = train(TrainConfig(data=str(synth), out=str(tmp_path / "run"), epochs=1, batch_size=32, threshold=1,
+                            progress=False), TINY | {"fine_tune": True})
+    tuned, fresh_trunk = load(run), build_backbone("resnet18", "none", 0)[0]
+    assert torch.equal(tuned.encoder.backbone.conv1.weight, fresh_trunk.conv1.weight)  # frozen stem
+    assert not torch.equal(tuned.encoder.backbone.layer4[0].conv1.weight, fresh_trunk.layer4[0].conv1.weight)
+    assert tuned.config.fine_tune and len(rows(run)) == 1

@@ -19,11 +19,12 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from captioner.data.batching import LengthBucketSampler, pad_collate
 from captioner.data.captions import CachedCaptions, CaptionIds, ImageCaptions
 from captioner.data.datasets import ImageRecord, open_split
+from captioner.data.images import eval_transform, load_rgb
 from captioner.data.vocab import Vocabulary
 from captioner.evaluate import JavaMissingError, score_captions
 from captioner.features import encode_images
@@ -97,13 +98,21 @@ class CaptionData(L.LightningDataModule):
                                            self.model_cfg.image_size)
             self.val_set = ImageCaptions(self.val_records, CaptionIds(self.val_records, self.vocab),
                                          self.model_cfg.image_size, hflip=False)
+            transform, images, kept = eval_transform(self.model_cfg.image_size), [], []
+            for record in self.eval_records:
+                try:
+                    images.append(transform(load_rgb(record.path)))
+                    kept.append(record)
+                except OSError:
+                    continue
+            self.eval_inputs, self.eval_records = torch.stack(images), kept
             return
         train_feats, ok = self._features(self.train_records, self.cfg.cache_views)
         self.train_set = CachedCaptions(train_feats, CaptionIds(self.train_records, self.vocab, ok), self.cfg.seed)
         val_feats, val_ok = self._features(self.val_records, 1)
         self.val_set = CachedCaptions(val_feats, CaptionIds(self.val_records, self.vocab, val_ok), random_view=False)
         n = len(self.eval_records)
-        self.eval_features = torch.from_numpy(np.asarray(val_feats[:n, 0], dtype=np.float32))[val_ok[:n]]
+        self.eval_inputs = torch.from_numpy(np.asarray(val_feats[:n, 0], dtype=np.float32))[val_ok[:n]]
         self.eval_records = [r for r, good in zip(self.eval_records, val_ok[:n], strict=True) if good]
 
     def _loader(self, dataset, shuffle: bool) -> DataLoader:
@@ -115,8 +124,12 @@ class CaptionData(L.LightningDataModule):
                                           self.trainer.world_size if shuffle else 1)
             return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
                               num_workers=0 if cached else self.cfg.num_workers)
-        return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=True, collate_fn=collate,
-                          num_workers=0 if cached else self.cfg.num_workers)
+        sampler = None
+        if self.trainer.world_size > 1:  # padded batches: each rank a disjoint share (pads by repeating a few)
+            sampler = DistributedSampler(dataset, self.trainer.world_size, self.trainer.global_rank, seed=self.cfg.seed)
+            sampler.set_epoch(self.trainer.current_epoch)
+        return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+                          collate_fn=collate, num_workers=0 if cached else self.cfg.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         if isinstance(self.train_set, CachedCaptions):
@@ -155,11 +168,11 @@ class CaptionModule(L.LightningModule):
         if self.trainer.sanity_checking or (self.current_epoch + 1) % self.cfg.eval_every:
             return
         data: CaptionData = self.trainer.datamodule
-        if not hasattr(data, "eval_features") or not data.eval_records:
+        if not getattr(data, "eval_records", None):
             return
-        scores = generation_scores(self.model, data.eval_features.to(self.device), data.eval_records)
-        self.log("val_bleu4", scores["Bleu_4"], prog_bar=False)
-        self.log("val_cider", scores["CIDEr"], prog_bar=True)
+        scores = generation_scores(self.model, data.eval_inputs.to(self.device), data.eval_records)
+        self.log("val_bleu4", scores["Bleu_4"], prog_bar=False, sync_dist=True)
+        self.log("val_cider", scores["CIDEr"], prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -192,14 +205,15 @@ class CaptionModule(L.LightningModule):
             torch.set_rng_state(checkpoint["torch_rng"])
 
 
-def generation_scores(model: Captioner, features: torch.Tensor, records: list[ImageRecord],
-                      batch_size: int = 256) -> dict[str, float]:
-    """Greedy-decode cached val features and score BLEU-4/CIDEr (PTB tokenizer when java is present)."""
+def generation_scores(model: Captioner, inputs: torch.Tensor, records: list[ImageRecord],
+                      batch_size: int = 64) -> dict[str, float]:
+    """Greedy-decode val images (cached features or pixels) and score BLEU-4/CIDEr (PTB tokenizer with java)."""
     was_training = model.training
     model.eval()
     results = {}
     for start in range(0, len(records), batch_size):
-        image = model.encoder.project(features[start:start + batch_size])
+        x = inputs[start:start + batch_size]
+        image = model.encoder.project(x) if x.dim() == 2 else model.encoder(x)
         for record, caps in zip(records[start:start + batch_size], model.generate(image), strict=True):
             results[record.image_id] = caps[0][0]
     model.train(was_training)
@@ -326,7 +340,7 @@ def export(module: CaptionModule, best_ckpt: str, out: Path) -> None:
     from captioner.plots import loss_plot
 
     if best_ckpt and Path(best_ckpt).is_file():
-        state = torch.load(best_ckpt, map_location="cpu", weights_only=False)["state_dict"]
+        state = torch.load(best_ckpt, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state, strict=False)
         print(f"exporting the best checkpoint by val CIDEr: {best_ckpt}", flush=True)
     module.model.cpu().save(out)

@@ -1,0 +1,305 @@
+"""HTTP captioning service: a FastAPI app with micro-batching, upload limits and a one-page web UI."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, contextmanager, suppress
+from dataclasses import dataclass
+from importlib import resources
+from io import BytesIO
+from pathlib import Path
+from typing import Annotated, Any
+
+import uvicorn
+from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from PIL import Image
+from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from captioner import load
+from captioner.io import read_json
+
+log = logging.getLogger("captioner.serve")
+
+FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF"})  # Pillow's names; MPO is a camera JPEG
+ACCEPTED = "JPEG, PNG, WebP, BMP, GIF, TIFF"
+CHUNK = 2**16
+FORM_OVERHEAD = 2**16  # multipart boundaries, headers and the beam field
+Captions = list[list[tuple[str, float]]]
+
+
+class Caption(BaseModel):
+    text: str
+    score: float = Field(description="log-probability of the caption (higher is better)")
+
+
+class Result(BaseModel):
+    filename: str
+    captions: list[Caption] = Field(description="best first")
+
+
+class CaptionResponse(BaseModel):
+    results: list[Result]
+    model: str
+    latency_ms: float = Field(description="time in the server after the upload: decoding, queueing, captioning")
+
+
+class ModelInfo(BaseModel):
+    name: str
+    backbone: str
+    image_size: int
+    vocab_size: int
+    beam: int
+    metrics: dict[str, float] | None
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Error(BaseModel):
+    detail: str
+
+
+@dataclass
+class _Job:
+    images: list[Image.Image]
+    beam: int
+    future: asyncio.Future[Captions]
+
+
+class Batcher:
+    """Gathers concurrent requests into one model call: flush at ``max_batch`` images or after ``max_wait_ms``."""
+
+    def __init__(self, run: Callable[[list[Image.Image], int], Awaitable[Captions]], max_batch: int,
+                 max_wait_ms: float) -> None:
+        self.run, self.max_batch, self.max_wait = run, max_batch, max_wait_ms / 1000
+        self.queue: asyncio.Queue[_Job] = asyncio.Queue()
+
+    async def submit(self, images: list[Image.Image], beam: int) -> Captions:
+        """Queue images and wait for their captions."""
+        job = _Job(images, beam, asyncio.get_running_loop().create_future())
+        await self.queue.put(job)
+        return await job.future
+
+    async def loop(self) -> None:
+        """Forever: take the first waiting job, gather more until full or timed out, run each beam size once."""
+        clock = asyncio.get_running_loop().time
+        while True:
+            jobs = [await self.queue.get()]
+            deadline = clock() + self.max_wait
+            while sum(len(j.images) for j in jobs) < self.max_batch and (left := deadline - clock()) > 0:
+                try:
+                    jobs.append(await asyncio.wait_for(self.queue.get(), left))
+                except TimeoutError:
+                    break
+            for beam in dict.fromkeys(j.beam for j in jobs):
+                await self._run([j for j in jobs if j.beam == beam], beam)
+
+    async def _run(self, jobs: list[_Job], beam: int) -> None:
+        try:
+            out = await self.run([im for j in jobs for im in j.images], beam)
+        except Exception as e:  # the model failed: every waiting request gets the error
+            for j in jobs:
+                if not j.future.done():
+                    j.future.set_exception(e)
+            return
+        for j in jobs:
+            if not j.future.done():  # a cancelled request (client gone) leaves a done future
+                j.future.set_result(out[:len(j.images)])
+            out = out[len(j.images):]
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a request body over ``limit`` bytes, by Content-Length or while it streams."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        detail = f"request too large: the limit is {self.limit / 2**20:.1f} MB per request"
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.limit:
+            return await JSONResponse({"detail": detail}, 413)(scope, receive, send)
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise HTTPException(413, detail)
+            return message
+
+        await self.app(scope, limited, send)
+
+
+async def read_limited(upload: UploadFile, max_bytes: int) -> bytes:
+    """The upload's bytes, read in chunks; 413 as soon as it passes ``max_bytes``."""
+    # Starlette has already spooled the part (to a temp file past 1 MB); we keep at most max_bytes in memory.
+    data = bytearray()
+    while chunk := await upload.read(CHUNK):
+        data += chunk
+        if len(data) > max_bytes:
+            raise HTTPException(413, f"{upload.filename!r} is larger than {max_bytes / 2**20:.1f} MB: "
+                                     "send a smaller image")
+    return bytes(data)
+
+
+def decode(data: bytes, name: str, max_pixels: int) -> Image.Image:
+    """Decode an upload in memory, checking the format and pixel count before the pixels are decoded."""
+    if not data:
+        raise HTTPException(422, f"{name!r} is empty: choose an image file")
+    bomb = f"{name!r} has too many pixels (over {max_pixels:,}): send a smaller image"
+    try:
+        image = Image.open(BytesIO(data))  # reads the header only
+    except Image.DecompressionBombError as e:
+        raise HTTPException(413, bomb) from e
+    except Exception as e:  # Pillow raises many kinds on unknown bytes
+        raise HTTPException(415, f"{name!r} is not an image we can read: send {ACCEPTED}") from e
+    if image.format not in FORMATS:
+        raise HTTPException(415, f"{name!r} is {image.format}, which is not accepted: send {ACCEPTED}")
+    if image.width * image.height > max_pixels:
+        raise HTTPException(413, bomb)
+    try:
+        image.load()
+    except Image.DecompressionBombError as e:
+        raise HTTPException(413, bomb) from e
+    except Exception as e:
+        raise HTTPException(422, f"{name!r} is a damaged or truncated {image.format} file: {e}") from e
+    return image
+
+
+def _validation_detail(exc: RequestValidationError) -> str:
+    """One readable line from FastAPI's validation errors."""
+    parts = []
+    for err in exc.errors():
+        field = ".".join(str(x) for x in err["loc"][1:]) or "request"
+        hint = " (send one or more images in the multipart field 'files')" if field.startswith("files") else ""
+        parts.append(f"{field}: {err['msg']}{hint}")
+    return "; ".join(parts)
+
+
+def create_app(model_dir: str | Path, beam: int = 1, max_batch: int = 16, max_wait_ms: float = 10.0,
+               max_bytes: int = 10 * 2**20, max_pixels: int = 40_000_000, batching: bool = True,
+               max_files: int = 16) -> FastAPI:
+    """Load the model in ``model_dir`` and build the app; ``batching=False`` runs each request alone."""
+    model_dir = Path(model_dir)
+    model = load(str(model_dir))
+    metrics_file = model_dir / "metrics_test.json"
+    info = ModelInfo(name=model_dir.resolve().name, backbone=model.config.backbone,
+                     image_size=model.config.image_size, vocab_size=len(model.vocab), beam=beam,
+                     metrics=read_json(metrics_file, "test metrics") if metrics_file.is_file() else None)
+    page = resources.files("captioner.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        executor = ThreadPoolExecutor(1, thread_name_prefix="captioner-model")  # one model call at a time
+
+        async def run(images: list[Image.Image], beam: int) -> Captions:
+            return await asyncio.get_running_loop().run_in_executor(executor, model.caption, images, beam)
+
+        app.state.caption, task = run, None
+        if batching:
+            batcher = Batcher(run, max_batch, max_wait_ms)
+            app.state.caption, task = batcher.submit, asyncio.create_task(batcher.loop())
+        try:
+            yield
+        finally:
+            if task:
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
+            executor.shutdown(wait=True)
+
+    app = FastAPI(title="captioner", summary="Caption images with a CNN -> LSTM model.", lifespan=lifespan)
+    app.state.model = model
+    app.add_middleware(BodyLimit, limit=max_bytes * max_files + FORM_OVERHEAD)
+
+    @app.middleware("http")
+    async def log_request(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
+        start, status = time.perf_counter(), 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            log.info("%s %s %d %.1f ms", request.method, request.url.path, status,
+                     (time.perf_counter() - start) * 1000)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _validation_detail(exc)}, 422)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> str:
+        return page
+
+    @app.get("/healthz")
+    async def healthz() -> Health:
+        return Health(status="ok")
+
+    @app.get("/v1/model")
+    async def model_info() -> ModelInfo:
+        return info
+
+    errors: dict[int | str, dict[str, Any]] = {
+        413: {"model": Error, "description": "upload too large (bytes, pixels or number of files)"},
+        415: {"model": Error, "description": f"not an image ({ACCEPTED} are accepted)"},
+        422: {"model": Error, "description": "missing, empty or corrupt upload, or invalid parameter"},
+    }
+
+    @app.post("/v1/captions", responses=errors)
+    async def captions(
+        request: Request,
+        files: Annotated[list[UploadFile], File(description=f"one or more images ({ACCEPTED})")],
+        beam_query: Annotated[int | None, Query(alias="beam", ge=1, le=10, description="beam width")] = None,
+        beam_form: Annotated[int | None, Form(alias="beam", ge=1, le=10, description="beam width")] = None,
+    ) -> CaptionResponse:
+        """Caption the uploaded images; with beam > 1 each gets ``beam`` alternatives, best first."""
+        start = time.perf_counter()
+        if len(files) > max_files:
+            raise HTTPException(413, f"{len(files)} files sent: at most {max_files} per request")
+        names = [f.filename or f"file{i}" for i, f in enumerate(files)]
+        images = []
+        for upload, name in zip(files, names, strict=True):
+            data = await read_limited(upload, max_bytes)
+            images.append(await asyncio.to_thread(decode, data, name, max_pixels))
+        out = await request.app.state.caption(images, beam_query or beam_form or beam)
+        results = [Result(filename=name, captions=[Caption(text=t, score=s) for t, s in caps])
+                   for name, caps in zip(names, out, strict=True)]
+        return CaptionResponse(results=results, model=info.name,
+                               latency_ms=round((time.perf_counter() - start) * 1000, 2))
+
+    return app
+
+
+@contextmanager
+def running(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Run ``app`` with uvicorn in a background thread (port 0: a free one); yields its base URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            raise RuntimeError(f"the server did not start on {host}:{port}")
+        time.sleep(0.02)
+    try:
+        yield f"http://{host}:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join()
+
+
+def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, **kw: Any) -> None:
+    """Serve the model over HTTP with uvicorn (loopback only unless ``host`` says otherwise)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(model_dir, **kw), host=host, port=port, access_log=False)

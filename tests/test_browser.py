@@ -1,0 +1,44 @@
+"""The web page in a real browser (Debian's chromium via Playwright): upload a COCO photo, see its captions."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from captioner.data.vocab import Vocabulary
+from captioner.models.captioner import Captioner, ModelConfig
+from captioner.serve.app import create_app, running
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+def test_upload_in_browser(shared: Path, tmp_path: Path) -> None:
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
+    photo = sorted((shared / "data/coco-mini/val2017").glob("*.jpg"))[0]
+    v = Vocabulary.build(["a red circle on the left", "a blue square above a green triangle"], threshold=1)
+    Captioner(ModelConfig(vocab_size=len(v), backbone="resnet18", encoder_weights="none", image_size=64),
+              v).save(tmp_path / "model")
+    shot = tmp_path / "serve.png"
+    with running(create_app(tmp_path / "model")) as url, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 900, "height": 700})
+            page.goto(url)
+            page.set_input_files("#file", photo)
+            page.wait_for_selector("#captions li", timeout=30_000)
+            page.wait_for_function("document.querySelector('#preview').naturalWidth > 0")
+            page.screenshot(path=shot, full_page=True)
+            assert page.locator("#captions li").count() == 3  # the page asks for 3 alternatives
+            assert "ms" in page.locator("#latency").inner_text()
+            assert page.locator("#error").inner_text() == ""
+        finally:
+            browser.close()
+    if artifacts := os.environ.get("CAPTIONER_ARTIFACTS"):
+        Path(artifacts).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(artifacts) / "serve.png")

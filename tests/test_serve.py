@@ -1,0 +1,184 @@
+"""The HTTP service: captions for uploads, the OpenAPI schema, errors for bad input, and micro-batching."""
+from __future__ import annotations
+
+import struct
+import time
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from captioner.data.vocab import Vocabulary
+from captioner.models.captioner import Captioner, ModelConfig
+from captioner.serve.app import create_app
+
+MAX_BYTES = 200_000
+MAX_PIXELS = 1_000_000
+
+
+def image_bytes(fmt: str = "JPEG", mode: str = "RGB", size: tuple[int, int] = (96, 72), seed: int = 0) -> bytes:
+    """A noisy image encoded in memory."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], len(mode)), dtype=np.uint8)
+    buf = BytesIO()
+    Image.fromarray(pixels.squeeze(-1) if mode == "L" else pixels, mode).save(buf, fmt)
+    return buf.getvalue()
+
+
+def blank_png(size: tuple[int, int]) -> bytes:
+    """A plain PNG: many pixels in few bytes."""
+    buf = BytesIO()
+    Image.new("L", size).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that claims ``width x height`` pixels but holds almost no data (a decompression bomb's header)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    v = Vocabulary.build(["a red circle on the left", "a blue square above a green triangle"], threshold=1)
+    folder = tmp_path_factory.mktemp("serve") / "tiny-model"
+    config = ModelConfig(vocab_size=len(v), backbone="resnet18", encoder_weights="none", image_size=64)
+    Captioner(config, v).save(folder)
+    (folder / "metrics_test.json").write_text('{"BLEU-4": 0.25, "CIDEr": 0.8}')
+    return folder
+
+
+@pytest.fixture(scope="module")
+def client(model_dir: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(model_dir, max_bytes=MAX_BYTES, max_pixels=MAX_PIXELS, max_files=4)) as c:
+        yield c
+
+
+def post(client: TestClient, *files: tuple[str, bytes], **params: int) -> tuple[int, dict]:
+    r = client.post("/v1/captions", files=[("files", (name, data, "image/jpeg")) for name, data in files],
+                    params=params)
+    assert r.headers["content-type"] == "application/json"
+    return r.status_code, r.json()
+
+
+def test_caption_one_image(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("INFO", "captioner.serve"):
+        status, body = post(client, ("photo.jpg", image_bytes()))
+    assert "POST /v1/captions 200" in caplog.text
+    assert status == 200, body
+    assert body["model"] == "tiny-model" and body["latency_ms"] > 0
+    [result] = body["results"]
+    assert result["filename"] == "photo.jpg"
+    [caption] = result["captions"]
+    assert isinstance(caption["text"], str) and caption["score"] <= 0
+
+
+def test_many_files_and_modes(client: TestClient) -> None:
+    files = [("gray.jpg", image_bytes("JPEG", "L")), ("alpha.png", image_bytes("PNG", "RGBA")),
+             ("pic.webp", image_bytes("WEBP")), ("pic.gif", image_bytes("GIF"))]
+    status, body = post(client, *files)
+    assert status == 200, body
+    assert [r["filename"] for r in body["results"]] == [name for name, _ in files]
+    assert all(len(r["captions"]) == 1 for r in body["results"])
+
+
+def test_beam_gives_sorted_alternatives(client: TestClient) -> None:
+    status, body = post(client, ("a.png", image_bytes("PNG")), beam=3)
+    assert status == 200, body
+    scores = [c["score"] for c in body["results"][0]["captions"]]
+    assert len(scores) == 3 and scores == sorted(scores, reverse=True)
+    form = client.post("/v1/captions", files={"files": ("a.png", image_bytes("PNG"))}, data={"beam": "2"})
+    assert len(form.json()["results"][0]["captions"]) == 2
+
+
+def test_health_model_page_and_schema(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    info = client.get("/v1/model").json()
+    assert info == {"name": "tiny-model", "backbone": "resnet18", "image_size": 64,
+                    "vocab_size": info["vocab_size"], "beam": 1, "metrics": {"BLEU-4": 0.25, "CIDEr": 0.8}}
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert all(f'id="{i}"' in page.text for i in ("file", "preview", "captions", "latency", "error"))
+    assert "http://" not in page.text and "https://" not in page.text  # works offline: nothing fetched elsewhere
+    schema = client.get("/openapi.json").json()
+    op = schema["paths"]["/v1/captions"]["post"]
+    ref = op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+    assert set(schema["components"]["schemas"][ref]["properties"]) == {"results", "model", "latency_ms"}
+    assert {"413", "415", "422"} <= set(op["responses"])
+
+
+def test_model_without_metrics(model_dir: Path, tmp_path: Path) -> None:
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in ("model.safetensors", "config.json", "vocab.json"):
+        (bare / f).write_bytes((model_dir / f).read_bytes())
+    with TestClient(create_app(bare, beam=2)) as c:
+        info = c.get("/v1/model").json()
+    assert info["metrics"] is None and info["beam"] == 2
+
+
+@pytest.mark.parametrize(("files", "params", "status", "words"), [
+    ([("notes.jpg", b"hello, I am text")], {}, 415, "JPEG, PNG, WebP"),
+    ([("pic.ppm", image_bytes("PPM"))], {}, 415, "not accepted"),
+    ([("big.jpg", b"\xff" * (MAX_BYTES + 1))], {}, 413, "larger than"),
+    ([("huge.png", blank_png((1200, 1000)))], {}, 413, "too many pixels"),
+    ([("bomb.png", png_header(20_000, 20_000))], {}, 413, "too many pixels"),
+    ([("cut.jpg", image_bytes()[:2000])], {}, 422, "truncated"),
+    ([("empty.jpg", b"")], {}, 422, "empty"),
+    ([("a.jpg", image_bytes())] * 5, {}, 413, "at most 4"),
+    ([("a.jpg", image_bytes())], {"beam": 11}, 422, "beam"),
+])
+def test_bad_input(client: TestClient, files: list, params: dict, status: int, words: str) -> None:
+    code, body = post(client, *files, **params)
+    assert code == status and words in body["detail"], body
+    assert post(client, ("ok.jpg", image_bytes()))[0] == 200  # still serving
+
+
+def test_no_file_and_oversized_request(client: TestClient) -> None:
+    r = client.post("/v1/captions", data={"beam": "1"})
+    assert r.status_code == 422 and "files" in r.json()["detail"]
+    r = client.post("/v1/captions", files={"files": ("x.jpg", b"\0" * (4 * MAX_BYTES + 2**16 + 1))})
+    assert r.status_code == 413 and "request too large" in r.json()["detail"]  # by Content-Length
+
+    def streamed() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+        yield b'--b\r\nContent-Disposition: form-data; name="files"; filename="x.jpg"\r\n\r\n'
+        yield from [b"\0" * 2**16] * 64
+    r = client.post("/v1/captions", content=streamed(), headers={"content-type": "multipart/form-data; boundary=b"})
+    assert r.status_code == 413 and "request too large" in r.json()["detail"]
+    assert post(client, ("ok.jpg", image_bytes()))[0] == 200
+
+
+def _count_calls(model: Captioner, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """Record (images, beam) of each model call; each call is slowed so that requests pile up."""
+    calls: list[tuple[int, int]] = []
+    caption = model.caption
+
+    def counted(images: list, beam: int = 1, **kw: int) -> list:
+        calls.append((len(images), beam))
+        time.sleep(0.1)
+        return caption(images, beam, **kw)
+
+    monkeypatch.setattr(model, "caption", counted)
+    return calls
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_concurrent_requests_are_batched(model_dir: Path, monkeypatch: pytest.MonkeyPatch, batching: bool) -> None:
+    app = create_app(model_dir, max_wait_ms=50, batching=batching)
+    calls = _count_calls(app.state.model, monkeypatch)
+    beams = [1, 1, 3, 1, 3, 1, 1, 3]
+    with TestClient(app) as c, ThreadPoolExecutor(len(beams)) as pool:
+        def one(i: int) -> dict:
+            return c.post("/v1/captions", files={"files": (f"{i}.jpg", image_bytes(seed=i))},
+                          params={"beam": beams[i]}).json()
+        bodies = list(pool.map(one, range(len(beams))))
+    assert [len(b["results"][0]["captions"]) for b in bodies] == beams
+    assert sum(n for n, _ in calls) == len(beams)
+    assert len(calls) < len(beams) if batching else len(calls) == len(beams), calls
