@@ -146,3 +146,21 @@ def test_artifact_errors_name_the_file(model: Captioner, tmp_path) -> None:
         load(folder)
     with pytest.raises(FileNotFoundError, match="not found"):
         load(tmp_path / "nowhere")
+
+
+def test_output_stride_dilates_the_last_stages() -> None:
+    trunk, dim = build_backbone("resnet50", "none", output_stride=8)
+    assert dim == 2048 and trunk.layer4[1].conv2.dilation == (4, 4) and trunk.layer3[0].conv2.stride == (1, 1)
+    assert trunk(torch.randn(1, 3, 64, 64)).shape == (1, 2048)
+    with pytest.raises(ValueError, match="bottleneck"):
+        build_backbone("resnet18", "none", output_stride=16)
+    with pytest.raises(ValueError, match="32, 16 or 8"):
+        build_backbone("resnet50", "none", output_stride=4)
+
+
+def test_pooled_features_are_standardised_before_the_embedding() -> None:
+    encoder = Encoder("resnet18", "none", embed_size=8).train()
+    pooled = 50 + 0.1 * torch.randn(64, 512)
+    encoder.project(pooled)
+    assert torch.allclose(encoder.standardize.running_mean, 0.1 * 50 * torch.ones(512), atol=0.1)
+    assert encoder.project(pooled[:1]).shape == (1, 8)  # a one-caption batch still works

@@ -110,6 +110,8 @@ def train(data: DataArg,
           encoder_weights: Annotated[str, typer.Option(help="imagenet (file in $TORCH_HOME/hub/checkpoints) or none")]
           = "imagenet",
           image_size: Annotated[int, typer.Option(help="Encoder input side in pixels")] = 224,
+          output_stride: Annotated[int, typer.Option(help="32 (standard), 16 or 8 (dilated last stages: denser "
+                                                     "features, slower; resnet50+)")] = 32,
           embed_size: int = 256, hidden_size: int = 512, num_layers: int = 1, dropout: float = 0.0,
           batch_norm: Annotated[bool, typer.Option(help="BatchNorm after the image embedding")] = True,
           fine_tune: Annotated[bool, typer.Option(help="Train the encoder's last stage (no feature cache)")] = False,
@@ -146,7 +148,7 @@ def train(data: DataArg,
                           accelerator, devices, num_nodes, num_workers, resume=resume, progress=progress)
         run(cfg, dict(backbone=backbone, encoder_weights=encoder_weights, image_size=image_size,
                       embed_size=embed_size, hidden_size=hidden_size, num_layers=num_layers, dropout=dropout,
-                      batch_norm=batch_norm, fine_tune=fine_tune))
+                      batch_norm=batch_norm, fine_tune=fine_tune, output_stride=output_stride))
     except (OSError, ValueError, WeightsUnavailableError) as e:
         raise _fail(e) from None
 
@@ -234,7 +236,7 @@ def serve(model: Annotated[Path, typer.Option(help="Model folder")],
 @app.command()
 def demo(out: Annotated[Path, typer.Option(help="Folder for the data set and the run")] = Path("runs/demo"),
          train_images: Annotated[int, typer.Option(help="Synthetic training images")] = 2000,
-         epochs: int = 20,
+         epochs: int = 40,
          image_size: Annotated[int, typer.Option(help="Encoder input side")] = 128,
          progress: bool = True) -> None:
     """The main job, offline: synthetic data -> feature cache -> train -> caption + score the test split."""

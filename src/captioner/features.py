@@ -29,10 +29,11 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("CAPTIONER_CACHE", Path.home() / ".cache" / "captioner" / "features"))
 
 
-def fingerprint(backbone: str, weights: str, seed: int, image_size: int, views: int, paths: Sequence[Path]) -> str:
+def fingerprint(backbone: str, weights: str, seed: int, image_size: int, views: int, paths: Sequence[Path],
+                output_stride: int = 32) -> str:
     """Key of a cache: changes whenever the encoder, preprocessing or image list changes."""
     h = hashlib.sha256(json.dumps([CACHE_VERSION, backbone, weights, seed if weights == "none" else None,
-                                   image_size, views, RESIZE_RATIO]).encode())
+                                   image_size, views, RESIZE_RATIO, output_stride]).encode())
     for p in paths:
         h.update(str(Path(p).resolve()).encode() + b"\0")
     return h.hexdigest()[:20]
@@ -151,20 +152,20 @@ def encode_images(paths: Sequence[Path], backbone: str, weights: str, seed: int,
                   cache_dir: str | Path | None = None, batch_size: int = 32, num_workers: int = 0,
                   device: str | torch.device = "cpu", rank: int = 0, world_size: int = 1,
                   barrier: Callable[[], None] = lambda: None, log: Callable[[str], None] = print,
-                  progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                  progress: bool = True, output_stride: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """Pooled frozen-encoder features of ``paths`` from the cache, encoding (this rank's share of) what is missing.
 
     Returns (float16 memmap [n, views, dim], ok mask [n]); unreadable images are reported and masked out.
     """
     from captioner.models.encoder import build_backbone
 
-    key = fingerprint(backbone, weights, seed, image_size, views, paths)
+    key = fingerprint(backbone, weights, seed, image_size, views, paths, output_stride)
     cache = FeatureCache(cache_dir or default_cache_dir(), key)
     if cache.complete():
         log(f"feature cache hit: {cache.array_path} ({len(paths)} images x {views} views; no encoder pass)")
         return cache.load()
     device = torch.device(device)
-    trunk, dim = build_backbone(backbone, weights, seed)
+    trunk, dim = build_backbone(backbone, weights, seed, output_stride)
     trunk = trunk.eval().to(device)
 
     def encode(x: torch.Tensor) -> torch.Tensor:

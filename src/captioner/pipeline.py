@@ -52,7 +52,7 @@ def _score(results: dict[int, str], refs: dict[int, list[str]]) -> dict[str, flo
         return score_captions(results, refs, java=False)
 
 
-def run_demo(out: str | Path = "runs/demo", train_images: int = 2000, epochs: int = 20, image_size: int = 128,
+def run_demo(out: str | Path = "runs/demo", train_images: int = 2000, epochs: int = 40, image_size: int = 128,
              progress: bool = True) -> dict[str, dict[str, float]]:
     """Synthetic scenes -> feature cache -> train -> caption + score the test split, model vs blind baseline."""
     from captioner.plots import caption_grid
@@ -64,11 +64,13 @@ def run_demo(out: str | Path = "runs/demo", train_images: int = 2000, epochs: in
     data, run, cache = out / "data", out / "run", out / "cache"
     if not (data / "annotations" / "captions_test.json").is_file():
         generate(data, n_train=train_images, progress=progress)
-    print("encoder: ResNet-50 with random weights (--encoder-weights none): the demo runs offline; with ImageNet "
-          "weights in $TORCH_HOME/hub/checkpoints use `captioner train --encoder-weights imagenet`")
+    print("encoder: frozen ResNet-50 with random weights (--encoder-weights none) and output stride 8, so the demo "
+          "runs offline; with ImageNet weights in $TORCH_HOME/hub/checkpoints use `captioner train "
+          "--encoder-weights imagenet`")
     cfg = TrainConfig(data=str(data), out=str(run), epochs=epochs, threshold=1, cache_dir=str(cache),
                       progress=progress, resume=(run / "checkpoints" / "last.ckpt").is_file())
-    train(cfg, dict(backbone="resnet50", encoder_weights="none", image_size=image_size, dropout=0.3))
+    train(cfg, dict(backbone="resnet50", encoder_weights="none", image_size=image_size, hidden_size=256, dropout=0.3,
+                    output_stride=8))
     model = load(run)
     records, _ = open_split(data, "test")
     objects = {im["id"]: im["objects"]

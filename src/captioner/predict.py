@@ -20,7 +20,7 @@ def image_embeddings(model: Captioner, records: list[ImageRecord], cache_dir: st
         from captioner.features import encode_images
 
         feats, ok = encode_images([r.path for r in records], c.backbone, c.encoder_weights, c.seed, c.image_size,
-                                  1, cache_dir, batch_size, progress=progress)
+                                  1, cache_dir, batch_size, progress=progress, output_stride=c.output_stride)
         pooled = torch.from_numpy(np.asarray(feats[:, 0], dtype=np.float32))
         with torch.inference_mode():
             return model.encoder.project(pooled), ok

@@ -90,7 +90,8 @@ class CaptionData(L.LightningDataModule):
         return encode_images([r.path for r in records], m.backbone, m.encoder_weights, m.seed, m.image_size, views,
                              self.cfg.cache_dir, self.cfg.encode_batch_size, self.cfg.num_workers,
                              trainer.strategy.root_device, trainer.global_rank, trainer.world_size,
-                             trainer.strategy.barrier, log=_say(trainer), progress=self.cfg.progress)
+                             trainer.strategy.barrier, log=_say(trainer), progress=self.cfg.progress,
+                             output_stride=m.output_stride)
 
     def setup(self, stage: str) -> None:
         if self.model_cfg.fine_tune:

@@ -36,6 +36,7 @@ class ModelConfig:
     fine_tune: bool = False
     max_len: int = 20
     seed: int = 0
+    output_stride: int = 32
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> ModelConfig:
@@ -60,7 +61,7 @@ class Captioner(nn.Module):
         self.config, self.vocab = config, vocab
         weights = config.encoder_weights if load_weights else "none"
         self.encoder = Encoder(config.backbone, weights, config.embed_size, config.batch_norm,
-                               config.fine_tune, config.seed)
+                               config.fine_tune, config.seed, config.output_stride)
         self.decoder = Decoder(config.vocab_size, config.embed_size, config.hidden_size, config.num_layers,
                                config.dropout)
 
