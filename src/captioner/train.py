@@ -230,8 +230,8 @@ class EpochCSV(Callback):
 
     COLUMNS = ("epoch", "lr", "train_loss", "train_ppl", "val_loss", "val_ppl", "val_bleu4", "val_cider", "seconds")
 
-    def __init__(self, path: Path) -> None:
-        self.path, self.lr, self.start = path, math.nan, 0.0
+    def __init__(self, path: Path, echo: bool = False) -> None:
+        self.path, self.echo, self.lr, self.start = path, echo, math.nan, 0.0
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self.lr, self.start = trainer.optimizers[0].param_groups[0]["lr"], time.perf_counter()
@@ -252,6 +252,8 @@ class EpochCSV(Callback):
             with open(self.path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < trainer.current_epoch]
         rows.append(row)
+        if self.echo:  # without a progress bar, one line per epoch
+            print("epoch " + "  ".join(f"{k} {v:.4g}" for k, v in row.items()), flush=True)
 
         def write(p: Path) -> None:
             with open(p, "w", newline="") as f:
@@ -319,7 +321,7 @@ def train(cfg: TrainConfig, model_kwargs: dict[str, Any] | None = None) -> Path:
     best = ModelCheckpoint(out / "checkpoints", "best", monitor="val_cider", mode="max", save_top_k=1,
                            every_n_epochs=cfg.eval_every)
     callbacks: list[Callback] = [ModelCheckpoint(out / "checkpoints", "last", save_top_k=1), best,
-                                 EpochCSV(out / "metrics.csv")]
+                                 EpochCSV(out / "metrics.csv", echo=not cfg.progress)]
     if cfg.early_stop:
         callbacks.append(EarlyStopping("val_cider", patience=cfg.early_stop, mode="max", check_finite=False))
     cuda = torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda")
