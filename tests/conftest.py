@@ -8,6 +8,16 @@ import pytest
 
 
 @pytest.fixture(scope="session")
+def tiny_synth(tmp_path_factory) -> Path:
+    """A tiny synthetic data set (24/8/8 images at 64 px), made once per test session."""
+    from captioner.synth import generate
+
+    out = tmp_path_factory.mktemp("tiny_synth")
+    generate(out, n_train=24, n_val=8, n_test=8, size=64, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
 def shared() -> Path:
     """Path of ../shared as given by $CAPTIONER_SHARED; skips the test when unset or missing."""
     root = os.environ.get("CAPTIONER_SHARED")

@@ -6,7 +6,6 @@ This file doubles as the extraction worker: ``python tests/test_distributed.py e
 """
 from __future__ import annotations
 
-import csv
 import math
 import os
 import re
@@ -18,6 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from captioner.io import read_csv
 
 TINY = ["--backbone", "resnet18", "--encoder-weights", "none", "--image-size", "64", "--embed-size", "16",
         "--hidden-size", "32"]
@@ -71,18 +72,8 @@ def finish(procs: list[subprocess.Popen], logs: list[Path], timeout: float = TIM
     return out
 
 
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory) -> Path:
-    from captioner.synth import generate
-
-    out = tmp_path_factory.mktemp("synth")
-    generate(out, n_train=24, n_val=8, n_test=8, size=64, progress=False)
-    return out
-
-
 def rows(run: Path) -> list[dict[str, str]]:
-    with open(run / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
+    return read_csv(run / "metrics.csv")
 
 
 def global_step(run: Path) -> int:
@@ -91,8 +82,8 @@ def global_step(run: Path) -> int:
     return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
 
 
-def train(synth: Path, out: Path, cache: Path, devices: int, batching: str) -> str:
-    cmd = [sys.executable, "-m", "captioner", "train", "--data", str(synth), "--out", str(out), "--epochs",
+def train(tiny_synth: Path, out: Path, cache: Path, devices: int, batching: str) -> str:
+    cmd = [sys.executable, "-m", "captioner", "train", "--data", str(tiny_synth), "--out", str(out), "--epochs",
            str(EPOCHS), "--batch-size", str(GLOBAL_BATCH // devices), "--threshold", "1", "--batching", batching,
            "--cache-dir", str(cache), "--val-images", "8", "--accelerator", "cpu", "--devices", str(devices),
            "--no-progress", *TINY]
@@ -100,14 +91,14 @@ def train(synth: Path, out: Path, cache: Path, devices: int, batching: str) -> s
     return finish([launch(cmd, log)], [log])
 
 
-def steps_per_epoch(synth: Path, devices: int, batching: str) -> list[int]:
+def steps_per_epoch(tiny_synth: Path, devices: int, batching: str) -> list[int]:
     """Optimizer steps per epoch that each of ``devices`` ranks should take (the same on every rank)."""
     from captioner.data.batching import LengthBucketSampler
     from captioner.data.captions import CaptionIds
     from captioner.data.datasets import open_split
     from captioner.data.vocab import Vocabulary
 
-    records, _ = open_split(synth, "train")
+    records, _ = open_split(tiny_synth, "train")
     ids = CaptionIds(records, Vocabulary.build((c for r in records for c in r.captions), 1))
     batch = GLOBAL_BATCH // devices
     if batching == "pad":
@@ -117,11 +108,11 @@ def steps_per_epoch(synth: Path, devices: int, batching: str) -> list[int]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("batching", ["bucket", "pad"])
-def test_two_process_ddp_matches_one_process(synth, tmp_path, batching) -> None:
+def test_two_process_ddp_matches_one_process(tiny_synth, tmp_path, batching) -> None:
     one = tmp_path / "one"
-    train(synth, one, tmp_path / "cache", 1, batching)
+    train(tiny_synth, one, tmp_path / "cache", 1, batching)
     two = tmp_path / "two"
-    out = train(synth, two, tmp_path / "cache2", 2, batching)
+    out = train(tiny_synth, two, tmp_path / "cache2", 2, batching)
     assert "MEMBER: 2/2" in out, out[-3000:]  # rank 1 really ran
 
     # one artifact, in --out, exported once (by rank 0); TensorBoard written once
@@ -136,9 +127,9 @@ def test_two_process_ddp_matches_one_process(synth, tmp_path, batching) -> None:
     assert load(two).config.backbone == "resnet18"
 
     # each rank trained on its own share: DDP steps are the per-rank batch count, not the whole data set's
-    steps = steps_per_epoch(synth, 2, batching)
+    steps = steps_per_epoch(tiny_synth, 2, batching)
     assert steps[0] == steps[1] and global_step(two) == EPOCHS * steps[0]
-    assert global_step(one) == EPOCHS * steps_per_epoch(synth, 1, batching)[0]
+    assert global_step(one) == EPOCHS * steps_per_epoch(tiny_synth, 1, batching)[0]
 
     # every epoch exactly once, and the loss curve of the 1-process run with the same global batch
     a, b = rows(one), rows(two)
@@ -175,10 +166,10 @@ EXTRACT_BATCH = 2  # 24 images -> 12 chunks, 6 per rank
 
 
 @pytest.mark.slow
-def test_killed_distributed_extraction_is_completed_to_the_same_bytes(synth, tmp_path) -> None:
+def test_killed_distributed_extraction_is_completed_to_the_same_bytes(tiny_synth, tmp_path) -> None:
     from captioner.features import FeatureCache, fingerprint
 
-    images = synth / "train"
+    images = tiny_synth / "train"
     paths = sorted(images.glob("*.png"))
     chunks = math.ceil(len(paths) / EXTRACT_BATCH)
     key = fingerprint("resnet18", "none", 0, 64, 1, paths)

@@ -1,7 +1,6 @@
 """Training end to end on a tiny synthetic set: artifact, per-epoch CSV, cache reuse, resume after SIGKILL."""
 from __future__ import annotations
 
-import csv
 import os
 import signal
 import subprocess
@@ -13,27 +12,19 @@ import pytest
 import torch
 
 from captioner import load
+from captioner.io import read_csv
 from captioner.models.encoder import build_backbone
-from captioner.synth import generate
 from captioner.train import TrainConfig, train
 
 TINY = dict(backbone="resnet18", encoder_weights="none", image_size=64, embed_size=16, hidden_size=32)
 
 
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("synth")
-    generate(out, n_train=24, n_val=8, n_test=8, size=64, progress=False)
-    return out
-
-
 def rows(run: Path) -> list[dict[str, str]]:
-    with open(run / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
+    return read_csv(run / "metrics.csv")
 
 
-def test_train_writes_artifact_curves_and_reuses_cache(synth, tmp_path, capsys) -> None:
-    cfg = dict(data=str(synth), epochs=2, batch_size=16, threshold=1, cache_dir=str(tmp_path / "cache"),
+def test_train_writes_artifact_curves_and_reuses_cache(tiny_synth, tmp_path, capsys) -> None:
+    cfg = dict(data=str(tiny_synth), epochs=2, batch_size=16, threshold=1, cache_dir=str(tmp_path / "cache"),
                progress=False, val_images=8)
     run = train(TrainConfig(out=str(tmp_path / "run"), **cfg), TINY)
     for name in ("model.safetensors", "config.json", "vocab.json", "metrics.csv", "loss.png", "train_config.json",
@@ -54,15 +45,15 @@ def test_train_writes_artifact_curves_and_reuses_cache(synth, tmp_path, capsys) 
         train(TrainConfig(out=str(tmp_path / "run"), **cfg), TINY)
 
 
-def test_padded_batches_train_too(synth, tmp_path) -> None:
-    run = train(TrainConfig(data=str(synth), out=str(tmp_path / "run"), epochs=1, batch_size=16, threshold=1,
+def test_padded_batches_train_too(tiny_synth, tmp_path) -> None:
+    run = train(TrainConfig(data=str(tiny_synth), out=str(tmp_path / "run"), epochs=1, batch_size=16, threshold=1,
                             batching="pad", cache_views=2, cache_dir=str(tmp_path / "cache"), progress=False), TINY)
     assert len(rows(run)) == 1
 
 
-def test_sigkill_then_resume_records_every_epoch_once(synth, tmp_path) -> None:
+def test_sigkill_then_resume_records_every_epoch_once(tiny_synth, tmp_path) -> None:
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "captioner", "train", "--data", str(synth), "--out", str(run), "--epochs", "6",
+    cmd = [sys.executable, "-m", "captioner", "train", "--data", str(tiny_synth), "--out", str(run), "--epochs", "6",
            "--batch-size", "4", "--threshold", "1", "--cache-dir", str(tmp_path / "cache"), "--no-progress",
            "--backbone", "resnet18", "--encoder-weights", "none", "--image-size", "64", "--embed-size", "16",
            "--hidden-size", "32"]
@@ -82,8 +73,8 @@ def test_sigkill_then_resume_records_every_epoch_once(synth, tmp_path) -> None:
     assert (run / "model.safetensors").is_file()
 
 
-def test_fine_tuning_trains_the_last_stage_from_images(synth, tmp_path) -> None:
-    run = train(TrainConfig(data=str(synth), out=str(tmp_path / "run"), epochs=1, batch_size=32, threshold=1,
+def test_fine_tuning_trains_the_last_stage_from_images(tiny_synth, tmp_path) -> None:
+    run = train(TrainConfig(data=str(tiny_synth), out=str(tmp_path / "run"), epochs=1, batch_size=32, threshold=1,
                             progress=False), TINY | {"fine_tune": True})
     tuned, fresh_trunk = load(run), build_backbone("resnet18", "none", 0)[0]
     assert torch.equal(tuned.encoder.backbone.conv1.weight, fresh_trunk.conv1.weight)  # frozen stem

@@ -1,6 +1,7 @@
 """Atomic file writes: write to a temp file beside the target, then rename, so nothing is half-written."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import tempfile
@@ -45,6 +46,12 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{what} {path} is not valid JSON: {e}") from e
+
+
+def read_csv(path: str | Path) -> list[dict[str, str]]:
+    """Rows of a CSV file with a header, as dicts."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def _umask() -> int:

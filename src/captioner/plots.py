@@ -1,7 +1,6 @@
 """Pictures a user looks at: training curves from metrics.csv and image grids with captions underneath."""
 from __future__ import annotations
 
-import csv
 import math
 import textwrap
 from collections.abc import Sequence
@@ -13,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from captioner.data.images import load_rgb  # noqa: E402
-from captioner.io import atomic_write  # noqa: E402
+from captioner.io import atomic_write, read_csv  # noqa: E402
 
 
 def _save(fig: plt.Figure, path: str | Path) -> Path:
@@ -24,8 +23,7 @@ def _save(fig: plt.Figure, path: str | Path) -> Path:
 
 def loss_plot(metrics_csv: str | Path, out: str | Path) -> Path:
     """Loss, perplexity, learning rate and validation scores per epoch, one panel each."""
-    with open(metrics_csv, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_csv(metrics_csv)
     if not rows:
         raise ValueError(f"{metrics_csv} has no epochs to plot")
     epochs = [int(r["epoch"]) for r in rows]

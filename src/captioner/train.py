@@ -28,7 +28,7 @@ from captioner.data.images import eval_transform, load_rgb
 from captioner.data.vocab import Vocabulary
 from captioner.evaluate import JavaMissingError, score_captions
 from captioner.features import encode_images
-from captioner.io import atomic_write, read_json, write_json
+from captioner.io import atomic_write, read_csv, read_json, write_json
 from captioner.models.captioner import Captioner, ModelConfig
 from captioner.models.decoder import caption_loss
 
@@ -247,10 +247,8 @@ class EpochCSV(Callback):
                 row[f"{split}_ppl"] = math.exp(min(m[f"{split}_loss"], 50))
         if (trainer.current_epoch + 1) % module.cfg.eval_every == 0:
             row |= {k: m[k] for k in ("val_bleu4", "val_cider") if k in m}
-        rows = []
-        if self.path.is_file():
-            with open(self.path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < trainer.current_epoch]
+        done = read_csv(self.path) if self.path.is_file() else []
+        rows = [r for r in done if int(r["epoch"]) < trainer.current_epoch]
         rows.append(row)
         if self.echo:  # without a progress bar, one line per epoch
             print("epoch " + "  ".join(f"{k} {v:.4g}" for k, v in row.items()), flush=True)
