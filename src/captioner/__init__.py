@@ -9,8 +9,11 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 
-def load(folder: str, device: str = "cpu") -> Captioner:
-    """Load a trained captioner from its artifact folder (model.safetensors + config.json + vocab.json)."""
+def load(folder: str, device: str | None = None) -> Captioner:
+    """Load a trained captioner from its artifact folder (model.safetensors + config.json + vocab.json).
+
+    ``device`` defaults to the GPU when there is one.
+    """
     from captioner.models.captioner import load as _load
 
     return _load(folder, device)

@@ -15,13 +15,14 @@ from captioner.models.captioner import Captioner
 def image_embeddings(model: Captioner, records: list[ImageRecord], cache_dir: str | Path | None = None,
                      batch_size: int = 32, progress: bool = True) -> tuple[torch.Tensor, np.ndarray]:
     """Image embeddings [n, E] of the records and an ok mask; frozen encoders go through the feature cache."""
-    c = model.config
+    c, device = model.config, next(model.parameters()).device
     if not c.fine_tune:
         from captioner.features import encode_images
 
         feats, ok = encode_images([r.path for r in records], c.backbone, c.encoder_weights, c.seed, c.image_size,
-                                  1, cache_dir, batch_size, progress=progress, output_stride=c.output_stride)
-        pooled = torch.from_numpy(np.asarray(feats[:, 0], dtype=np.float32))
+                                  1, cache_dir, batch_size, device=device, progress=progress,
+                                  output_stride=c.output_stride)
+        pooled = torch.from_numpy(np.asarray(feats[:, 0], dtype=np.float32)).to(device)
         with torch.inference_mode():
             return model.encoder.project(pooled), ok
     transform, out, ok = eval_transform(c.image_size), [], np.ones(len(records), dtype=bool)
@@ -34,7 +35,7 @@ def image_embeddings(model: Captioner, records: list[ImageRecord], cache_dir: st
                 ok[i] = False
                 batch.append(torch.zeros(3, c.image_size, c.image_size))
         with torch.inference_mode():
-            out.append(model.encoder(torch.stack(batch)))
+            out.append(model.encoder(torch.stack(batch).to(device)))
     return torch.cat(out), ok
 
 

@@ -100,8 +100,11 @@ class Captioner(nn.Module):
         return folder
 
 
-def load(folder: str | Path, device: str | torch.device = "cpu") -> Captioner:
-    """Rebuild a captioner from its artifact folder (no pickle); errors name the missing or mismatched file."""
+def load(folder: str | Path, device: str | torch.device | None = None) -> Captioner:
+    """Rebuild a captioner from its artifact folder (no pickle); errors name the missing or mismatched file.
+
+    ``device`` defaults to the GPU when there is one.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"model folder not found: {folder} (give a run folder written by `captioner train`)")
@@ -126,4 +129,4 @@ def load(folder: str | Path, device: str | torch.device = "cpu") -> Captioner:
         raise ValueError(f"{folder / 'model.safetensors'} does not match {folder / 'config.json'} / vocab.json: "
                          f"{detail}")
     model.load_state_dict(state)
-    return model.to(device).eval()
+    return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
