@@ -118,19 +118,18 @@ class CaptionData(L.LightningDataModule):
 
     def _loader(self, dataset, shuffle: bool) -> DataLoader:
         cached = isinstance(dataset, CachedCaptions)
-        collate = (lambda batch: batch) if cached else pad_collate
+        common = dict(collate_fn=(lambda batch: batch) if cached else pad_collate, pin_memory=torch.cuda.is_available(),
+                      num_workers=0 if cached else self.cfg.num_workers)
         if self.cfg.batching == "bucket" or not shuffle:
             sampler = LengthBucketSampler(dataset.captions.lengths, self.cfg.batch_size, shuffle, self.cfg.seed,
                                           self.trainer.global_rank if shuffle else 0,
                                           self.trainer.world_size if shuffle else 1)
-            return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
-                              num_workers=0 if cached else self.cfg.num_workers)
+            return DataLoader(dataset, batch_sampler=sampler, **common)
         sampler = None
         if self.trainer.world_size > 1:  # padded batches: each rank a disjoint share (pads by repeating a few)
             sampler = DistributedSampler(dataset, self.trainer.world_size, self.trainer.global_rank, seed=self.cfg.seed)
             sampler.set_epoch(self.trainer.current_epoch)
-        return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=sampler is None, sampler=sampler,
-                          collate_fn=collate, num_workers=0 if cached else self.cfg.num_workers)
+        return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=sampler is None, sampler=sampler, **common)
 
     def train_dataloader(self) -> DataLoader:
         if isinstance(self.train_set, CachedCaptions):

@@ -12,7 +12,6 @@ from pycocotools.coco import COCO
 
 from captioner.io import read_json
 
-SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 
