@@ -103,3 +103,20 @@ def test_real_coco_inspect_vocab_and_caption(shared, model, tmp_path) -> None:
     result = invoke("caption", "--model", model, *photos)
     assert result.exit_code == 0, result.output
     assert len([line for line in result.output.splitlines() if "\t" in line]) == 6
+
+
+def test_evaluate_a_fine_tuned_model_encodes_pixels(synth, tmp_path) -> None:
+    records = json.loads((synth / "annotations" / "captions_train.json").read_text())["annotations"]
+    vocab = Vocabulary.build([a["caption"] for a in records], threshold=1)
+    config = ModelConfig(vocab_size=len(vocab), backbone="resnet18", encoder_weights="none", image_size=64,
+                         embed_size=16, hidden_size=32, fine_tune=True)
+    model = Captioner(config, vocab).save(tmp_path / "tuned")
+    first = sorted((synth / "test").iterdir())[0]
+    first.rename(tmp_path / "gone.png")
+    try:
+        result = invoke("evaluate", "--model", model, "--data", synth, "--split", "test", "--cache-dir",
+                        tmp_path / "cache")
+    finally:
+        (tmp_path / "gone.png").rename(first)
+    assert result.exit_code == 0, result.output
+    assert "1 missing file" in result.output and len(json.loads((model / "results_test.json").read_text())) == 5

@@ -5,10 +5,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from captioner.data.datasets import ImageRecord
-from captioner.data.images import eval_transform, load_rgb
+from captioner.features import ImageViews, encode_images
 from captioner.models.captioner import Captioner
 
 
@@ -17,26 +18,19 @@ def image_embeddings(model: Captioner, records: list[ImageRecord], cache_dir: st
     """Image embeddings [n, E] of the records and an ok mask; frozen encoders go through the feature cache."""
     c, device = model.config, next(model.parameters()).device
     if not c.fine_tune:
-        from captioner.features import encode_images
-
         feats, ok = encode_images([r.path for r in records], c.backbone, c.encoder_weights, c.seed, c.image_size,
                                   1, cache_dir, batch_size, device=device, progress=progress,
                                   output_stride=c.output_stride)
         pooled = torch.from_numpy(np.asarray(feats[:, 0], dtype=np.float32)).to(device)
         with torch.inference_mode():
             return model.encoder.project(pooled), ok
-    transform, out, ok = eval_transform(c.image_size), [], np.ones(len(records), dtype=bool)
-    for start in tqdm(range(0, len(records), batch_size), desc="encoding images", disable=not progress):
-        batch = []
-        for i, r in enumerate(records[start:start + batch_size], start):
-            try:
-                batch.append(transform(load_rgb(r.path)))
-            except OSError:
-                ok[i] = False
-                batch.append(torch.zeros(3, c.image_size, c.image_size))
+    loader = DataLoader(ImageViews([r.path for r in records], c.image_size), batch_size=batch_size)
+    out, ok = [], []
+    for images, good in tqdm(loader, desc="encoding images", disable=not progress):
         with torch.inference_mode():
-            out.append(model.encoder(torch.stack(batch).to(device)))
-    return torch.cat(out), ok
+            out.append(model.encoder(images[:, 0].to(device)))
+        ok.append(good.numpy())
+    return torch.cat(out), np.concatenate(ok)
 
 
 def caption_embeddings(model: Captioner, embeddings: torch.Tensor, beam: int = 1, batch_size: int = 64,

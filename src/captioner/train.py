@@ -24,10 +24,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 from captioner.data.batching import LengthBucketSampler, pad_collate
 from captioner.data.captions import CachedCaptions, CaptionIds, ImageCaptions
 from captioner.data.datasets import ImageRecord, open_split
-from captioner.data.images import eval_transform, load_rgb
 from captioner.data.vocab import Vocabulary
 from captioner.evaluate import JavaMissingError, score_captions
-from captioner.features import encode_images
+from captioner.features import ImageViews, encode_images
 from captioner.io import atomic_write, read_csv, read_json, write_json
 from captioner.models.captioner import Captioner, ModelConfig
 from captioner.models.decoder import caption_loss
@@ -99,14 +98,10 @@ class CaptionData(L.LightningDataModule):
                                            self.model_cfg.image_size)
             self.val_set = ImageCaptions(self.val_records, CaptionIds(self.val_records, self.vocab),
                                          self.model_cfg.image_size, hflip=False)
-            transform, images, kept = eval_transform(self.model_cfg.image_size), [], []
-            for record in self.eval_records:
-                try:
-                    images.append(transform(load_rgb(record.path)))
-                    kept.append(record)
-                except OSError:
-                    continue
-            self.eval_inputs, self.eval_records = torch.stack(images), kept
+            views = ImageViews([r.path for r in self.eval_records], self.model_cfg.image_size)
+            loaded = [(record, *views[i]) for i, record in enumerate(self.eval_records)]
+            self.eval_inputs = torch.stack([image[0] for _, image, good in loaded if good])
+            self.eval_records = [record for record, _, good in loaded if good]
             return
         train_feats, ok = self._features(self.train_records, self.cfg.cache_views)
         self.train_set = CachedCaptions(train_feats, CaptionIds(self.train_records, self.vocab, ok), self.cfg.seed)
