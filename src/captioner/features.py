@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,6 +21,9 @@ from tqdm import tqdm
 
 from captioner.data.images import RESIZE_RATIO, eval_transform, flip, load_rgb, train_transform
 from captioner.io import write_json
+
+if TYPE_CHECKING:
+    from captioner.models.encoder import Encoder
 
 CACHE_VERSION = 2
 
@@ -152,10 +156,13 @@ def encode_images(paths: Sequence[Path], backbone: str, weights: str, seed: int,
                   cache_dir: str | Path | None = None, batch_size: int = 32, num_workers: int = 0,
                   device: str | torch.device = "cpu", rank: int = 0, world_size: int = 1,
                   barrier: Callable[[], None] = lambda: None, log: Callable[[str], None] = print,
-                  progress: bool = True, output_stride: int = 32) -> tuple[np.ndarray, np.ndarray]:
+                  progress: bool = True, output_stride: int = 32,
+                  encoder: Encoder | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Pooled frozen-encoder features of ``paths`` from the cache, encoding (this rank's share of) what is missing.
 
     Returns (float16 memmap [n, views, dim], ok mask [n]); unreadable images are reported and masked out.
+    ``encoder`` is the caller's encoder built from the same settings (its frozen trunk is used); without it
+    the trunk is built here.
     """
     from captioner.models.encoder import build_backbone
 
@@ -165,7 +172,11 @@ def encode_images(paths: Sequence[Path], backbone: str, weights: str, seed: int,
         log(f"feature cache hit: {cache.array_path} ({len(paths)} images x {views} views; no encoder pass)")
         return cache.load()
     device = torch.device(device)
-    trunk, dim = build_backbone(backbone, weights, seed, output_stride)
+    if encoder is None:
+        trunk, dim = build_backbone(backbone, weights, seed, output_stride)
+    else:
+        trunk, dim = encoder.backbone, encoder.feature_size
+    was_training = trunk.training
     trunk = trunk.eval().to(device)
 
     def encode(x: torch.Tensor) -> torch.Tensor:
@@ -174,8 +185,11 @@ def encode_images(paths: Sequence[Path], backbone: str, weights: str, seed: int,
             return trunk(x).float()
 
     start = time.perf_counter()
-    n = cache.build(encode, ImageViews(paths, image_size, views), dim, batch_size, num_workers, rank, world_size,
-                    progress)
+    try:
+        n = cache.build(encode, ImageViews(paths, image_size, views), dim, batch_size, num_workers, rank,
+                        world_size, progress)
+    finally:
+        trunk.train(was_training)  # the caller's module keeps its mode
     seconds = time.perf_counter() - start
     if n:
         log(f"encoded {n} images x {views} views with {backbone} in {seconds:.1f} s "

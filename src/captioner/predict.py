@@ -20,10 +20,10 @@ def image_embeddings(model: Captioner, records: list[ImageRecord], cache_dir: st
     if not c.fine_tune:
         feats, ok = encode_images([r.path for r in records], c.backbone, c.encoder_weights, c.seed, c.image_size,
                                   1, cache_dir, batch_size, device=device, progress=progress,
-                                  output_stride=c.output_stride)
+                                  output_stride=c.output_stride, encoder=model.encoder)
         pooled = torch.from_numpy(np.asarray(feats[:, 0], dtype=np.float32)).to(device)
         with torch.inference_mode():
-            return model.encoder.project(pooled), ok
+            return model.encoder(pooled), ok
     loader = DataLoader(ImageViews([r.path for r in records], c.image_size), batch_size=batch_size)
     out, ok = [], []
     for images, good in tqdm(loader, desc="encoding images", disable=not progress):

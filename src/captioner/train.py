@@ -90,7 +90,7 @@ class CaptionData(L.LightningDataModule):
                              self.cfg.cache_dir, self.cfg.encode_batch_size, self.cfg.num_workers,
                              trainer.strategy.root_device, trainer.global_rank, trainer.world_size,
                              trainer.strategy.barrier, log=_say(trainer), progress=self.cfg.progress,
-                             output_stride=m.output_stride)
+                             output_stride=m.output_stride, encoder=trainer.lightning_module.model.encoder)
 
     def setup(self, stage: str) -> None:
         if self.model_cfg.fine_tune:
@@ -146,8 +146,7 @@ class CaptionModule(L.LightningModule):
 
     def _loss(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
         x, captions, lengths = batch
-        image = self.model.encoder.project(x) if x.dim() == 2 else self.model.encoder(x)
-        return caption_loss(self.model.decoder(image, captions, lengths), captions)
+        return caption_loss(self.model.decoder(self.model.encoder(x), captions, lengths), captions)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)
@@ -207,8 +206,7 @@ def generation_scores(model: Captioner, inputs: torch.Tensor, records: list[Imag
     model.eval()
     results = {}
     for start in range(0, len(records), batch_size):
-        x = inputs[start:start + batch_size]
-        image = model.encoder.project(x) if x.dim() == 2 else model.encoder(x)
+        image = model.encoder(inputs[start:start + batch_size])
         for record, caps in zip(records[start:start + batch_size], model.generate(image), strict=True):
             results[record.image_id] = caps[0][0]
     model.train(was_training)

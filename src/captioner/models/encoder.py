@@ -104,8 +104,9 @@ class Encoder(nn.Module):
         """
         return _batch_norm(self.norm, self.embed(_batch_norm(self.standardize, pooled.float())))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.project(self.pooled(images))
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Image embedding of images [B, 3, H, W] or of their already pooled (cached) features [B, D]."""
+        return self.project(inputs if inputs.dim() == 2 else self.pooled(inputs))
 
 
 def _batch_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
