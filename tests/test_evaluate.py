@@ -38,8 +38,8 @@ OTHER = {1: "zebras graze quietly outside", 2: "kitchen sink below window", 3: "
 @needs_java
 def test_identical_captions_score_one() -> None:
     scores = score_captions(CAPTIONS, SAME, metrics=("Bleu", "ROUGE_L"))  # METEOR: see the fakecap test
-    assert scores["Bleu_4"] == pytest.approx(1.0)
-    assert scores["ROUGE_L"] == pytest.approx(1.0)
+    assert scores["Bleu_4"] == pytest.approx(100.0)
+    assert scores["ROUGE_L"] == pytest.approx(100.0)
 
 
 @needs_java
@@ -88,9 +88,9 @@ def test_score_files_equals_pycocoevalcap_scorers(
 
     monkeypatch.setattr(evaluate, "Meteor", RecordingMeteor)
     scores = score_files(results_path, annotations_path)
-    assert scores == pytest.approx(expected, abs=1e-6)
+    assert scores == pytest.approx({k: 100 * v for k, v in expected.items()}, abs=1e-4)  # the 0-100 scale
     assert len(started) == 1 and started[0].meteor_p.returncode is not None  # its java process has ended
-    assert 0.1 < scores["Bleu_4"] < 0.25 and 0.4 < scores["CIDEr"] < 0.8
+    assert 10 < scores["Bleu_4"] < 25 and 40 < scores["CIDEr"] < 80
 
 
 def test_python_tokenizer_path_needs_no_java(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -98,7 +98,7 @@ def test_python_tokenizer_path_needs_no_java(monkeypatch: pytest.MonkeyPatch) ->
     with pytest.warns(UserWarning, match="not comparable"):
         scores = score_captions(CAPTIONS, SAME, java=False)
     assert set(scores) == {"Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr"}
-    assert scores["Bleu_4"] == pytest.approx(1.0)
+    assert scores["Bleu_4"] == pytest.approx(100.0)
     with pytest.raises(JavaMissingError, match="default-jre-headless"):
         score_captions(CAPTIONS, SAME)
     with pytest.raises(ValueError, match="need java"):
@@ -112,7 +112,7 @@ def test_spice_without_models_warns_and_returns_other_metrics(
     monkeypatch.setattr(evaluate, "_spice_lib", lambda: tmp_path)
     with pytest.warns(UserWarning, match="SPICE models not found.*SPICE skipped"):
         scores = score_captions(CAPTIONS, SAME, spice=True, metrics=("Bleu",))
-    assert "SPICE" not in scores and scores["Bleu_4"] == pytest.approx(1.0)
+    assert "SPICE" not in scores and scores["Bleu_4"] == pytest.approx(100.0)
 
 
 def _write(tmp_path: Path, name: str, obj: object) -> Path:
@@ -156,8 +156,8 @@ def test_write_results_is_sorted_coco_format(tmp_path: Path) -> None:
     assert load_results(path) == {1: "a", 3: "c"}
 
 
-def test_format_table_scales_to_100() -> None:
-    table = format_table({"model": {"CIDEr": 0.5822, "Bleu_4": 0.1633}, "blind": {"Bleu_4": 0.05}})
+def test_format_table_prints_one_decimal_in_standard_order() -> None:
+    table = format_table({"model": {"CIDEr": 58.22, "Bleu_4": 16.33}, "blind": {"Bleu_4": 5.0}})
     lines = table.splitlines()
     assert lines[0] == "| metric | model | blind |"
     assert lines[2] == "| Bleu_4 | 16.3 | 5.0 |"  # standard order: BLEU before CIDEr

@@ -105,16 +105,34 @@ def train(data: DataArg,
           out: Annotated[Path, typer.Option(help="Run folder (model, metrics.csv, loss.png, checkpoints)")] = Path(
               "runs/default"),
           images: ImagesOpt = None,
-          backbone: Annotated[str, typer.Option(help="resnet18/34/50/101/152, resnext50_32x4d, wide_resnet50_2")]
+          val_data: Annotated[Path | None, typer.Option(help="Validation source (folder, Karpathy JSON or COCO file); "
+                                                       "default: the data's val split, else --val-fraction held out")]
+          = None,
+          val_image_dir: Annotated[Path | None, typer.Option(help="Image folder of a --val-data COCO file")] = None,
+          val_fraction: Annotated[float, typer.Option(help="Share of training images held out (seeded) when the "
+                                                      "data has no val split")] = 0.05,
+          decoder: Annotated[str, typer.Option(help="show-tell (pooled image as the LSTM's first input) or attention "
+                                               "(Show, Attend and Tell over the G x G grid)")] = "show-tell",
+          backbone: Annotated[str, typer.Option(help="efficientnet_lite0 (ImageNet weights ship with the package: "
+                                                "offline), resnet18/34/50/101/152, resnext50_32x4d, wide_resnet50_2")]
           = "resnet50",
-          encoder_weights: Annotated[str, typer.Option(help="imagenet (file in $TORCH_HOME/hub/checkpoints) or none")]
-          = "imagenet",
+          encoder_weights: Annotated[str, typer.Option(help="imagenet (resnets: file in $TORCH_HOME/hub/checkpoints) "
+                                                       "or none (seeded random)")] = "imagenet",
           image_size: Annotated[int, typer.Option(help="Encoder input side in pixels")] = 224,
+          grid: Annotated[int, typer.Option(help="Feature grid side G: the last feature map average-pooled to G x G "
+                                            "cells (7 at 224 px is the map itself)")] = 7,
           output_stride: Annotated[int, typer.Option(help="32 (standard), 16 or 8 (dilated last stages: denser "
                                                      "features, slower; resnet50+)")] = 32,
-          embed_size: int = 256, hidden_size: int = 512, num_layers: int = 1, dropout: float = 0.0,
-          batch_norm: Annotated[bool, typer.Option(help="BatchNorm after the image embedding")] = True,
+          embed_size: int = 256, hidden_size: int = 512,
+          num_layers: Annotated[int, typer.Option(help="LSTM layers (show-tell)")] = 1,
+          attention_size: Annotated[int, typer.Option(help="Attention MLP width (attention)")] = 256,
+          context_size: Annotated[int, typer.Option(help="Width the grid is projected to (attention)")] = 256,
+          attention_penalty: Annotated[float, typer.Option(help="Weight of the doubly stochastic attention "
+                                                         "regulariser (attention)")] = 1.0,
+          dropout: float = 0.0,
+          batch_norm: Annotated[bool, typer.Option(help="BatchNorm after the image embedding (show-tell)")] = True,
           fine_tune: Annotated[bool, typer.Option(help="Train the encoder's last stage (no feature cache)")] = False,
+          max_len: Annotated[int, typer.Option(help="Longest caption generated, in tokens")] = 20,
           epochs: int = 20, batch_size: int = 512,
           lr: Annotated[float, typer.Option(help="Initial learning rate (Adam)")] = 0.01,
           min_lr: Annotated[float, typer.Option(help="Lowest learning rate the scheduler reaches")] = 0.001,
@@ -134,60 +152,85 @@ def train(data: DataArg,
           devices: Annotated[int, typer.Option(help="Processes/GPUs per node (DDP when > 1)")] = 1,
           num_nodes: int = 1,
           num_workers: Annotated[int, typer.Option(help="DataLoader workers decoding images")] = 0,
-          resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint")] = False,
+          resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint (same "
+                                               "flags as the run)")] = False,
+          force: Annotated[bool, typer.Option(help="With --resume: accept new --epochs, --min-lr, --eval-every, "
+                                              "--early-stop, --val-images")] = False,
           progress: bool = True) -> None:
     """Train a captioner (frozen encoder via the feature cache) and export it to the run folder."""
-    from captioner.models.encoder import WeightsUnavailableError
+    from captioner.models.backbones import WeightsUnavailableError
     from captioner.train import TrainConfig
     from captioner.train import train as run
 
     try:
-        cfg = TrainConfig(str(data), str(out), str(images) if images else None, "val", epochs, batch_size, lr, min_lr,
-                          scheduler, weight_decay, clip, threshold, batching, cache_views,
-                          str(cache_dir) if cache_dir else None, eval_every, val_images, early_stop, seed,
-                          accelerator, devices, num_nodes, num_workers, resume=resume, progress=progress)
-        run(cfg, dict(backbone=backbone, encoder_weights=encoder_weights, image_size=image_size,
-                      embed_size=embed_size, hidden_size=hidden_size, num_layers=num_layers, dropout=dropout,
-                      batch_norm=batch_norm, fine_tune=fine_tune, output_stride=output_stride))
+        cfg = TrainConfig(data=str(data), out=str(out), images=str(images) if images else None,
+                          val_data=str(val_data) if val_data else None,
+                          val_image_dir=str(val_image_dir) if val_image_dir else None, val_fraction=val_fraction,
+                          epochs=epochs, batch_size=batch_size, lr=lr, min_lr=min_lr, scheduler=scheduler,
+                          weight_decay=weight_decay, clip=clip, attention_penalty=attention_penalty,
+                          threshold=threshold, batching=batching, cache_views=cache_views,
+                          cache_dir=str(cache_dir) if cache_dir else None, eval_every=eval_every,
+                          val_images=val_images, early_stop=early_stop, seed=seed, accelerator=accelerator,
+                          devices=devices, num_nodes=num_nodes, num_workers=num_workers, resume=resume, force=force,
+                          progress=progress)
+        run(cfg, dict(decoder=decoder, backbone=backbone, encoder_weights=encoder_weights, image_size=image_size,
+                      grid=grid, embed_size=embed_size, hidden_size=hidden_size, num_layers=num_layers,
+                      attention_size=attention_size, context_size=context_size, dropout=dropout,
+                      batch_norm=batch_norm, fine_tune=fine_tune, max_len=max_len, output_stride=output_stride))
     except (OSError, ValueError, WeightsUnavailableError) as e:
         raise _fail(e) from None
+
+
+MaxLenOpt = Annotated[int | None, typer.Option(help="Longest caption, in tokens (default: the model's max_len)")]
+PenaltyOpt = Annotated[float, typer.Option(help="Beam length penalty alpha (GNMT): 0 raw log-probability, "
+                                           "larger favours longer captions")]
 
 
 @app.command()
 def caption(model: Annotated[Path, typer.Option(help="Model folder (model.safetensors, config.json, vocab.json)")],
             images: Annotated[list[Path], typer.Argument(help="Image files")],
             beam: Annotated[int, typer.Option(help="Beam size (1: greedy)")] = 1,
+            max_len: MaxLenOpt = None, length_penalty: PenaltyOpt = 0.0,
             grid: Annotated[Path | None, typer.Option(help="Write a PNG grid of the images with captions")] = None,
+            attention: Annotated[Path | None, typer.Option(help="Write a PNG of each word's attention map over its "
+                                                       "image (attention models)")] = None,
             ) -> None:
-    """Print one caption per image (and optionally draw them in a grid)."""
+    """Print one caption per image (and optionally draw them in a grid, or their attention maps)."""
     from captioner import load
     from captioner.data.images import load_rgb
 
     try:
         m = load(str(model))
+        if attention and m.config.decoder != "attention":
+            raise ValueError(f"--attention needs an attention model; {model} is {m.config.decoder}")
         readable = []
         for path in images:
             try:
                 readable.append((path, load_rgb(path)))
             except OSError as e:
                 typer.secho(f"skipped: {e}", fg="yellow", err=True)
-        results = m.caption([im for _, im in readable], beam)
+        results = m.caption([im for _, im in readable], beam, max_len=max_len, length_penalty=length_penalty)
     except (OSError, ValueError) as e:
         raise _fail(e) from None
     for (path, _), hyps in zip(readable, results, strict=True):
-        typer.echo(f"{path}\t{hyps[0][0]}")
+        typer.echo(f"{path}\t{hyps[0].text}")
     if grid and readable:
         from captioner.plots import caption_grid
 
-        caption_grid([p for p, _ in readable], [h[0][0] for h in results], grid)
+        caption_grid([p for p, _ in readable], [h[0].text for h in results], grid)
         typer.echo(f"grid: {grid}")
+    if attention and readable:
+        from captioner.plots import attention_maps
+
+        attention_maps([im for _, im in readable], [h[0] for h in results], attention)
+        typer.echo(f"attention maps: {attention}")
     if len(readable) < len(images):
         raise typer.Exit(1)
 
 
 @app.command()
 def evaluate(model: Annotated[Path, typer.Option(help="Model folder")], data: DataArg, images: ImagesOpt = None,
-             split: str = "test", beam: int = 1,
+             split: str = "test", beam: int = 1, max_len: MaxLenOpt = None, length_penalty: PenaltyOpt = 0.0,
              out: Annotated[Path | None, typer.Option(help="Where results/metrics JSON go (default: model folder)")]
              = None,
              java: Annotated[bool, typer.Option(help="Official PTB tokenizer + METEOR (needs java)")] = True,
@@ -198,7 +241,7 @@ def evaluate(model: Annotated[Path, typer.Option(help="Model folder")], data: Da
     from captioner.pipeline import evaluate_split
 
     try:
-        evaluate_split(model, data, split, images, beam, out, java, spice, cache_dir)
+        evaluate_split(model, data, split, images, beam, out, java, spice, cache_dir, max_len, length_penalty)
     except (OSError, ValueError, JavaMissingError) as e:
         raise _fail(e) from None
 

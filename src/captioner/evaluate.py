@@ -1,8 +1,8 @@
 """Official COCO caption metrics (BLEU, METEOR, ROUGE-L, CIDEr, optional SPICE) through pycocoevalcap.
 
-Scores are on the 0-1 scale. With ``java=True`` (the default) captions go through the Stanford PTBTokenizer
-and the scorers exactly as pycocoevalcap's ``COCOEvalCap.evaluate`` runs them, so the numbers are comparable
-with published ones; we never call ``evaluate()`` itself because it builds SPICE first, which downloads
+Scores are on the 0-100 scale (pycocoevalcap's x 100), as every table, plot and file shows them. With
+``java=True`` (the default) captions go through the Stanford PTBTokenizer and the scorers exactly as
+pycocoevalcap's ``COCOEvalCap.evaluate`` runs them, so the numbers are comparable with published ones; we never call ``evaluate()`` itself because it builds SPICE first, which downloads
 Stanford CoreNLP. ``java=False`` uses a pure-Python tokenizer and no METEOR: it emits a ``UserWarning``
 because those scores are close to, but not comparable with, published numbers.
 """
@@ -50,7 +50,7 @@ def score_captions(
     spice: bool = False,
     metrics: tuple[str, ...] | None = None,
 ) -> dict[str, float]:
-    """Score candidate captions against references; keys Bleu_1..Bleu_4, METEOR, ROUGE_L, CIDEr (0-1 scale).
+    """Score candidate captions against references; keys Bleu_1..Bleu_4, METEOR, ROUGE_L, CIDEr (0-100 scale).
 
     Scores the image ids of ``results`` (CIDEr's IDF is computed over them); ``metrics`` restricts the scorers
     to some of ``SCORERS``; ``java=False`` warns and skips METEOR; SPICE is skipped with a warning if
@@ -81,7 +81,7 @@ def score_captions(
     for name in names:
         scores.update(_run_scorer(name, gts, res))
     if spice and _spice_ready():
-        scores["SPICE"] = float(Spice().compute_score(gts, res)[0])
+        scores["SPICE"] = 100 * float(Spice().compute_score(gts, res)[0])
     return scores
 
 
@@ -126,12 +126,12 @@ def _run_scorer(name: str, gts: dict[int, list[str]], res: dict[int, list[str]])
     """Run one pycocoevalcap scorer on tokenized captions; returns its corpus-level score(s)."""
     if name == "Bleu":
         bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
-        return {f"Bleu_{n}": float(b) for n, b in enumerate(bleu, 1)}
+        return {f"Bleu_{n}": 100 * float(b) for n, b in enumerate(bleu, 1)}
     if name == "METEOR":
         with _meteor() as meteor:
-            return {"METEOR": float(meteor.compute_score(gts, res)[0])}
+            return {"METEOR": 100 * float(meteor.compute_score(gts, res)[0])}
     scorer = Rouge() if name == "ROUGE_L" else Cider()
-    return {name: float(scorer.compute_score(gts, res)[0])}
+    return {name: 100 * float(scorer.compute_score(gts, res)[0])}
 
 
 @contextmanager
@@ -229,7 +229,7 @@ def format_table(columns: dict[str, dict[str, float]]) -> str:
         "|---|" + "---:|" * len(columns),
     ]
     for metric in rows:
-        cells = [f"{100 * s[metric]:.1f}" if metric in s else "-" for s in columns.values()]
+        cells = [f"{s[metric]:.1f}" if metric in s else "-" for s in columns.values()]
         lines.append(f"| {metric} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

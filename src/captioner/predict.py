@@ -1,4 +1,5 @@
-"""Caption a split with a trained model (from the feature cache when its encoder is frozen) and score it."""
+"""Caption a list of records with a trained model: grid features from the feature cache (frozen encoder) or from
+the images (fine-tuned encoder), then batched search with a progress bar."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,34 +11,37 @@ from tqdm import tqdm
 
 from captioner.data.datasets import ImageRecord
 from captioner.features import ImageViews, encode_images
-from captioner.models.captioner import Captioner
+from captioner.inference import Caption, Captioner
 
 
-def image_embeddings(model: Captioner, records: list[ImageRecord], cache_dir: str | Path | None = None,
-                     batch_size: int = 32, progress: bool = True) -> tuple[torch.Tensor, np.ndarray]:
-    """Image embeddings [n, E] of the records and an ok mask; frozen encoders go through the feature cache."""
+def record_features(model: Captioner, records: list[ImageRecord], cache_dir: str | Path | None = None,
+                    batch_size: int = 32, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Grid features [n, N, C] of the records (a memmap when cached, never loaded whole) and an ok mask [n]."""
     c, device = model.config, next(model.parameters()).device
+    paths = [r.path for r in records]
     if not c.fine_tune:
-        feats, ok = encode_images([r.path for r in records], c.backbone, c.encoder_weights, c.seed, c.image_size,
-                                  1, cache_dir, batch_size, device=device, progress=progress,
-                                  output_stride=c.output_stride, encoder=model.encoder)
-        pooled = torch.from_numpy(np.asarray(feats[:, 0], dtype=np.float32)).to(device)
-        with torch.inference_mode():
-            return model.encoder(pooled), ok
-    loader = DataLoader(ImageViews([r.path for r in records], c.image_size), batch_size=batch_size)
+        feats, ok = encode_images(paths, c.backbone, c.encoder_weights, c.seed, c.image_size, 1, cache_dir,
+                                  batch_size, device=device, progress=progress, output_stride=c.output_stride,
+                                  grid=c.grid, encoder=model.encoder)
+        return feats[:, 0], ok
+    spec = model.encoder.spec
+    loader = DataLoader(ImageViews(paths, c.image_size, 1, spec.mean, spec.std), batch_size=batch_size)
     out, ok = [], []
     for images, good in tqdm(loader, desc="encoding images", disable=not progress):
         with torch.inference_mode():
-            out.append(model.encoder(images[:, 0].to(device)))
+            out.append(model.encoder(images[:, 0].to(device)).cpu().numpy())
         ok.append(good.numpy())
-    return torch.cat(out), np.concatenate(ok)
+    return np.concatenate(out), np.concatenate(ok)
 
 
-def caption_embeddings(model: Captioner, embeddings: torch.Tensor, beam: int = 1, batch_size: int = 64,
-                       progress: bool = True) -> list[str]:
-    """Best caption for each image embedding, decoded in batches with a progress bar."""
-    captions: list[str] = []
-    with torch.inference_mode():
-        for start in tqdm(range(0, len(embeddings), batch_size), desc=f"decoding (beam {beam})", disable=not progress):
-            captions += [hyps[0][0] for hyps in model.generate(embeddings[start:start + batch_size], beam)]
+def caption_features(model: Captioner, features: np.ndarray, rows: np.ndarray | None = None, beam: int = 1,
+                     batch_size: int = 64, max_len: int | None = None, length_penalty: float = 0.0,
+                     progress: bool = True) -> list[Caption]:
+    """Best caption of each of ``rows`` (default all) of ``features``, decoded in batches read from disk."""
+    rows = np.arange(len(features)) if rows is None else rows
+    device = next(model.parameters()).device
+    captions: list[Caption] = []
+    for start in tqdm(range(0, len(rows), batch_size), desc=f"decoding (beam {beam})", disable=not progress):
+        x = torch.from_numpy(np.asarray(features[rows[start:start + batch_size]], dtype=np.float32)).to(device)
+        captions += [row[0] for row in model.generate(x, beam, max_len, length_penalty)]
     return captions

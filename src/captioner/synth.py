@@ -92,6 +92,20 @@ def names_all_objects(caption: str, objects: list[dict]) -> bool:
     return set(_PAIR.findall(caption.lower())) == {(o["color"], o["shape"]) for o in objects}
 
 
+def position_right(caption: str, objects: list[dict], size: int) -> bool | None:
+    """For a lone object: whether the position the caption names (top/bottom/left/right/centre) is the right one;
+    None when the caption names no position or the scene has several objects."""
+    if len(objects) != 1:
+        return None
+    words = set(caption.lower().split())
+    named = words & {"top", "bottom", "left", "right"} | ({"centre"} if words & {"centre", "middle"} else set())
+    if not named:
+        return None
+    where = _position(objects[0]["x"] / size, objects[0]["y"] / size)["pa"].split()
+    expected = set(where) & {"top", "bottom", "left", "right", "centre"}
+    return named == expected
+
+
 def describe(objects: list[dict], size: int) -> list[str]:
     """The five captions of a scene, derived from its objects' colours, shapes, sizes and positions."""
     if len(objects) == 1:

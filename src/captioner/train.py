@@ -1,6 +1,7 @@
-"""Training with Lightning: data (feature cache or images) -> Show-and-Tell model -> run folder with the artifact.
+"""Training with Lightning: data (feature cache or images) -> captioning model -> run folder with the artifact.
 
-Reads top to bottom: configuration, data module, Lightning module, per-epoch CSV, then ``train`` wiring it up.
+Reads top to bottom: configuration, data module, Lightning module, validation scores, callbacks, records,
+then ``train`` wiring it up.
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import logging
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,13 +25,18 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from captioner.data.batching import LengthBucketSampler, pad_collate
 from captioner.data.captions import CachedCaptions, CaptionIds, ImageCaptions
-from captioner.data.datasets import ImageRecord, open_split
+from captioner.data.datasets import ImageRecord, has_splits, open_split
 from captioner.data.vocab import Vocabulary
+from captioner.decode import greedy
 from captioner.evaluate import JavaMissingError, score_captions
 from captioner.features import ImageViews, encode_images
 from captioner.io import atomic_write, read_csv, read_json, write_json
-from captioner.models.captioner import Captioner, ModelConfig
+from captioner.models.attention import attention_penalty
+from captioner.models.captioner import CaptionModel, ModelConfig, save_artifact
 from captioner.models.decoder import caption_loss
+
+SAFE_ON_RESUME = ("epochs", "min_lr", "eval_every", "early_stop", "val_images")  # --force may change these
+NOT_COMPARED = ("out", "resume", "force", "progress", "num_workers", "cache_dir", "encode_batch_size", "accelerator")
 
 
 @dataclass
@@ -39,7 +46,10 @@ class TrainConfig:
     data: str
     out: str = "runs/default"
     images: str | None = None
+    val_data: str | None = None
+    val_image_dir: str | None = None
     val_split: str = "val"
+    val_fraction: float = 0.05
     epochs: int = 20
     batch_size: int = 512
     lr: float = 0.01
@@ -47,6 +57,7 @@ class TrainConfig:
     scheduler: str = "cosine"
     weight_decay: float = 0.0
     clip: float = 5.0
+    attention_penalty: float = 1.0
     threshold: int = 5
     batching: str = "bucket"
     cache_views: int = 1
@@ -61,6 +72,7 @@ class TrainConfig:
     num_workers: int = 0
     encode_batch_size: int = 32
     resume: bool = False
+    force: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -73,6 +85,8 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.min_lr <= self.lr:
             raise ValueError(f"need 0 < --min-lr <= --lr, got {self.min_lr} and {self.lr}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
 
 
 class CaptionData(L.LightningDataModule):
@@ -90,15 +104,17 @@ class CaptionData(L.LightningDataModule):
                              self.cfg.cache_dir, self.cfg.encode_batch_size, self.cfg.num_workers,
                              trainer.strategy.root_device, trainer.global_rank, trainer.world_size,
                              trainer.strategy.barrier, log=_say(trainer), progress=self.cfg.progress,
-                             output_stride=m.output_stride, encoder=trainer.lightning_module.model.encoder)
+                             output_stride=m.output_stride, grid=m.grid,
+                             encoder=trainer.lightning_module.model.encoder)
 
     def setup(self, stage: str) -> None:
         if self.model_cfg.fine_tune:
+            spec = self.trainer.lightning_module.model.encoder.spec
             self.train_set = ImageCaptions(self.train_records, CaptionIds(self.train_records, self.vocab),
-                                           self.model_cfg.image_size)
+                                           self.model_cfg.image_size, mean=spec.mean, std=spec.std)
             self.val_set = ImageCaptions(self.val_records, CaptionIds(self.val_records, self.vocab),
-                                         self.model_cfg.image_size, hflip=False)
-            views = ImageViews([r.path for r in self.eval_records], self.model_cfg.image_size)
+                                         self.model_cfg.image_size, hflip=False, mean=spec.mean, std=spec.std)
+            views = ImageViews([r.path for r in self.eval_records], self.model_cfg.image_size, 1, spec.mean, spec.std)
             loaded = [(record, *views[i]) for i, record in enumerate(self.eval_records)]
             self.eval_inputs = torch.stack([image[0] for _, image, good in loaded if good])
             self.eval_records = [record for record, _, good in loaded if good]
@@ -112,19 +128,18 @@ class CaptionData(L.LightningDataModule):
         self.eval_records = [r for r, good in zip(self.eval_records, val_ok[:n], strict=True) if good]
 
     def _loader(self, dataset, shuffle: bool) -> DataLoader:
-        cached = isinstance(dataset, CachedCaptions)
+        cached, epoch = isinstance(dataset, CachedCaptions), self.trainer.current_epoch
         common = dict(collate_fn=(lambda batch: batch) if cached else pad_collate, pin_memory=torch.cuda.is_available(),
                       num_workers=0 if cached else self.cfg.num_workers)
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if shuffle else (0, 1)
         if self.cfg.batching == "bucket" or not shuffle:
             sampler = LengthBucketSampler(dataset.captions.lengths, self.cfg.batch_size, shuffle, self.cfg.seed,
-                                          self.trainer.global_rank if shuffle else 0,
-                                          self.trainer.world_size if shuffle else 1)
+                                          rank, world)
+            sampler.set_epoch(epoch)  # loaders are rebuilt every epoch: each epoch its own shuffle
             return DataLoader(dataset, batch_sampler=sampler, **common)
-        sampler = None
-        if self.trainer.world_size > 1:  # padded batches: each rank a disjoint share (pads by repeating a few)
-            sampler = DistributedSampler(dataset, self.trainer.world_size, self.trainer.global_rank, seed=self.cfg.seed)
-            sampler.set_epoch(self.trainer.current_epoch)
-        return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=sampler is None, sampler=sampler, **common)
+        sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=self.cfg.seed)  # padded batches
+        sampler.set_epoch(epoch)
+        return DataLoader(dataset, batch_size=self.cfg.batch_size, sampler=sampler, **common)
 
     def train_dataloader(self) -> DataLoader:
         if isinstance(self.train_set, CachedCaptions):
@@ -136,26 +151,32 @@ class CaptionData(L.LightningDataModule):
 
 
 class CaptionModule(L.LightningModule):
-    """Teacher-forced cross-entropy training of a Captioner, with generation metrics on validation."""
+    """Teacher-forced cross-entropy training of a captioning model, with generation metrics on validation."""
 
     def __init__(self, model_config: dict[str, Any], vocab: list[str], train_config: dict[str, Any]) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.cfg = TrainConfig(**train_config)
-        self.model = Captioner(ModelConfig(**model_config), Vocabulary(vocab))
+        self.vocab = Vocabulary(vocab)
+        self.model = CaptionModel(ModelConfig(**model_config))
 
-    def _loss(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def _loss(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cross-entropy, training objective): the attention regulariser is added to the latter only."""
         x, captions, lengths = batch
-        return caption_loss(self.model.decoder(self.model.encoder(x), captions, lengths), captions)
+        logits, alphas = self.model(x, captions, lengths)
+        loss = caption_loss(logits, captions)
+        if alphas is None or not self.cfg.attention_penalty:
+            return loss, loss
+        return loss, loss + self.cfg.attention_penalty * attention_penalty(alphas, captions)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        loss = self._loss(batch)
+        loss, objective = self._loss(batch)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True,
                  batch_size=batch[1].size(0))
-        return loss
+        return objective
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self.log("val_loss", self._loss(batch), on_epoch=True, prog_bar=True, sync_dist=True,
+        self.log("val_loss", self._loss(batch)[0], on_epoch=True, prog_bar=True, sync_dist=True,
                  batch_size=batch[1].size(0))
 
     def on_validation_epoch_end(self) -> None:
@@ -164,9 +185,10 @@ class CaptionModule(L.LightningModule):
         data: CaptionData = self.trainer.datamodule
         if not getattr(data, "eval_records", None):
             return
-        scores = generation_scores(self.model, data.eval_inputs.to(self.device), data.eval_records)
-        self.log("val_bleu4", scores["Bleu_4"], prog_bar=False, sync_dist=True)
-        self.log("val_cider", scores["CIDEr"], prog_bar=True, sync_dist=True)
+        scores = generation_scores(self.model, self.vocab, data.eval_inputs, data.eval_records,
+                                   self.trainer.global_rank, self.trainer.world_size)
+        self.log("val_bleu4", scores["Bleu_4"], prog_bar=False)  # the same value on every rank (broadcast)
+        self.log("val_cider", scores["CIDEr"], prog_bar=True)
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -192,33 +214,68 @@ class CaptionModule(L.LightningModule):
         checkpoint["torch_rng"] = torch.get_rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the trunk and RNG; a resumed run's (forced) epochs and lr floor reach the cosine schedule."""
         state = self.state_dict()
         for key in self._frozen_trunk():
             checkpoint["state_dict"].setdefault(key, state[key])
         if "torch_rng" in checkpoint:
             torch.set_rng_state(checkpoint["torch_rng"])
+        for sched in checkpoint.get("lr_schedulers", []):
+            if "T_max" in sched:
+                sched.update(T_max=self.cfg.epochs, eta_min=self.cfg.min_lr)
 
 
-def generation_scores(model: Captioner, inputs: torch.Tensor, records: list[ImageRecord],
-                      batch_size: int = 64) -> dict[str, float]:
-    """Greedy-decode val images (cached features or pixels) and score BLEU-4/CIDEr (PTB tokenizer with java)."""
+def generation_scores(model: CaptionModel, vocab: Vocabulary, inputs: torch.Tensor, records: list[ImageRecord],
+                      rank: int = 0, world_size: int = 1, batch_size: int = 64,
+                      scorer: Callable[[dict[int, str], dict[int, list[str]]], dict[str, float]] | None = None,
+                      ) -> dict[str, float]:
+    """Greedy-decode this rank's share of the val images, gather the captions, score BLEU-4/CIDEr once on rank 0
+    and broadcast the scores, so every rank returns the same numbers (0-100)."""
     was_training = model.training
     model.eval()
-    results = {}
-    for start in range(0, len(records), batch_size):
-        image = model.encoder(inputs[start:start + batch_size])
-        for record, caps in zip(records[start:start + batch_size], model.generate(image), strict=True):
-            results[record.image_id] = caps[0][0]
+    mine = list(range(rank, len(records), world_size))
+    device = next(model.parameters()).device
+    local = {}
+    for start in range(0, len(mine), batch_size):
+        rows = mine[start:start + batch_size]
+        features = model.features(inputs[rows].to(device))
+        for i, hyp in zip(rows, greedy(model.decoder, features, model.config.max_len), strict=True):
+            local[records[i].image_id] = vocab.decode(hyp.ids)
     model.train(was_training)
-    refs = {r.image_id: list(r.captions) for r in records}
+    results = local
+    if world_size > 1:
+        shares: list[dict[int, str]] = [{} for _ in range(world_size)]
+        torch.distributed.all_gather_object(shares, local)
+        results = {k: v for share in shares for k, v in share.items()}
+    scores = (scorer or _bleu_cider)(results, {r.image_id: list(r.captions) for r in records}) if rank == 0 else {}
+    if world_size > 1:
+        box = [scores]
+        torch.distributed.broadcast_object_list(box, src=0)
+        scores = box[0]
+    return scores
+
+
+def _bleu_cider(results: dict[int, str], refs: dict[int, list[str]]) -> dict[str, float]:
     try:
         return score_captions(results, refs, metrics=("Bleu", "CIDEr"))
     except JavaMissingError:
         return score_captions(results, refs, java=False, metrics=("Bleu", "CIDEr"))
 
 
+class EvalEarlyStopping(EarlyStopping):
+    """Early stopping on val CIDEr whose patience counts evaluations: epochs without one are not checked."""
+
+    def __init__(self, patience: int, eval_every: int) -> None:
+        super().__init__("val_cider", patience=patience, mode="max", check_finite=False)
+        self.eval_every = eval_every
+
+    def _run_early_stopping_check(self, trainer: L.Trainer) -> None:
+        if (trainer.current_epoch + 1) % self.eval_every == 0:
+            super()._run_early_stopping_check(trainer)
+
+
 class EpochCSV(Callback):
-    """One row per completed epoch in metrics.csv (lr, losses, perplexities, val scores), rewritten atomically."""
+    """One row per completed epoch in metrics.csv (lr, losses, perplexities, val scores 0-100), written atomically."""
 
     COLUMNS = ("epoch", "lr", "train_loss", "train_ppl", "val_loss", "val_ppl", "val_bleu4", "val_cider", "seconds")
 
@@ -243,7 +300,7 @@ class EpochCSV(Callback):
         rows = [r for r in done if int(r["epoch"]) < trainer.current_epoch]
         rows.append(row)
         if self.echo:  # without a progress bar, one line per epoch
-            print("epoch " + "  ".join(f"{k} {v:.4g}" for k, v in row.items()), flush=True)
+            print("  ".join(f"{k} {v:.4g}" for k, v in row.items()), flush=True)
 
         def write(p: Path) -> None:
             with open(p, "w", newline="") as f:
@@ -267,29 +324,64 @@ def _say(trainer: L.Trainer | None):
 
 
 def load_records(cfg: TrainConfig, log=print) -> tuple[list[ImageRecord], list[ImageRecord]]:
-    """Train and val records; without a val split, 5% of the train images (at least 1) are held out."""
+    """Train and val records, never sharing an image: the val source (``--val-data``), else the data's own val
+    split, else a seeded ``--val-fraction`` of the training images held out (and said so)."""
     train, report = open_split(cfg.data, "train", cfg.images)
     log(report.summary())
-    try:
-        val, report = open_split(cfg.data, cfg.val_split, cfg.images)
+    val: list[ImageRecord] = []
+    if cfg.val_data:
+        val, report = open_split(cfg.val_data, cfg.val_split, cfg.val_image_dir)
         log(report.summary())
-    except FileNotFoundError:
-        n = max(1, len(train) // 20)
-        train, val = train[:-n], train[-n:]
-        log(f"no '{cfg.val_split}' split in {cfg.data}: holding out the last {n} training images for validation")
+    elif has_splits(cfg.data):
+        try:
+            val, report = open_split(cfg.data, cfg.val_split, cfg.images)
+            log(report.summary())
+        except FileNotFoundError:
+            pass
+    if not val and train:
+        order = np.random.default_rng(cfg.seed).permutation(len(train))
+        held = set(order[:max(1, round(cfg.val_fraction * len(train)))].tolist())
+        val = [r for i, r in enumerate(train) if i in held]
+        train = [r for i, r in enumerate(train) if i not in held]
+        log(f"no '{cfg.val_split}' split in {cfg.data}: holding out {len(val)} of {len(train) + len(val)} training "
+            f"images for validation (--val-fraction {cfg.val_fraction}, seed {cfg.seed}); --val-data gives a "
+            f"separate validation source")
     if not train or not val:
         raise ValueError(f"{cfg.data}: need training and validation images, found {len(train)} and {len(val)}")
+    shared = {r.path.resolve() for r in train} & {r.path.resolve() for r in val}
+    if shared:
+        raise ValueError(f"{len(shared)} validation images are also training images (e.g. {next(iter(shared))}): "
+                         f"give a separate --val-data or drop it to hold out --val-fraction of the training images")
     return train, val
+
+
+def check_resume(out: Path, cfg: TrainConfig, model_kwargs: dict[str, Any]) -> None:
+    """Stop a ``--resume`` whose flags differ from the run's saved ones; ``--force`` lets the safe ones change."""
+    saved = read_json(out / "train_config.json", "training config of the run")
+    saved_model = read_json(out / "config.json", "model config of the run")
+    diffs = [(k, saved[k], v) for k, v in asdict(cfg).items() if k not in NOT_COMPARED and k in saved and saved[k] != v]
+    diffs += [(k, saved_model.get(k), v) for k, v in model_kwargs.items() if saved_model.get(k) != v]
+    unsafe = [d for d in diffs if d[0] not in SAFE_ON_RESUME]
+    if unsafe or (diffs and not cfg.force):
+        listing = "; ".join(f"--{k.replace('_', '-')} was {old!r}, now {new!r}" for k, old, new in (unsafe or diffs))
+        raise ValueError(f"--resume: these settings differ from the run in {out}: {listing}. Resume with the run's "
+                         f"own flags (see {out / 'train_config.json'}, {out / 'config.json'}); --force accepts "
+                         f"changes to {', '.join('--' + k.replace('_', '-') for k in SAFE_ON_RESUME)} only")
+    if diffs:
+        print("--force: resuming with " + "; ".join(f"{k} {old!r} -> {new!r}" for k, old, new in diffs), flush=True)
+        write_json(out / "train_config.json", asdict(cfg))
 
 
 def train(cfg: TrainConfig, model_kwargs: dict[str, Any] | None = None) -> Path:
     """Train (or resume) a run in ``cfg.out``; returns the run folder holding the exported model."""
-    out = Path(cfg.out)
+    out, model_kwargs = Path(cfg.out), model_kwargs or {}
     last = out / "checkpoints" / "last.ckpt"
     if cfg.resume and not last.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint at {last}; start the run without --resume")
     if not cfg.resume and last.is_file():
         raise FileExistsError(f"{out} already holds a run: pass --resume to continue it or choose another --out")
+    if cfg.resume:
+        check_resume(out, cfg, model_kwargs)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -299,13 +391,15 @@ def train(cfg: TrainConfig, model_kwargs: dict[str, Any] | None = None) -> Path:
         model_cfg = ModelConfig.from_dict(read_json(out / "config.json", "model config"), str(out / "config.json"))
     else:
         vocab = Vocabulary.build((c for r in train_records for c in r.captions), cfg.threshold)
-        model_cfg = ModelConfig(vocab_size=len(vocab), seed=cfg.seed, **(model_kwargs or {}))
+        model_cfg = ModelConfig(vocab_size=len(vocab), seed=cfg.seed, **model_kwargs)
         out.mkdir(parents=True, exist_ok=True)
         vocab.save(out / "vocab.json")
         write_json(out / "train_config.json", asdict(cfg))
         write_json(out / "config.json", asdict(model_cfg))
     print(f"{len(train_records)} train / {len(val_records)} val images, vocabulary {len(vocab)} words "
-          f"(threshold {cfg.threshold}); run folder {out}", flush=True)
+          f"(threshold {cfg.threshold}), {model_cfg.decoder} decoder on {model_cfg.backbone} "
+          f"({model_cfg.encoder_weights} weights, {'fine-tuned' if model_cfg.fine_tune else 'frozen'}); "
+          f"run folder {out}", flush=True)
     data = CaptionData(cfg, model_cfg, train_records, val_records, vocab)
     module = CaptionModule(asdict(model_cfg), vocab.itos, asdict(cfg))
     best = ModelCheckpoint(out / "checkpoints", "best", monitor="val_cider", mode="max", save_top_k=1,
@@ -313,7 +407,7 @@ def train(cfg: TrainConfig, model_kwargs: dict[str, Any] | None = None) -> Path:
     callbacks: list[Callback] = [ModelCheckpoint(out / "checkpoints", "last", save_top_k=1), best,
                                  EpochCSV(out / "metrics.csv", echo=not cfg.progress)]
     if cfg.early_stop:
-        callbacks.append(EarlyStopping("val_cider", patience=cfg.early_stop, mode="max", check_finite=False))
+        callbacks.append(EvalEarlyStopping(cfg.early_stop, cfg.eval_every))
     cuda = torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda")
     trainer = L.Trainer(max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices,
                         num_nodes=cfg.num_nodes, strategy="ddp" if cfg.devices * cfg.num_nodes > 1 else "auto",
@@ -336,9 +430,8 @@ def export(module: CaptionModule, best_ckpt: str, out: Path) -> None:
         state = torch.load(best_ckpt, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state, strict=False)
         print(f"exporting the best checkpoint by val CIDEr: {best_ckpt}", flush=True)
-    module.model.cpu().save(out)
+    save_artifact(module.model.cpu(), module.vocab, out)
     if (out / "metrics.csv").is_file():
         loss_plot(out / "metrics.csv", out / "loss.png")
     print(f"model: {out / 'model.safetensors'} (+ config.json, vocab.json); curves: {out / 'metrics.csv'}, "
           f"{out / 'loss.png'}", flush=True)
-

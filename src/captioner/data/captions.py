@@ -9,7 +9,7 @@ from torch.utils.data import Dataset
 
 from captioner.data.batching import pad
 from captioner.data.datasets import ImageRecord
-from captioner.data.images import flip, load_rgb, swap_left_right, train_transform
+from captioner.data.images import IMAGENET_MEAN, IMAGENET_STD, flip, load_rgb, swap_left_right, train_transform
 from captioner.data.vocab import Vocabulary, tokenize
 
 
@@ -66,9 +66,10 @@ class CachedCaptions(Dataset):
 class ImageCaptions(Dataset):
     """(augmented image, caption ids) pairs read from files, for fine-tuning; a flip swaps left/right."""
 
-    def __init__(self, records: Sequence[ImageRecord], captions: CaptionIds, image_size: int, hflip: bool = True):
+    def __init__(self, records: Sequence[ImageRecord], captions: CaptionIds, image_size: int, hflip: bool = True,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
         self.records, self.captions, self.hflip = records, captions, hflip
-        self.transform = train_transform(image_size)
+        self.transform = train_transform(image_size, mean, std)
 
     def __len__(self) -> int:
         return len(self.captions)

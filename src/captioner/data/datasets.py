@@ -136,6 +136,16 @@ def find_annotation(folder: Path, split: str) -> Path:
     return found[0]
 
 
+def has_splits(data: str | Path) -> bool:
+    """Whether a data source names its splits: a COCO-layout folder or a Karpathy JSON (one COCO file does not)."""
+    data = Path(data)
+    if data.is_dir():
+        return True
+    head = read_json(data, "annotation file") if data.is_file() else None
+    first = (head.get("images") or [{}])[0] if isinstance(head, dict) else {}
+    return isinstance(first, dict) and "sentences" in first
+
+
 def open_split(data: str | Path, split: str, images: str | Path | None = None,
                check_images: bool = True) -> tuple[list[ImageRecord], SkipReport]:
     """One split of a data source: a COCO-layout folder, a Karpathy JSON or one COCO annotation file."""

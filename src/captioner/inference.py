@@ -1,0 +1,72 @@
+"""The user-facing model: load an artifact, preprocess images, encode, search, and return text (+ attention)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from captioner.data.images import eval_transform, to_rgb
+from captioner.data.vocab import Vocabulary
+from captioner.decode import beam_search, greedy
+from captioner.models.captioner import CaptionModel, ModelConfig, load_state, read_artifact, save_artifact
+
+
+@dataclass
+class Caption:
+    """One caption: its text, log-probability (or length-normalised beam score) and per-word attention."""
+
+    text: str
+    score: float
+    attention: torch.Tensor | None = None  # [tokens, G, G]: a map per word (+ <end> when produced)
+
+
+class Captioner(CaptionModel):
+    """A trained captioner with its vocabulary: ``caption(images)`` gives text; ``save``/``load`` the artifact."""
+
+    def __init__(self, config: ModelConfig, vocab: Vocabulary, load_weights: bool = True) -> None:
+        if len(vocab) != config.vocab_size:
+            raise ValueError(f"vocabulary has {len(vocab)} words but the model expects {config.vocab_size}")
+        super().__init__(config, load_weights)
+        self.vocab = vocab
+
+    @torch.inference_mode()
+    def generate(self, features: torch.Tensor, beam: int = 1, max_len: int | None = None,
+                 length_penalty: float = 0.0) -> list[list[Caption]]:
+        """Captions of grid features [B, N, C] (or images): per image a best-first list."""
+        features, g = self.features(features), self.config.grid
+        max_len = max_len or self.config.max_len
+        if beam == 1:
+            rows = [[h] for h in greedy(self.decoder, features, max_len)]
+        else:
+            rows = beam_search(self.decoder, features, beam, max_len, length_penalty)
+        return [[Caption(self.vocab.decode(h.ids), h.score,
+                         None if h.attention is None else h.attention.view(-1, g, g).cpu()) for h in row]
+                for row in rows]
+
+    @torch.inference_mode()
+    def caption(self, images: Sequence[Image.Image], beam: int = 1, batch_size: int = 32, max_len: int | None = None,
+                length_penalty: float = 0.0) -> list[list[Caption]]:
+        """Caption PIL images with the eval preprocessing (resize, centre crop, normalise)."""
+        self.eval()
+        spec, device = self.encoder.spec, next(self.parameters()).device
+        transform = eval_transform(self.config.image_size, spec.mean, spec.std)
+        out: list[list[Caption]] = []
+        for start in range(0, len(images), batch_size):
+            x = torch.stack([transform(to_rgb(im)) for im in images[start:start + batch_size]]).to(device)
+            out += self.generate(x, beam, max_len, length_penalty)
+        return out
+
+    def save(self, folder: str | Path) -> Path:
+        """Write model.safetensors + config.json + vocab.json into ``folder``."""
+        return save_artifact(self, self.vocab, folder)
+
+
+def load(folder: str | Path, device: str | torch.device | None = None) -> Captioner:
+    """Rebuild a captioner of either family from its artifact folder; ``device`` defaults to the GPU if any."""
+    config, vocab, state = read_artifact(folder)
+    model = Captioner(config, vocab, load_weights=False)
+    load_state(model, state, str(Path(folder) / "model.safetensors"))
+    return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
