@@ -1,20 +1,24 @@
-"""Encoder, decoder, decoding and the model artifact on tiny models."""
+"""Encoder, both decoder families, the search module and the model artifact, on tiny models."""
 from __future__ import annotations
 
+import itertools
 import json
-import time
 
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from captioner.data.vocab import END, PAD, START, UNK, Vocabulary
-from captioner.decode import beam_search, greedy
-from captioner.models.captioner import Captioner, ModelConfig, load
-from captioner.models.decoder import Decoder, caption_loss
-from captioner.models.encoder import Encoder, WeightsUnavailableError, build_backbone, weights_file
+from captioner.decode import NEVER, beam_search, greedy, normalise, sample
+from captioner.inference import Captioner, load
+from captioner.models.attention import ShowAttendTell, attention_penalty
+from captioner.models.captioner import ModelConfig
+from captioner.models.decoder import ShowTell, caption_loss
+from captioner.models.encoder import Encoder
 
 CAPTIONS = ["a red circle on the left", "a blue square above a green triangle", "a small red square on the right"]
+FAMILIES = ("show-tell", "attention")
 
 
 @pytest.fixture(scope="module")
@@ -22,116 +26,229 @@ def vocab() -> Vocabulary:
     return Vocabulary.build(CAPTIONS, threshold=1)
 
 
-@pytest.fixture(scope="module")
-def model(vocab: Vocabulary) -> Captioner:
+def tiny(vocab: Vocabulary, decoder: str) -> Captioner:
     torch.manual_seed(0)
-    config = ModelConfig(vocab_size=len(vocab), backbone="resnet18", encoder_weights="none", image_size=32,
-                         embed_size=16, hidden_size=32)
+    config = ModelConfig(vocab_size=len(vocab), decoder=decoder, backbone="resnet18", encoder_weights="none",
+                         image_size=32, grid=2, embed_size=16, hidden_size=32, attention_size=16, context_size=16)
     return Captioner(config, vocab).eval()
 
 
-def test_unknown_backbone_lists_choices() -> None:
-    with pytest.raises(ValueError, match="resnet50"):
-        build_backbone("vgg99", "none")
+def decoder_of(family: str, vocab_size: int, seed: int, features: int = 6) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    if family == "attention":
+        dec = ShowAttendTell(vocab_size, features, embed_size=5, hidden_size=7, attention_size=4, context_size=3)
+    else:
+        dec = ShowTell(vocab_size, features, embed_size=5, hidden_size=7)
+    with torch.no_grad():  # sharper distributions than the init, so search choices matter
+        dec.out.weight.mul_(8)
+        dec.out.bias.normal_(0, 2)
+    return dec.eval()
 
 
-def test_missing_imagenet_weights_fail_fast_with_remedies(tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    start = time.perf_counter()
-    with pytest.raises(WeightsUnavailableError) as err:
-        build_backbone("resnet50", "imagenet")
-    assert time.perf_counter() - start < 15
-    message = str(err.value)
-    assert str(tmp_path / "hub" / "checkpoints" / "resnet50-") in message
-    assert "--encoder-weights none" in message
-
-
-def test_imagenet_weights_load_from_the_hub_cache(tmp_path, monkeypatch) -> None:
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    reference, _ = build_backbone("resnet18", "none", seed=7)
-    state = {k: v.contiguous() for k, v in reference.state_dict().items()}
-    state |= {"fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)}
-    weights_file("resnet18").parent.mkdir(parents=True)
-    torch.save(state, weights_file("resnet18"))
-    loaded, dim = build_backbone("resnet18", "imagenet")
-    assert dim == 512
-    assert torch.equal(loaded.state_dict()["layer4.1.conv2.weight"], reference.state_dict()["layer4.1.conv2.weight"])
-
-
-def test_encoder_is_frozen_unless_fine_tuned() -> None:
-    frozen = Encoder("resnet18", "none", embed_size=8)
+def test_encoder_gives_a_grid_and_is_frozen_unless_fine_tuned() -> None:
+    frozen = Encoder("resnet18", "none", grid=3)
     assert not any(p.requires_grad for p in frozen.backbone.parameters())
-    assert all(p.requires_grad for p in frozen.embed.parameters())
-    tuned = Encoder("resnet18", "none", embed_size=8, fine_tune=True)
+    assert frozen(torch.randn(2, 3, 64, 64)).shape == (2, 9, 512)
+    tuned = Encoder("resnet18", "none", grid=2, fine_tune=True)
     trainable = {n.split(".")[0] for n, p in tuned.backbone.named_parameters() if p.requires_grad}
     assert trainable == {"layer4"}
     tuned.train()
-    assert not tuned.backbone.training and tuned.norm.training
-    assert tuned(torch.randn(2, 3, 32, 32)).shape == (2, 8)
+    assert not tuned.backbone.training
 
 
-def test_random_weights_are_seeded() -> None:
-    a, _ = build_backbone("resnet18", "none", seed=1)
-    b, _ = build_backbone("resnet18", "none", seed=1)
-    c, _ = build_backbone("resnet18", "none", seed=2)
-    assert torch.equal(a.conv1.weight, b.conv1.weight) and not torch.equal(a.conv1.weight, c.conv1.weight)
+def test_grid_mean_is_the_average_pool() -> None:
+    encoder = Encoder("resnet18", "none", grid=2).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        pooled = encoder.backbone(x).mean((2, 3))
+        assert torch.allclose(encoder(x).mean(1), pooled, atol=1e-5)
 
 
-def test_decoder_packed_matches_unpadded_and_loss_ignores_padding() -> None:
-    torch.manual_seed(0)
-    dec = Decoder(vocab_size=12, embed_size=8, hidden_size=16)
-    image = torch.randn(2, 8)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_teacher_forcing_padded_matches_alone_and_loss_ignores_padding(family: str) -> None:
+    dec = decoder_of(family, 12, seed=0)
+    features = torch.randn(2, 4, 6)
     short = torch.tensor([[START, 5, 6, END]])
     padded = torch.tensor([[START, 5, 6, END, PAD, PAD], [START, 7, 8, 9, 10, END]])
-    logits = dec(image, padded, torch.tensor([4, 6]))
+    dec.eval()
+    logits, alphas = dec(features, padded, torch.tensor([4, 6]))
     assert logits.shape == (2, 5, 12)
-    alone = dec(image[:1], short)
-    assert torch.allclose(logits[0, :3], alone[0], atol=1e-6)
-    loss_a = caption_loss(logits[:1, :3], short)
-    loss_b = caption_loss(logits[:1], padded[:1])
-    assert torch.allclose(loss_a, loss_b)
+    alone, _ = dec(features[:1], short)
+    assert torch.allclose(logits[0, :3], alone[0], atol=1e-5)
+    assert torch.allclose(caption_loss(logits[:1, :3], short), caption_loss(logits[:1], padded[:1]))
+    if family == "attention":
+        assert alphas.shape == (2, 5, 4)
 
 
-def test_greedy_equals_beam_of_one_and_beams_are_sorted(model: Captioner) -> None:
-    image = torch.randn(3, 16)
-    g = greedy(model.decoder, image, max_len=8)
-    b1 = beam_search(model.decoder, image, beam=1, max_len=8)
-    assert [h[0] for h in g] == [row[0][0] for row in b1]
-    b3 = beam_search(model.decoder, image, beam=3, max_len=8)
-    for row in b3:
-        assert len(row) == 3
-        scores = [s for _, s in row]
-        assert scores == sorted(scores, reverse=True)
-        assert len({tuple(ids) for ids, _ in row}) == 3
-        assert all(len(ids) <= 8 and not {PAD, START, END, UNK} & set(ids) for ids, _ in row)
-    assert b3[0][0][1] >= b1[0][0][1] - 1e-5
+@pytest.mark.parametrize("family", FAMILIES)
+def test_step_matches_teacher_forcing(family: str) -> None:
+    """The search's step-by-step path computes what training computes."""
+    dec = decoder_of(family, 12, seed=1)
+    features, caption = torch.randn(1, 4, 6), torch.tensor([[START, 5, 6, 7, END]])
+    logits, _ = dec(features, caption)
+    state, steps = dec.start(features), []
+    for t in range(caption.size(1) - 1):
+        log_probs, state, _ = dec.step(caption[:, t], state)
+        steps.append(log_probs)
+    assert torch.allclose(torch.stack(steps, 1), F.log_softmax(logits, -1), atol=1e-5)
 
 
-def test_beam_falls_back_when_no_beam_ends(vocab: Vocabulary) -> None:
-    dec = Decoder(len(vocab), 8, 16)
+def test_attention_rows_sum_to_one_and_the_penalty_is_doubly_stochastic() -> None:
+    dec = decoder_of("attention", 12, seed=2)
+    captions = torch.tensor([[START, 5, 6, END, PAD], [START, 7, 8, 9, END]])
+    _, alphas = dec(torch.randn(2, 9, 6), captions)
+    assert torch.allclose(alphas.sum(-1), torch.ones(2, 4), atol=1e-6) and (alphas >= 0).all()
+    _, _, alpha = dec.step(torch.tensor([START, START]), dec.start(torch.randn(2, 9, 6)))
+    assert torch.allclose(alpha.sum(-1), torch.ones(2), atol=1e-6)
+    uniform = torch.full((1, 9, 9), 1 / 9)  # 9 words each spread over 9 cells: every cell gets 1 in total
+    assert attention_penalty(uniform, torch.tensor([[START] + [5] * 9])) == pytest.approx(0.0, abs=1e-6)
+    peaked = torch.zeros(1, 9, 9)
+    peaked[..., 0] = 1  # all on one cell: (1 - 9)^2 + 8 * 1
+    assert attention_penalty(peaked, torch.tensor([[START] + [5] * 9])) == pytest.approx(72.0)
+
+
+def brute_force(dec: torch.nn.Module, features: torch.Tensor, vocab_size: int, max_len: int,
+                alpha: float) -> tuple[list[int], float]:
+    """The best caption by normalised score among every caption of at most ``max_len`` tokens."""
+    words = [w for w in range(vocab_size) if w not in (*NEVER, END)]
+    best: tuple[list[int], float, float] = ([], float("-inf"), float("-inf"))
+    for length in range(max_len + 1):
+        for seq in itertools.product(words, repeat=length):
+            ended = length < max_len
+            tokens = [START, *seq, END][: length + 1 + ended]
+            state, total = dec.start(features), 0.0
+            for t in range(len(tokens) - 1):
+                log_probs, state, _ = dec.step(torch.tensor([tokens[t]]), state)
+                total += float(log_probs[0, tokens[t + 1]])
+            score = normalise(total, length, alpha)
+            if score > best[2]:
+                best = (list(seq), total, score)
+    return best[0], best[1]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_full_width_beam_finds_the_brute_force_best(family: str, alpha: float) -> None:
+    vocab_size, max_len = 7, 3  # 3 real words after the 4 specials
+    width = 3 ** (max_len - 1)  # as many beams as prefixes: nothing is ever pruned
+    with torch.no_grad():
+        for seed in range(6):
+            dec = decoder_of(family, vocab_size, seed)
+            features = torch.randn(1, 4, 6)
+            ids, score = brute_force(dec, features, vocab_size, max_len, alpha)
+            found = beam_search(dec, features, beam=width, max_len=max_len, length_penalty=alpha)[0][0]
+            assert found.ids == ids, f"seed {seed}"
+            assert found.score == pytest.approx(score, abs=1e-5)
+
+
+class Garden(torch.nn.Module):
+    """A hand-built decoder: greedy's first word 'a' (0.6) leads only to poor endings; 'b' (0.4) to a sure one."""
+
+    A, B, X = 4, 5, 6
+
+    def start(self, features: torch.Tensor) -> tuple[torch.Tensor]:
+        return (torch.zeros(features.size(0), 1, dtype=torch.long),)
+
+    def step(self, tokens: torch.Tensor, state: tuple[torch.Tensor]):
+        probs = torch.full((tokens.size(0), 7), 1e-9)
+        for i, t in enumerate(tokens.tolist()):
+            if t == START:
+                probs[i, self.A], probs[i, self.B] = 0.6, 0.4
+            elif t == self.A:
+                probs[i, [END, self.X, self.B]] = torch.tensor([0.34, 0.33, 0.33])
+            else:
+                probs[i, END] = 1.0
+        return probs.log(), state, None
+
+
+def test_beam_finds_what_greedy_misses_and_is_never_below_it() -> None:
+    features = torch.zeros(1, 1, 1)
+    g = greedy(Garden(), features, max_len=4)[0]
+    b = beam_search(Garden(), features, beam=2, max_len=4)[0][0]
+    assert g.ids == [Garden.A] and b.ids == [Garden.B]
+    assert b.score > g.score and b.score == pytest.approx(torch.tensor(0.4).log().item(), abs=1e-6)
+    with torch.no_grad():
+        for seed in range(6):
+            dec, f = decoder_of("show-tell", 9, seed), torch.randn(3, 4, 6)
+            for gh, row in zip(greedy(dec, f, 6), beam_search(dec, f, beam=3, max_len=6), strict=True):
+                assert row[0].score >= gh.score - 1e-5
+
+
+def test_greedy_scores_only_the_returned_tokens() -> None:
+    dec = decoder_of("show-tell", 9, seed=3)
+    with torch.no_grad():
+        dec.out.bias[END] = -1e4  # never ends: cut at max_len
+        features = torch.randn(2, 4, 6)
+        for hyp in greedy(dec, features, max_len=4):
+            state, total, prev = dec.start(features[:1]), 0.0, START
+            assert len(hyp.ids) == 4
+            for w in hyp.ids:
+                log_probs, state, _ = dec.step(torch.tensor([prev]), state)
+                total, prev = total + float(log_probs[0, w]), w
+            features = features[1:]
+            assert hyp.score == pytest.approx(total, abs=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_beams_are_sorted_distinct_and_never_below_greedy(vocab: Vocabulary, family: str) -> None:
+    model = tiny(vocab, family)
+    features = torch.randn(3, 4, 512)
+    g = greedy(model.decoder, features, max_len=8)
+    b1 = beam_search(model.decoder, features, beam=1, max_len=8)  # may keep an ended caption greedy passed by
+    assert all(row[0].score >= h.score - 1e-5 for h, row in zip(g, b1, strict=True))
+    for row in beam_search(model.decoder, features, beam=3, max_len=8):
+        assert len(row) == 3 and [h.score for h in row] == sorted((h.score for h in row), reverse=True)
+        assert len({tuple(h.ids) for h in row}) == 3
+        assert all(len(h.ids) <= 8 and not {PAD, START, END, UNK} & set(h.ids) for h in row)
+
+
+def test_cut_captions_compete_when_no_beam_ends(vocab: Vocabulary) -> None:
+    dec = ShowTell(len(vocab), 6, 8, 16)
     with torch.no_grad():
         dec.out.bias[END] = -1e4  # <end> never wins
-    for row in beam_search(dec, torch.randn(2, 8), beam=2, max_len=5):
-        assert len(row) == 2 and all(len(ids) == 5 for ids, _ in row)
-    assert all(len(ids) == 5 for ids, _ in greedy(dec, torch.randn(2, 8), max_len=5))
+    for row in beam_search(dec, torch.randn(2, 4, 6), beam=2, max_len=5):
+        assert len(row) == 2 and all(len(h.ids) == 5 for h in row)
 
 
-def test_caption_text_has_no_special_tokens(model: Captioner) -> None:
+def test_sampling_is_batched_and_never_emits_specials() -> None:
+    dec = decoder_of("attention", 9, seed=4)
+    ids, log_probs = sample(dec, torch.randn(3, 4, 6), n=5, max_len=6)
+    assert ids.shape == (15, 6) and log_probs.shape == (15,) and log_probs.requires_grad
+    assert not torch.isin(ids, torch.tensor([START, UNK])).any()
+    for row in ids.tolist():  # <pad> only after <end>
+        cut = row.index(END) + 1 if END in row else len(row)
+        assert PAD not in row[:cut] and set(row[cut:]) <= {PAD}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_caption_text_has_no_special_tokens_and_attention_has_a_map_per_word(vocab: Vocabulary, family: str) -> None:
+    model = tiny(vocab, family)
     images = [Image.new("L", (40, 30), 128), Image.new("RGBA", (30, 50), (255, 0, 0, 0)), Image.new("CMYK", (32, 32))]
     for hyps in model.caption(images, beam=3):
-        for text, score in hyps:
-            assert "<" not in text and score <= 0
+        for c in hyps:
+            assert "<" not in c.text and c.score <= 0
+    for (c,) in model.caption(images):
+        if family == "attention":
+            assert c.attention.shape[1:] == (2, 2) and len(c.attention) >= len(c.text.split())
+            assert torch.allclose(c.attention.sum((1, 2)), torch.ones(len(c.attention)), atol=1e-5)
+        else:
+            assert c.attention is None
 
 
-def test_artifact_round_trip(model: Captioner, tmp_path) -> None:
+@pytest.mark.parametrize("family", FAMILIES)
+def test_artifact_round_trip_gives_identical_captions(vocab: Vocabulary, family: str, tmp_path) -> None:
+    model = tiny(vocab, family)
     folder = model.save(tmp_path / "m")
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "vocab.json"]
     again = load(folder)
-    image = torch.randn(2, 16)
-    assert model.generate(image, beam=2) == again.generate(image, beam=2)
+    assert again.config.decoder == family and type(again.decoder) is type(model.decoder)
+    features = torch.randn(2, 4, 512)
+    assert [[(c.text, c.score) for c in row] for row in model.generate(features, beam=2)] == \
+           [[(c.text, c.score) for c in row] for row in again.generate(features, beam=2)]
 
 
-def test_artifact_errors_name_the_file(model: Captioner, tmp_path) -> None:
+def test_artifact_errors_name_the_file(vocab: Vocabulary, tmp_path) -> None:
+    model = tiny(vocab, "show-tell")
     folder = model.save(tmp_path / "m")
     (folder / "vocab.json").write_text(json.dumps({"itos": ["<pad>", "<start>", "<end>", "<unk>", "x"]}))
     with pytest.raises(ValueError, match="vocab.json"):
@@ -141,6 +258,9 @@ def test_artifact_errors_name_the_file(model: Captioner, tmp_path) -> None:
     (folder / "config.json").write_text(json.dumps(config | {"hidden_size": 64}))
     with pytest.raises(ValueError, match="model.safetensors"):
         load(folder)
+    (folder / "config.json").write_text(json.dumps(config | {"decoder": "transformer"}))
+    with pytest.raises(ValueError, match="show-tell, attention"):
+        load(folder)
     (folder / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         load(folder)
@@ -148,19 +268,9 @@ def test_artifact_errors_name_the_file(model: Captioner, tmp_path) -> None:
         load(tmp_path / "nowhere")
 
 
-def test_output_stride_dilates_the_last_stages() -> None:
-    trunk, dim = build_backbone("resnet50", "none", output_stride=8)
-    assert dim == 2048 and trunk.layer4[1].conv2.dilation == (4, 4) and trunk.layer3[0].conv2.stride == (1, 1)
-    assert trunk(torch.randn(1, 3, 64, 64)).shape == (1, 2048)
-    with pytest.raises(ValueError, match="bottleneck"):
-        build_backbone("resnet18", "none", output_stride=16)
-    with pytest.raises(ValueError, match="32, 16 or 8"):
-        build_backbone("resnet50", "none", output_stride=4)
-
-
-def test_pooled_features_are_standardised_before_the_embedding() -> None:
-    encoder = Encoder("resnet18", "none", embed_size=8).train()
-    pooled = 50 + 0.1 * torch.randn(64, 512)
-    encoder.project(pooled)
-    assert torch.allclose(encoder.standardize.running_mean, 0.1 * 50 * torch.ones(512), atol=0.1)
-    assert encoder.project(pooled[:1]).shape == (1, 8)  # a one-caption batch still works
+def test_grid_features_are_standardised_before_the_embedding() -> None:
+    dec = ShowTell(12, 8, embed_size=4, hidden_size=6).train()
+    features = 50 + 0.1 * torch.randn(64, 3, 8)
+    dec.image(features)
+    assert torch.allclose(dec.standardize.running_mean, 0.1 * 50 * torch.ones(8), atol=0.1)
+    assert dec.image(features[:1]).shape == (1, 4)  # a one-caption batch still works
