@@ -1,22 +1,30 @@
 """The HTTP service: captions for uploads, the OpenAPI schema, errors for bad input, and micro-batching."""
 from __future__ import annotations
 
+import asyncio
 import struct
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
 from pathlib import Path
+from types import SimpleNamespace
+from typing import TypeVar
 
+import httpx
 import numpy as np
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from captioner.data.vocab import Vocabulary
 from captioner.models.captioner import Captioner, ModelConfig
+from captioner.serve import app as serve_app
 from captioner.serve.app import create_app
+
+T = TypeVar("T")
 
 MAX_BYTES = 200_000
 MAX_PIXELS = 1_000_000
@@ -182,3 +190,52 @@ def test_concurrent_requests_are_batched(model_dir: Path, monkeypatch: pytest.Mo
     assert [len(b["results"][0]["captions"]) for b in bodies] == beams
     assert sum(n for n, _ in calls) == len(beams)
     assert len(calls) < len(beams) if batching else len(calls) == len(beams), calls
+
+
+def run_async(app: FastAPI, scenario: Callable[[httpx.AsyncClient], Awaitable[T]], seconds: float = 5) -> T:
+    """Run ``scenario`` against ``app`` (lifespan included) in a fresh event loop; a hang fails after ``seconds``."""
+    async def main() -> T:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            return await asyncio.wait_for(scenario(c), seconds)
+    return asyncio.run(main())
+
+
+async def two_requests(c: httpx.AsyncClient) -> list[int]:
+    """Status codes of two requests, one after the other."""
+    return [(await c.post("/v1/captions", files={"files": (f"{i}.jpg", image_bytes(seed=i))})).status_code
+            for i in range(2)]
+
+
+class _Py310Timeout(Exception):
+    """``asyncio.TimeoutError`` as Python 3.10 has it: not the builtin ``TimeoutError``."""
+
+
+def test_batcher_survives_py310_timeout(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_wait_for = asyncio.wait_for
+
+    async def wait_for(aw: Awaitable[T], timeout: float | None) -> T:
+        try:
+            return await real_wait_for(aw, timeout)
+        except asyncio.TimeoutError:
+            raise _Py310Timeout from None
+
+    py310 = SimpleNamespace(**{**vars(asyncio), "wait_for": wait_for, "TimeoutError": _Py310Timeout})
+    monkeypatch.setattr(serve_app, "asyncio", py310)  # the asyncio the app module sees, as on Python 3.10
+    assert run_async(create_app(model_dir), two_requests) == [200, 200]
+
+
+def test_batcher_survives_unexpected_error(model_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    real_run, calls = serve_app.Batcher._run, []
+
+    async def buggy(self: serve_app.Batcher, jobs: list, beam: int) -> None:
+        calls.append(len(jobs))
+        if len(calls) == 1:
+            raise RuntimeError("a bug in the batcher")
+        await real_run(self, jobs, beam)
+
+    monkeypatch.setattr(serve_app.Batcher, "_run", buggy)
+    with caplog.at_level("ERROR", "captioner.serve"):
+        assert run_async(create_app(model_dir), two_requests) == [500, 200]  # the bug fails its batch only
+    assert "a bug in the batcher" in caplog.text

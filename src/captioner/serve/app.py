@@ -74,6 +74,13 @@ class _Job:
     future: asyncio.Future[Captions]
 
 
+def _fail(jobs: list[_Job], error: Exception) -> None:
+    """Pass ``error`` to each request still waiting on ``jobs``."""
+    for j in jobs:
+        if not j.future.done():
+            j.future.set_exception(error)
+
+
 class Batcher:
     """Gathers concurrent requests into one model call: flush at ``max_batch`` images or after ``max_wait_ms``."""
 
@@ -89,26 +96,34 @@ class Batcher:
         return await job.future
 
     async def loop(self) -> None:
-        """Forever: take the first waiting job, gather more until full or timed out, run each beam size once."""
-        clock = asyncio.get_running_loop().time
+        """Forever: take the first waiting job, gather more until full or timed out, run each beam size once.
+
+        An unexpected error fails the requests at hand and is logged; the loop goes on serving."""
         while True:
             jobs = [await self.queue.get()]
-            deadline = clock() + self.max_wait
-            while sum(len(j.images) for j in jobs) < self.max_batch and (left := deadline - clock()) > 0:
-                try:
-                    jobs.append(await asyncio.wait_for(self.queue.get(), left))
-                except TimeoutError:
-                    break
-            for beam in dict.fromkeys(j.beam for j in jobs):
-                await self._run([j for j in jobs if j.beam == beam], beam)
+            try:
+                await self._gather(jobs)
+                for beam in dict.fromkeys(j.beam for j in jobs):
+                    await self._run([j for j in jobs if j.beam == beam], beam)
+            except Exception as e:
+                log.exception("the batcher failed on %d requests; serving on", len(jobs))
+                _fail(jobs, e)
+
+    async def _gather(self, jobs: list[_Job]) -> None:
+        """Add waiting jobs to ``jobs`` until they hold ``max_batch`` images or ``max_wait`` has passed."""
+        clock = asyncio.get_running_loop().time
+        deadline = clock() + self.max_wait
+        while sum(len(j.images) for j in jobs) < self.max_batch and (left := deadline - clock()) > 0:
+            try:
+                jobs.append(await asyncio.wait_for(self.queue.get(), left))
+            except (TimeoutError, asyncio.TimeoutError):  # two classes on Python 3.10, one since 3.11
+                break
 
     async def _run(self, jobs: list[_Job], beam: int) -> None:
         try:
             out = await self.run([im for j in jobs for im in j.images], beam)
         except Exception as e:  # the model failed: every waiting request gets the error
-            for j in jobs:
-                if not j.future.done():
-                    j.future.set_exception(e)
+            _fail(jobs, e)
             return
         for j in jobs:
             if not j.future.done():  # a cancelled request (client gone) leaves a done future
