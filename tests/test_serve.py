@@ -1,25 +1,36 @@
-"""The HTTP service: captions for uploads, the OpenAPI schema, errors for bad input, and micro-batching."""
+"""The HTTP service: captions for uploads, the OpenAPI schema, errors for bad input, micro-batching and load limits."""
 from __future__ import annotations
 
+import asyncio
 import struct
+import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from io import BytesIO
 from pathlib import Path
+from types import SimpleNamespace
+from typing import TypeVar
 
+import httpx
 import numpy as np
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from captioner.data.vocab import Vocabulary
 from captioner.models.captioner import Captioner, ModelConfig
-from captioner.serve.app import create_app
+from captioner.serve import app as serve_app
+from captioner.serve.app import create_app, running
+
+T = TypeVar("T")
 
 MAX_BYTES = 200_000
 MAX_PIXELS = 1_000_000
+MAX_REQUEST_PIXELS = 2_000_000
 
 
 def image_bytes(fmt: str = "JPEG", mode: str = "RGB", size: tuple[int, int] = (96, 72), seed: int = 0) -> bytes:
@@ -57,7 +68,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def client(model_dir: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(model_dir, max_bytes=MAX_BYTES, max_pixels=MAX_PIXELS, max_files=4)) as c:
+    with TestClient(create_app(model_dir, max_bytes=MAX_BYTES, max_pixels=MAX_PIXELS, max_files=4,
+                               max_request_pixels=MAX_REQUEST_PIXELS)) as c:
         yield c
 
 
@@ -111,7 +123,7 @@ def test_health_model_page_and_schema(client: TestClient) -> None:
     op = schema["paths"]["/v1/captions"]["post"]
     ref = op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
     assert set(schema["components"]["schemas"][ref]["properties"]) == {"results", "model", "latency_ms"}
-    assert {"413", "415", "422"} <= set(op["responses"])
+    assert {"413", "415", "422", "503", "504"} <= set(op["responses"])
 
 
 def test_model_without_metrics(model_dir: Path, tmp_path: Path) -> None:
@@ -130,6 +142,7 @@ def test_model_without_metrics(model_dir: Path, tmp_path: Path) -> None:
     ([("big.jpg", b"\xff" * (MAX_BYTES + 1))], {}, 413, "larger than"),
     ([("huge.png", blank_png((1200, 1000)))], {}, 413, "too many pixels"),
     ([("bomb.png", png_header(20_000, 20_000))], {}, 413, "too many pixels"),
+    ([("p.png", blank_png((900, 900)))] * 3, {}, 413, "over the budget of 2,000,000"),
     ([("cut.jpg", image_bytes()[:2000])], {}, 422, "truncated"),
     ([("empty.jpg", b"")], {}, 422, "empty"),
     ([("a.jpg", image_bytes())] * 5, {}, 413, "at most 4"),
@@ -182,3 +195,166 @@ def test_concurrent_requests_are_batched(model_dir: Path, monkeypatch: pytest.Mo
     assert [len(b["results"][0]["captions"]) for b in bodies] == beams
     assert sum(n for n, _ in calls) == len(beams)
     assert len(calls) < len(beams) if batching else len(calls) == len(beams), calls
+
+
+def run_async(app: FastAPI, scenario: Callable[[httpx.AsyncClient], Awaitable[T]], seconds: float = 5) -> T:
+    """Run ``scenario`` against ``app`` (lifespan included) in a fresh event loop; a hang fails after ``seconds``."""
+    async def main() -> T:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with app.router.lifespan_context(app), httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            return await asyncio.wait_for(scenario(c), seconds)
+    return asyncio.run(main())
+
+
+async def two_requests(c: httpx.AsyncClient) -> list[int]:
+    """Status codes of two requests, one after the other."""
+    return [(await c.post("/v1/captions", files={"files": (f"{i}.jpg", image_bytes(seed=i))})).status_code
+            for i in range(2)]
+
+
+class _Py310Timeout(Exception):
+    """``asyncio.TimeoutError`` as Python 3.10 has it: not the builtin ``TimeoutError``."""
+
+
+def test_batcher_survives_py310_timeout(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_wait_for = asyncio.wait_for
+
+    async def wait_for(aw: Awaitable[T], timeout: float | None) -> T:
+        try:
+            return await real_wait_for(aw, timeout)
+        except asyncio.TimeoutError:
+            raise _Py310Timeout from None
+
+    py310 = SimpleNamespace(**{**vars(asyncio), "wait_for": wait_for, "TimeoutError": _Py310Timeout})
+    monkeypatch.setattr(serve_app, "asyncio", py310)  # the asyncio the app module sees, as on Python 3.10
+    assert run_async(create_app(model_dir), two_requests) == [200, 200]
+
+
+def test_batcher_survives_unexpected_error(model_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    real_run, calls = serve_app.Batcher._run, []
+
+    async def buggy(self: serve_app.Batcher, jobs: list, beam: int) -> None:
+        calls.append(len(jobs))
+        if len(calls) == 1:
+            raise RuntimeError("a bug in the batcher")
+        await real_run(self, jobs, beam)
+
+    monkeypatch.setattr(serve_app.Batcher, "_run", buggy)
+    with caplog.at_level("ERROR", "captioner.serve"):
+        assert run_async(create_app(model_dir), two_requests) == [500, 200]  # the bug fails its batch only
+    assert "a bug in the batcher" in caplog.text
+
+
+def test_large_jpeg_is_decoded_reduced(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, sizes = client.app.state.model, []
+    caption = model.caption
+
+    def record(images: list[Image.Image], beam: int = 1, **kw: int) -> list:
+        sizes.extend(im.size for im in images)
+        return caption(images, beam, **kw)
+
+    monkeypatch.setattr(model, "caption", record)
+    big = BytesIO()
+    Image.new("RGB", (1024, 768), "olive").save(big, "JPEG")
+    status, body = post(client, ("big.jpg", big.getvalue()), ("small.jpg", image_bytes()),
+                        ("big.png", blank_png((1024, 768))))
+    assert status == 200, body
+    # the model's side is 64: a JPEG decodes at 1/4 scale, its short side still >= 2 x 64; small or PNG: untouched
+    assert sizes == [(256, 192), (96, 72), (1024, 768)]
+
+
+def _hold_first_call(model: Captioner, monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], threading.Event,
+                                                                                 threading.Event]:
+    """Record the images of each model call; the first call sets ``entered`` and waits for ``release``."""
+    calls, entered, release = [], threading.Event(), threading.Event()
+    caption = model.caption
+
+    def held(images: list, beam: int = 1, **kw: int) -> list:
+        calls.append(len(images))
+        if len(calls) == 1:
+            entered.set()
+            release.wait(10)
+        return caption(images, beam, **kw)
+
+    monkeypatch.setattr(model, "caption", held)
+    return calls, entered, release
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_full_queue_answers_503(model_dir: Path, monkeypatch: pytest.MonkeyPatch, batching: bool) -> None:
+    with pytest.raises(ValueError, match="max_queue"):
+        create_app(model_dir, max_queue=2, max_files=3)
+    app = create_app(model_dir, batching=batching, max_queue=2, max_files=2)
+    _, entered, release = _hold_first_call(app.state.model, monkeypatch)
+    with TestClient(app) as c, ThreadPoolExecutor(1) as pool:
+        first = pool.submit(post, c, ("a.jpg", image_bytes()), ("b.jpg", image_bytes(seed=1)))  # fills the queue
+        assert entered.wait(5)
+        r = c.post("/v1/captions", files={"files": ("c.jpg", image_bytes())})
+        release.set()
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+        assert "busy" in r.json()["detail"]
+        assert first.result(5)[0] == 200
+        assert post(c, ("d.jpg", image_bytes()))[0] == 200  # room again
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_slow_request_answers_504(model_dir: Path, monkeypatch: pytest.MonkeyPatch, batching: bool) -> None:
+    app = create_app(model_dir, batching=batching, max_batch=1, request_timeout_s=1)
+    calls, _, release = _hold_first_call(app.state.model, monkeypatch)
+    with TestClient(app) as c, ThreadPoolExecutor(2) as pool:
+        late = list(pool.map(lambda i: post(c, (f"{i}.jpg", image_bytes(seed=i))), range(2)))
+        release.set()
+        assert [code for code, _ in late] == [504, 504] and "within 1 s" in late[0][1]["detail"], late
+        assert post(c, ("ok.jpg", image_bytes()))[0] == 200
+    assert calls == [1, 1]  # the request that timed out while queued never reached the model
+
+
+def rss_mb() -> float:
+    """This process's resident memory in MB (Linux /proc)."""
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) / 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads memory from Linux /proc")
+def test_overload_is_shed_with_bounded_memory(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = create_app(model_dir, max_queue=16, max_pixels=4_000_000, request_timeout_s=10)
+    caption = app.state.model.caption
+
+    def slow(images: list, beam: int = 1, **kw: int) -> list:
+        time.sleep(0.2)
+        return caption(images, beam, **kw)
+
+    monkeypatch.setattr(app.state.model, "caption", slow)
+    clients, data = 64, blank_png((2000, 1500))  # a few kB that decode to 3 MB
+    start, codes, latencies, rss = threading.Barrier(clients + 1), [], [], []
+    limits = httpx.Limits(max_connections=clients)
+    with running(app) as url, httpx.Client(base_url=url, timeout=15, limits=limits) as http:
+        http.post("/v1/captions", files={"files": ("warm.png", data)}).raise_for_status()
+        base, done = rss_mb(), threading.Event()
+
+        def client() -> None:
+            start.wait()
+            t = time.perf_counter()
+            codes.append(http.post("/v1/captions", files={"files": ("x.png", data)}).status_code)
+            latencies.append(time.perf_counter() - t)
+
+        def watch() -> None:
+            while not done.wait(0.005):
+                rss.append(rss_mb())
+
+        threads = [threading.Thread(target=client) for _ in range(clients)]
+        watcher = threading.Thread(target=watch)
+        for t in [*threads, watcher]:
+            t.start()
+        start.wait()
+        for t in threads:
+            t.join(20)
+        done.set()
+        watcher.join()
+    growth = max(rss) - base
+    print(f"codes {dict(sorted(Counter(codes).items()))}, max latency {max(latencies):.2f} s, RSS +{growth:.0f} MB")
+    assert len(codes) == clients and set(codes) == {200, 503}, sorted(codes)
+    assert max(latencies) < 10  # nothing waited for the timeout, let alone hung
+    # 16 held images x 3 MB decoded + one 9 MB RGB copy in preprocessing + allocator slack; all 64 held: > 190 MB
+    assert growth < 100, growth

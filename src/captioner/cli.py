@@ -266,12 +266,19 @@ def serve(model: Annotated[Path, typer.Option(help="Model folder")],
           host: Annotated[str, typer.Option(help="Address to bind (loopback by default)")] = "127.0.0.1",
           port: int = 8000, beam: int = 1,
           max_batch: Annotated[int, typer.Option(help="Most images in one model batch")] = 16,
-          max_wait_ms: Annotated[float, typer.Option(help="How long a batch waits to fill")] = 10.0) -> None:
+          max_wait_ms: Annotated[float, typer.Option(help="How long a batch waits to fill")] = 10.0,
+          max_queue: Annotated[int, typer.Option(help="Most images held at once (decoding, queued or being "
+                                                      "captioned); past it requests get 503 with Retry-After")] = 64,
+          timeout: Annotated[float, typer.Option(help="Seconds a request may take after its upload; then 504")] = 30.0,
+          max_request_pixels: Annotated[int, typer.Option(help="Most pixels decoded for one request (all its "
+                                                               "images, after JPEG reduction); then 413")] = 50_000_000,
+          ) -> None:
     """Serve captions over HTTP: a web page at /, the API at /v1/captions."""
     from captioner.serve.app import serve as run
 
     try:
-        run(model, host=host, port=port, beam=beam, max_batch=max_batch, max_wait_ms=max_wait_ms)
+        run(model, host=host, port=port, beam=beam, max_batch=max_batch, max_wait_ms=max_wait_ms,
+            max_queue=max_queue, request_timeout_s=timeout, max_request_pixels=max_request_pixels)
     except (OSError, ValueError) as e:
         raise _fail(e) from None
 

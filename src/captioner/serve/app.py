@@ -1,4 +1,4 @@
-"""HTTP captioning service: a FastAPI app with micro-batching, upload limits and a one-page web UI."""
+"""HTTP captioning service: a FastAPI app with micro-batching, upload and load limits and a one-page web UI."""
 from __future__ import annotations
 
 import asyncio
@@ -31,6 +31,7 @@ FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF"})  # Pil
 ACCEPTED = "JPEG, PNG, WebP, BMP, GIF, TIFF"
 CHUNK = 2**16
 FORM_OVERHEAD = 2**16  # multipart boundaries, headers and the beam field
+RETRY_AFTER_S = 1  # what a 503 (server busy) tells the client to wait
 Captions = list[list[tuple[str, float]]]
 
 
@@ -74,6 +75,13 @@ class _Job:
     future: asyncio.Future[Captions]
 
 
+def _fail(jobs: list[_Job], error: Exception) -> None:
+    """Pass ``error`` to each request still waiting on ``jobs``."""
+    for j in jobs:
+        if not j.future.done():
+            j.future.set_exception(error)
+
+
 class Batcher:
     """Gathers concurrent requests into one model call: flush at ``max_batch`` images or after ``max_wait_ms``."""
 
@@ -89,31 +97,61 @@ class Batcher:
         return await job.future
 
     async def loop(self) -> None:
-        """Forever: take the first waiting job, gather more until full or timed out, run each beam size once."""
-        clock = asyncio.get_running_loop().time
+        """Forever: take the first waiting job, gather more until full or timed out, run each beam size once.
+
+        An unexpected error fails the requests at hand and is logged; the loop goes on serving."""
         while True:
             jobs = [await self.queue.get()]
-            deadline = clock() + self.max_wait
-            while sum(len(j.images) for j in jobs) < self.max_batch and (left := deadline - clock()) > 0:
-                try:
-                    jobs.append(await asyncio.wait_for(self.queue.get(), left))
-                except TimeoutError:
-                    break
-            for beam in dict.fromkeys(j.beam for j in jobs):
-                await self._run([j for j in jobs if j.beam == beam], beam)
+            try:
+                await self._gather(jobs)
+                for beam in dict.fromkeys(j.beam for j in jobs):
+                    await self._run([j for j in jobs if j.beam == beam], beam)
+            except Exception as e:
+                log.exception("the batcher failed on %d requests; serving on", len(jobs))
+                _fail(jobs, e)
+
+    async def _gather(self, jobs: list[_Job]) -> None:
+        """Add waiting jobs to ``jobs`` until they hold ``max_batch`` images or ``max_wait`` has passed."""
+        clock = asyncio.get_running_loop().time
+        deadline = clock() + self.max_wait
+        while sum(len(j.images) for j in jobs) < self.max_batch and (left := deadline - clock()) > 0:
+            try:
+                jobs.append(await asyncio.wait_for(self.queue.get(), left))
+            except (TimeoutError, asyncio.TimeoutError):  # two classes on Python 3.10, one since 3.11
+                break
 
     async def _run(self, jobs: list[_Job], beam: int) -> None:
+        jobs = [j for j in jobs if not j.future.done()]  # a request that timed out or left costs no model time
+        if not jobs:
+            return
         try:
             out = await self.run([im for j in jobs for im in j.images], beam)
         except Exception as e:  # the model failed: every waiting request gets the error
-            for j in jobs:
-                if not j.future.done():
-                    j.future.set_exception(e)
+            _fail(jobs, e)
             return
         for j in jobs:
             if not j.future.done():  # a cancelled request (client gone) leaves a done future
                 j.future.set_result(out[:len(j.images)])
             out = out[len(j.images):]
+
+
+class Admission:
+    """Counts the images the server holds (decoding, queued or being captioned); refuses more than ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.held = limit, 0
+
+    @contextmanager
+    def hold(self, images: int) -> Iterator[None]:
+        """Hold room for ``images`` during the block; 503 with Retry-After when there is none."""
+        if self.held + images > self.limit:  # no await between check and update: one event loop, no race
+            raise HTTPException(503, f"the server is busy ({self.held} of {self.limit} images in progress): "
+                                     f"retry in {RETRY_AFTER_S} s", headers={"Retry-After": str(RETRY_AFTER_S)})
+        self.held += images
+        try:
+            yield
+        finally:
+            self.held -= images
 
 
 class BodyLimit:
@@ -154,8 +192,9 @@ async def read_limited(upload: UploadFile, max_bytes: int) -> bytes:
     return bytes(data)
 
 
-def decode(data: bytes, name: str, max_pixels: int) -> Image.Image:
-    """Decode an upload in memory, checking the format and pixel count before the pixels are decoded."""
+def open_image(data: bytes, name: str, max_pixels: int, min_side: int) -> Image.Image:
+    """Read an upload's header and check its format and pixel count; a large JPEG is set to decode at 1/2, 1/4
+    or 1/8 scale (Pillow's draft) with its short side still at least ``min_side``. Nothing is decoded yet."""
     if not data:
         raise HTTPException(422, f"{name!r} is empty: choose an image file")
     bomb = f"{name!r} has too many pixels (over {max_pixels:,}): send a smaller image"
@@ -169,13 +208,18 @@ def decode(data: bytes, name: str, max_pixels: int) -> Image.Image:
         raise HTTPException(415, f"{name!r} is {image.format}, which is not accepted: send {ACCEPTED}")
     if image.width * image.height > max_pixels:
         raise HTTPException(413, bomb)
+    image.draft("RGB", (min_side, min_side))  # JPEG only; other formats ignore it
+    return image
+
+
+def decode(image: Image.Image, name: str) -> None:
+    """Decode the pixels of an image from ``open_image``."""
     try:
         image.load()
     except Image.DecompressionBombError as e:
-        raise HTTPException(413, bomb) from e
+        raise HTTPException(413, f"{name!r} has too many pixels: send a smaller image") from e
     except Exception as e:
         raise HTTPException(422, f"{name!r} is a damaged or truncated {image.format} file: {e}") from e
-    return image
 
 
 def _validation_detail(exc: RequestValidationError) -> str:
@@ -190,8 +234,15 @@ def _validation_detail(exc: RequestValidationError) -> str:
 
 def create_app(model_dir: str | Path, beam: int = 1, max_batch: int = 16, max_wait_ms: float = 10.0,
                max_bytes: int = 10 * 2**20, max_pixels: int = 40_000_000, batching: bool = True,
-               max_files: int = 16) -> FastAPI:
-    """Load the model in ``model_dir`` and build the app; ``batching=False`` runs each request alone."""
+               max_files: int = 16, max_queue: int = 64, request_timeout_s: float = 30.0,
+               max_request_pixels: int = 50_000_000) -> FastAPI:
+    """Load the model in ``model_dir`` and build the app; ``batching=False`` runs each request alone.
+
+    The server holds at most ``max_queue`` images at once (more: 503), answers each request within
+    ``request_timeout_s`` (or 504) and decodes at most ``max_request_pixels`` per request (or 413)."""
+    if max_queue < max_files:
+        raise ValueError(f"max_queue ({max_queue}) is below max_files ({max_files}): "
+                         "a request with the most files would never be accepted")
     model_dir = Path(model_dir)
     model = load(str(model_dir))
     metrics_file = model_dir / "metrics_test.json"
@@ -199,6 +250,8 @@ def create_app(model_dir: str | Path, beam: int = 1, max_batch: int = 16, max_wa
                      image_size=model.config.image_size, vocab_size=len(model.vocab), beam=beam,
                      metrics=read_json(metrics_file, "test metrics") if metrics_file.is_file() else None)
     page = resources.files("captioner.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+    admission = Admission(max_queue)
+    min_side = 2 * model.config.image_size  # JPEG drafts keep twice what the model's resize needs
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -252,14 +305,30 @@ def create_app(model_dir: str | Path, beam: int = 1, max_batch: int = 16, max_wa
         return info
 
     errors: dict[int | str, dict[str, Any]] = {
-        413: {"model": Error, "description": "upload too large (bytes, pixels or number of files)"},
+        413: {"model": Error, "description": "upload too large (bytes, pixels, pixels per request or number of files)"},
         415: {"model": Error, "description": f"not an image ({ACCEPTED} are accepted)"},
         422: {"model": Error, "description": "missing, empty or corrupt upload, or invalid parameter"},
+        503: {"model": Error, "description": f"server busy: its queue is full; retry after {RETRY_AFTER_S} s "
+                                             "(the Retry-After header)"},
+        504: {"model": Error, "description": f"no answer within {request_timeout_s:g} s"},
     }
+
+    async def caption(files: list[UploadFile], names: list[str], beam: int) -> Captions:
+        """Read and check the uploads, decode them within the pixel budget, caption them."""
+        images = []
+        for upload, name in zip(files, names, strict=True):
+            data = await read_limited(upload, max_bytes)
+            images.append(await asyncio.to_thread(open_image, data, name, max_pixels, min_side))
+        pixels = sum(im.width * im.height for im in images)
+        if pixels > max_request_pixels:
+            raise HTTPException(413, f"{pixels:,} pixels to decode in one request, over the budget of "
+                                     f"{max_request_pixels:,}: send fewer or smaller images")
+        for image, name in zip(images, names, strict=True):
+            await asyncio.to_thread(decode, image, name)
+        return await app.state.caption(images, beam)
 
     @app.post("/v1/captions", responses=errors)
     async def captions(
-        request: Request,
         files: Annotated[list[UploadFile], File(description=f"one or more images ({ACCEPTED})")],
         beam_query: Annotated[int | None, Query(alias="beam", ge=1, le=10, description="beam width")] = None,
         beam_form: Annotated[int | None, Form(alias="beam", ge=1, le=10, description="beam width")] = None,
@@ -269,11 +338,13 @@ def create_app(model_dir: str | Path, beam: int = 1, max_batch: int = 16, max_wa
         if len(files) > max_files:
             raise HTTPException(413, f"{len(files)} files sent: at most {max_files} per request")
         names = [f.filename or f"file{i}" for i, f in enumerate(files)]
-        images = []
-        for upload, name in zip(files, names, strict=True):
-            data = await read_limited(upload, max_bytes)
-            images.append(await asyncio.to_thread(decode, data, name, max_pixels))
-        out = await request.app.state.caption(images, beam_query or beam_form or beam)
+        with admission.hold(len(files)):
+            try:
+                out = await asyncio.wait_for(caption(files, names, beam_query or beam_form or beam),
+                                             request_timeout_s)
+            except (TimeoutError, asyncio.TimeoutError):  # two classes on Python 3.10, one since 3.11
+                raise HTTPException(504, f"no answer within {request_timeout_s:g} s: the server is busy, "
+                                         "try again later") from None
         results = [Result(filename=name, captions=[Caption(text=t, score=s) for t, s in caps])
                    for name, caps in zip(names, out, strict=True)]
         return CaptionResponse(results=results, model=info.name,
