@@ -1,7 +1,8 @@
 """Run the benchmarks and print one markdown table: ``python -m benchmarks [--quick] [--only NAME ...]``.
 
 Sections: train (feature cache vs encoder per batch), latency (greedy/beam vs encoder), extract (DataLoader
-workers), vocab (162k real captions; needs $CAPTIONER_SHARED), serve (micro-batching on/off, benchmarks/serve_bench).
+workers), vocab (162k real captions; needs $CAPTIONER_SHARED), rewards (CIDEr-D reward vs pycocoevalcap;
+needs $CAPTIONER_SHARED), serve (micro-batching on/off, benchmarks/serve_bench).
 Each comparison is measured side by side in the same run. Progress goes to stderr, the table to stdout.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 
 from benchmarks.common import device, row, say
 
-SECTIONS = ("train", "latency", "extract", "vocab", "serve")
+SECTIONS = ("train", "latency", "extract", "vocab", "rewards", "serve")
 SERVE_CLIENTS = 8
 
 
