@@ -19,7 +19,8 @@ import numpy as np
 from PIL import Image
 
 from captioner.data.vocab import Vocabulary
-from captioner.models.captioner import Captioner, ModelConfig
+from captioner.inference import Captioner
+from captioner.models.captioner import ModelConfig
 from captioner.serve.app import create_app, running
 
 CLIENTS = (1, 8)

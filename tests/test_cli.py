@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from captioner.cli import app
 from captioner.data.vocab import Vocabulary
-from captioner.models.captioner import Captioner, ModelConfig
+from captioner.inference import Captioner
+from captioner.models.captioner import ModelConfig
 
 runner = CliRunner()
 COMMANDS = ("synth", "inspect", "vocab", "train", "caption", "evaluate", "score", "serve", "demo")
@@ -75,6 +76,23 @@ def test_caption_and_evaluate(model, synth, tmp_path) -> None:
     results = json.loads((tmp_path / "results_test.json").read_text())
     assert len(results) == 6 and {"image_id", "caption"} <= results[0].keys()
     assert set(json.loads((tmp_path / "metrics_test.json").read_text())) >= {"Bleu_4", "METEOR", "CIDEr"}
+
+
+def test_caption_search_flags_and_attention_maps(model, synth, tmp_path) -> None:
+    images = sorted((synth / "test").glob("*.png"))[:2]
+    result = invoke("caption", "--model", model, *images, "--beam", 3, "--max-len", 3, "--length-penalty", 0.7)
+    assert result.exit_code == 0, result.output
+    assert all(len(line.split("\t")[1].split()) <= 3 for line in result.output.splitlines() if "\t" in line)
+    result = invoke("caption", "--model", model, *images, "--attention", tmp_path / "maps.png")
+    assert result.exit_code == 2 and "attention model" in result.output
+    records = json.loads((synth / "annotations" / "captions_train.json").read_text())["annotations"]
+    vocab = Vocabulary.build([a["caption"] for a in records], threshold=1)
+    config = ModelConfig(vocab_size=len(vocab), decoder="attention", backbone="resnet18", encoder_weights="none",
+                         image_size=64, grid=3, embed_size=16, hidden_size=32, max_len=5)
+    attentive = Captioner(config, vocab).save(tmp_path / "att")
+    result = invoke("caption", "--model", attentive, *images, "--attention", tmp_path / "maps.png")
+    assert result.exit_code == 0, result.output
+    assert "attention maps" in result.output and (tmp_path / "maps.png").stat().st_size > 5000
 
 
 def test_evaluate_with_a_foreign_vocabulary_names_the_file(model, synth, tmp_path) -> None:

@@ -22,7 +22,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from captioner.data.vocab import Vocabulary
-from captioner.models.captioner import Captioner, ModelConfig
+from captioner.inference import Captioner
+from captioner.models.captioner import ModelConfig
 from captioner.serve import app as serve_app
 from captioner.serve.app import create_app, running
 
@@ -90,6 +91,25 @@ def test_caption_one_image(client: TestClient, caplog: pytest.LogCaptureFixture)
     assert result["filename"] == "photo.jpg"
     [caption] = result["captions"]
     assert isinstance(caption["text"], str) and caption["score"] <= 0
+
+
+def test_attention_maps_on_request(model_dir: Path, tmp_path: Path) -> None:
+    v = Vocabulary.build(["a red circle on the left", "a blue square above a green triangle"], threshold=1)
+    config = ModelConfig(vocab_size=len(v), decoder="attention", backbone="resnet18", encoder_weights="none",
+                         image_size=64, grid=3, max_len=6)
+    Captioner(config, v).save(tmp_path / "att")
+    with TestClient(create_app(tmp_path / "att")) as c:
+        assert c.get("/v1/model").json() | {"decoder": "attention", "grid": 3} == c.get("/v1/model").json()
+        _, plain = post(c, ("photo.jpg", image_bytes()))
+        assert plain["results"][0]["captions"][0]["attention"] is None  # only when asked
+        status, body = post(c, ("photo.jpg", image_bytes()), attention=1, beam=2)
+    assert status == 200, body
+    for caption in body["results"][0]["captions"]:
+        maps = np.array(caption["attention"])
+        assert maps.shape[1:] == (3, 3) and len(caption["text"].split()) <= len(maps) <= 6
+        assert np.allclose(maps.sum((1, 2)), 1, atol=1e-5)
+    with TestClient(create_app(model_dir)) as c:  # a Show-Tell model has no maps to give
+        assert post(c, ("photo.jpg", image_bytes()), attention=1)[1]["results"][0]["captions"][0]["attention"] is None
 
 
 def test_many_files_and_modes(client: TestClient) -> None:

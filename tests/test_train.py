@@ -13,10 +13,13 @@ import torch
 
 from captioner import load
 from captioner.io import read_csv
-from captioner.models.encoder import build_backbone
-from captioner.train import TrainConfig, train
+from captioner.data.captions import CachedCaptions
+from captioner.models.backbones import build_trunk
+from captioner.train import TrainConfig, load_records, train
 
-TINY = dict(backbone="resnet18", encoder_weights="none", image_size=64, embed_size=16, hidden_size=32)
+TINY = dict(backbone="resnet18", encoder_weights="none", image_size=64, grid=2, embed_size=16, hidden_size=32)
+CLI_TINY = ["--backbone", "resnet18", "--encoder-weights", "none", "--image-size", "64", "--grid", "2",
+            "--embed-size", "16", "--hidden-size", "32"]
 
 
 def rows(run: Path) -> list[dict[str, str]]:
@@ -34,7 +37,7 @@ def test_train_writes_artifact_curves_and_reuses_cache(tiny_synth, tmp_path, cap
     assert [int(r["epoch"]) for r in table] == [0, 1]
     for r in table:
         assert float(r["lr"]) > 0 and float(r["train_loss"]) > 0 and float(r["val_ppl"]) > 1
-        assert 0 <= float(r["val_cider"]) and 0 <= float(r["val_bleu4"]) <= 1
+        assert 0 <= float(r["val_cider"]) and 0 <= float(r["val_bleu4"]) <= 100  # the 0-100 scale, as printed
     assert float(table[0]["lr"]) > float(table[1]["lr"])  # the scheduler lowers it
     assert "encoded 24 images" in capsys.readouterr().out
     model = load(run)
@@ -55,8 +58,7 @@ def test_sigkill_then_resume_records_every_epoch_once(tiny_synth, tmp_path) -> N
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "captioner", "train", "--data", str(tiny_synth), "--out", str(run), "--epochs", "6",
            "--batch-size", "4", "--threshold", "1", "--cache-dir", str(tmp_path / "cache"), "--no-progress",
-           "--backbone", "resnet18", "--encoder-weights", "none", "--image-size", "64", "--embed-size", "16",
-           "--hidden-size", "32"]
+           *CLI_TINY]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not ((run / "metrics.csv").is_file() and len(rows(run)) >= 2):
@@ -76,7 +78,84 @@ def test_sigkill_then_resume_records_every_epoch_once(tiny_synth, tmp_path) -> N
 def test_fine_tuning_trains_the_last_stage_from_images(tiny_synth, tmp_path) -> None:
     run = train(TrainConfig(data=str(tiny_synth), out=str(tmp_path / "run"), epochs=1, batch_size=32, threshold=1,
                             progress=False), TINY | {"fine_tune": True})
-    tuned, fresh_trunk = load(run), build_backbone("resnet18", "none", 0)[0]
+    tuned, fresh_trunk = load(run), build_trunk("resnet18", "none", 0)[0]
     assert torch.equal(tuned.encoder.backbone.conv1.weight, fresh_trunk.conv1.weight)  # frozen stem
     assert not torch.equal(tuned.encoder.backbone.layer4[0].conv1.weight, fresh_trunk.layer4[0].conv1.weight)
     assert tuned.config.fine_tune and len(rows(run)) == 1
+
+
+@pytest.mark.parametrize("batching", ["bucket", "pad"])
+def test_batches_reshuffle_every_epoch_and_cover_every_caption(tiny_synth, tmp_path, monkeypatch, batching) -> None:
+    seen: list[list[int]] = []
+    fetch = CachedCaptions.__getitems__
+
+    def record(self: CachedCaptions, indices):
+        if self.random_view:  # the training set (validation reads in a fixed order)
+            seen.append(list(indices))
+        return fetch(self, indices)
+
+    monkeypatch.setattr(CachedCaptions, "__getitems__", record)
+    train(TrainConfig(data=str(tiny_synth), out=str(tmp_path / "run"), epochs=2, batch_size=16, threshold=1,
+                      batching=batching, eval_every=10, cache_dir=str(tmp_path / "cache"), progress=False), TINY)
+    half = len(seen) // 2
+    first, second = seen[:half], seen[half:]
+    for epoch in (first, second):
+        assert sorted(i for batch in epoch for i in batch) == list(range(24 * 5))  # every caption once
+    assert first != second  # a new order (and new batches) each epoch
+
+
+def test_early_stopping_counts_evaluations_only(tiny_synth, tmp_path) -> None:
+    run = train(TrainConfig(data=str(tiny_synth), out=str(tmp_path / "run"), epochs=4, batch_size=16, threshold=1,
+                            eval_every=2, early_stop=1, val_images=8, cache_dir=str(tmp_path / "cache"),
+                            progress=False), TINY)
+    table = rows(run)
+    assert [r["epoch"] for r in table if r["val_cider"]] == [r["epoch"] for r in table if int(r["epoch"]) % 2]
+    assert (run / "model.safetensors").is_file()
+
+
+def test_validation_never_uses_training_images(tiny_synth, tmp_path) -> None:
+    one_file = dict(data=str(tiny_synth / "annotations" / "captions_train.json"), images=str(tiny_synth / "train"))
+    messages: list[str] = []
+    train_records, val = load_records(TrainConfig(**one_file, val_fraction=0.25), messages.append)
+    assert len(val) == 6 and len(train_records) == 18 and "holding out 6 of 24" in " ".join(messages)
+    assert not {r.path for r in train_records} & {r.path for r in val}
+    again, _ = load_records(TrainConfig(**one_file, val_fraction=0.25), messages.append)
+    assert again == train_records  # seeded: the same split every time
+    _, val = load_records(TrainConfig(**one_file, val_data=str(tiny_synth), val_split="val"), messages.append)
+    assert len(val) == 8
+    with pytest.raises(ValueError, match="also training images"):
+        load_records(TrainConfig(**one_file, val_data=one_file["data"], val_image_dir=one_file["images"]))
+    _, val = load_records(TrainConfig(data=str(tiny_synth)), messages.append)  # a folder: its own val split
+    assert len(val) == 8 and all(r.split == "val" for r in val)
+
+
+def test_resume_refuses_changed_flags_unless_safe_and_forced(tiny_synth, tmp_path) -> None:
+    cfg = dict(data=str(tiny_synth), out=str(tmp_path / "run"), epochs=1, batch_size=16, threshold=1,
+               eval_every=10, cache_dir=str(tmp_path / "cache"), progress=False)
+    train(TrainConfig(**cfg), TINY)
+    with pytest.raises(ValueError, match="--hidden-size was 32, now 64"):
+        train(TrainConfig(**cfg | {"resume": True}), TINY | {"hidden_size": 64})
+    with pytest.raises(ValueError, match="--threshold was 1, now 2"):
+        train(TrainConfig(**cfg | {"resume": True, "threshold": 2, "force": True}), TINY)
+    with pytest.raises(ValueError, match="--force"):
+        train(TrainConfig(**cfg | {"resume": True, "epochs": 2}), TINY)
+    run = train(TrainConfig(**cfg | {"resume": True, "epochs": 2, "force": True}), TINY)
+    assert [int(r["epoch"]) for r in rows(run)] == [0, 1]
+
+
+def test_cli_flags_reach_their_fields_and_epoch_lines_read_well(tiny_synth, tmp_path) -> None:
+    import json
+
+    run = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "captioner", "train", "--data", str(tiny_synth), "--out", str(run),
+                           "--epochs", "1", "--batch-size", "8", "--lr", "0.02", "--min-lr", "0.003",
+                           "--clip", "2.5", "--threshold", "1", "--eval-every", "3", "--val-images", "5",
+                           "--seed", "4", "--cache-dir", str(tmp_path / "cache"), "--no-progress", *CLI_TINY],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    saved = json.loads((run / "train_config.json").read_text())
+    assert {k: saved[k] for k in ("epochs", "batch_size", "lr", "min_lr", "clip", "threshold", "eval_every",
+                                  "val_images", "seed")} == dict(epochs=1, batch_size=8, lr=0.02, min_lr=0.003,
+                                                                 clip=2.5, threshold=1, eval_every=3, val_images=5,
+                                                                 seed=4)
+    assert any(line.startswith("epoch 0  lr 0.02") for line in done.stdout.splitlines()), done.stdout

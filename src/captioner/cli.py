@@ -264,7 +264,7 @@ def score(results: Annotated[Path, typer.Option(help="COCO results JSON [{image_
 @app.command()
 def serve(model: Annotated[Path, typer.Option(help="Model folder")],
           host: Annotated[str, typer.Option(help="Address to bind (loopback by default)")] = "127.0.0.1",
-          port: int = 8000, beam: int = 1,
+          port: int = 8000, beam: int = 1, max_len: MaxLenOpt = None, length_penalty: PenaltyOpt = 0.0,
           max_batch: Annotated[int, typer.Option(help="Most images in one model batch")] = 16,
           max_wait_ms: Annotated[float, typer.Option(help="How long a batch waits to fill")] = 10.0,
           max_queue: Annotated[int, typer.Option(help="Most images held at once (decoding, queued or being "
@@ -278,7 +278,8 @@ def serve(model: Annotated[Path, typer.Option(help="Model folder")],
 
     try:
         run(model, host=host, port=port, beam=beam, max_batch=max_batch, max_wait_ms=max_wait_ms,
-            max_queue=max_queue, request_timeout_s=timeout, max_request_pixels=max_request_pixels)
+            max_queue=max_queue, request_timeout_s=timeout, max_request_pixels=max_request_pixels, max_len=max_len,
+            length_penalty=length_penalty)
     except (OSError, ValueError) as e:
         raise _fail(e) from None
 

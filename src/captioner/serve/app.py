@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager, suppress
+from functools import partial
 from dataclasses import dataclass
 from importlib import resources
 from io import BytesIO
@@ -32,12 +33,15 @@ ACCEPTED = "JPEG, PNG, WebP, BMP, GIF, TIFF"
 CHUNK = 2**16
 FORM_OVERHEAD = 2**16  # multipart boundaries, headers and the beam field
 RETRY_AFTER_S = 1  # what a 503 (server busy) tells the client to wait
-Captions = list[list[tuple[str, float]]]
+Captions = list[list[Any]]  # per image, best first: objects with .text, .score, .attention ([words, G, G] or None)
 
 
 class Caption(BaseModel):
     text: str
     score: float = Field(description="log-probability of the caption (higher is better)")
+    attention: list[list[list[float]]] | None = Field(
+        None, description="with ?attention=true on an attention model: per word (then <end>, when produced) the "
+                          "G x G attention weights over the centre crop, rows top to bottom; each map sums to 1")
 
 
 class Result(BaseModel):
@@ -53,6 +57,8 @@ class CaptionResponse(BaseModel):
 
 class ModelInfo(BaseModel):
     name: str
+    decoder: str = Field(description="show-tell or attention")
+    grid: int = Field(description="side G of the feature grid (attention maps are G x G)")
     backbone: str
     image_size: int
     vocab_size: int
@@ -235,7 +241,8 @@ def _validation_detail(exc: RequestValidationError) -> str:
 def create_app(model_dir: str | Path, beam: int = 1, max_batch: int = 16, max_wait_ms: float = 10.0,
                max_bytes: int = 10 * 2**20, max_pixels: int = 40_000_000, batching: bool = True,
                max_files: int = 16, max_queue: int = 64, request_timeout_s: float = 30.0,
-               max_request_pixels: int = 50_000_000) -> FastAPI:
+               max_request_pixels: int = 50_000_000, max_len: int | None = None,
+               length_penalty: float = 0.0) -> FastAPI:
     """Load the model in ``model_dir`` and build the app; ``batching=False`` runs each request alone.
 
     The server holds at most ``max_queue`` images at once (more: 503), answers each request within
@@ -246,7 +253,8 @@ def create_app(model_dir: str | Path, beam: int = 1, max_batch: int = 16, max_wa
     model_dir = Path(model_dir)
     model = load(str(model_dir))
     metrics_file = model_dir / "metrics_test.json"
-    info = ModelInfo(name=model_dir.resolve().name, backbone=model.config.backbone,
+    info = ModelInfo(name=model_dir.resolve().name, decoder=model.config.decoder, grid=model.config.grid,
+                     backbone=model.config.backbone,
                      image_size=model.config.image_size, vocab_size=len(model.vocab), beam=beam,
                      metrics=read_json(metrics_file, "test metrics") if metrics_file.is_file() else None)
     page = resources.files("captioner.serve").joinpath("static/index.html").read_text(encoding="utf-8")
@@ -258,7 +266,8 @@ def create_app(model_dir: str | Path, beam: int = 1, max_batch: int = 16, max_wa
         executor = ThreadPoolExecutor(1, thread_name_prefix="captioner-model")  # one model call at a time
 
         async def run(images: list[Image.Image], beam: int) -> Captions:
-            return await asyncio.get_running_loop().run_in_executor(executor, model.caption, images, beam)
+            call = partial(model.caption, images, beam, max_len=max_len, length_penalty=length_penalty)
+            return await asyncio.get_running_loop().run_in_executor(executor, call)
 
         app.state.caption, task = run, None
         if batching:
@@ -332,6 +341,8 @@ def create_app(model_dir: str | Path, beam: int = 1, max_batch: int = 16, max_wa
         files: Annotated[list[UploadFile], File(description=f"one or more images ({ACCEPTED})")],
         beam_query: Annotated[int | None, Query(alias="beam", ge=1, le=10, description="beam width")] = None,
         beam_form: Annotated[int | None, Form(alias="beam", ge=1, le=10, description="beam width")] = None,
+        attention: Annotated[bool, Query(description="include each word's attention map (attention models)")]
+        = False,
     ) -> CaptionResponse:
         """Caption the uploaded images; with beam > 1 each gets ``beam`` alternatives, best first."""
         start = time.perf_counter()
@@ -345,8 +356,10 @@ def create_app(model_dir: str | Path, beam: int = 1, max_batch: int = 16, max_wa
             except (TimeoutError, asyncio.TimeoutError):  # two classes on Python 3.10, one since 3.11
                 raise HTTPException(504, f"no answer within {request_timeout_s:g} s: the server is busy, "
                                          "try again later") from None
-        results = [Result(filename=name, captions=[Caption(text=t, score=s) for t, s in caps])
-                   for name, caps in zip(names, out, strict=True)]
+        results = [Result(filename=name, captions=[
+            Caption(text=c.text, score=c.score,
+                    attention=c.attention.tolist() if attention and c.attention is not None else None) for c in caps])
+            for name, caps in zip(names, out, strict=True)]
         return CaptionResponse(results=results, model=info.name,
                                latency_ms=round((time.perf_counter() - start) * 1000, 2))
 
