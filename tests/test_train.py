@@ -6,15 +6,18 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
 
 from captioner import load
+from captioner.data.vocab import Vocabulary
 from captioner.io import read_csv
+from captioner.models.captioner import ModelConfig
 from captioner.models.encoder import build_backbone
-from captioner.train import TrainConfig, train
+from captioner.train import CaptionModule, TrainConfig, train
 
 TINY = dict(backbone="resnet18", encoder_weights="none", image_size=64, embed_size=16, hidden_size=32)
 
@@ -80,3 +83,11 @@ def test_fine_tuning_trains_the_last_stage_from_images(tiny_synth, tmp_path) -> 
     assert torch.equal(tuned.encoder.backbone.conv1.weight, fresh_trunk.conv1.weight)  # frozen stem
     assert not torch.equal(tuned.encoder.backbone.layer4[0].conv1.weight, fresh_trunk.layer4[0].conv1.weight)
     assert tuned.config.fine_tune and len(rows(run)) == 1
+
+
+def test_a_batch_whose_images_all_failed_is_skipped() -> None:
+    vocab = Vocabulary.build(["a cat"], threshold=1)
+    config = ModelConfig(vocab_size=len(vocab), fine_tune=True, **TINY)
+    module = CaptionModule(asdict(config), vocab.itos, asdict(TrainConfig(data="unused")))
+    assert module.training_step(None, 0) is None  # pad_collate's empty batch: no loss, no step
+    assert module.validation_step(None, 0) is None

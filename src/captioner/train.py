@@ -148,13 +148,17 @@ class CaptionModule(L.LightningModule):
         x, captions, lengths = batch
         return caption_loss(self.model.decoder(self.model.encoder(x), captions, lengths), captions)
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
+        if batch is None:  # every image of the batch failed to load (pad_collate): skip it
+            return None
         loss = self._loss(batch)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True,
                  batch_size=batch[1].size(0))
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
+        if batch is None:
+            return
         self.log("val_loss", self._loss(batch), on_epoch=True, prog_bar=True, sync_dist=True,
                  batch_size=batch[1].size(0))
 
