@@ -69,3 +69,12 @@ def test_partial_build_is_completed_not_trusted(images, tmp_path) -> None:
     feats, ok, log = encode(images, tmp_path / "c")
     assert "encoded 3 images" in log
     assert feats.tobytes() == clean.tobytes()
+
+
+def test_an_image_rewritten_in_place_rebuilds_the_cache(images, tmp_path) -> None:
+    before, _, _ = encode(images, tmp_path / "c")
+    Image.new("RGB", (40, 30), (0, 0, 0)).save(images[4])  # new pixels at the same path, as a regenerated data set
+    after, _, log = encode(images, tmp_path / "c")
+    assert "encoded 7 images" in log and not np.array_equal(after[4], before[4])
+    fresh, _, _ = encode(images, tmp_path / "fresh")
+    assert after.tobytes() == fresh.tobytes()

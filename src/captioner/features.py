@@ -1,8 +1,8 @@
 """Frozen-encoder feature cache: every image encoded once into a float16 memory-mapped array, reused by runs.
 
-The cache is keyed by a fingerprint of backbone + weights + image size + views + image list. It is built in
-chunks; a chunk counts only once its marker file exists, so a killed (or distributed) build is completed, never
-trusted half-written. Processes of a distributed run each encode their share of the chunks.
+The cache is keyed by a fingerprint of backbone + weights + image size + views + image files (path, size, mtime).
+It is built in chunks; a chunk counts only once its marker file exists, so a killed (or distributed) build is
+completed, never trusted half-written. Processes of a distributed run each encode their share of the chunks.
 """
 from __future__ import annotations
 
@@ -35,11 +35,17 @@ def default_cache_dir() -> Path:
 
 def fingerprint(backbone: str, weights: str, seed: int, image_size: int, views: int, paths: Sequence[Path],
                 output_stride: int = 32) -> str:
-    """Key of a cache: changes whenever the encoder, preprocessing or image list changes."""
+    """Key of a cache: changes whenever the encoder, preprocessing, image list or an image's size or mtime changes."""
     h = hashlib.sha256(json.dumps([CACHE_VERSION, backbone, weights, seed if weights == "none" else None,
                                    image_size, views, RESIZE_RATIO, output_stride]).encode())
     for p in paths:
-        h.update(str(Path(p).resolve()).encode() + b"\0")
+        path = Path(p).resolve()
+        try:
+            stat = path.stat()
+            stamp = f"{stat.st_size} {stat.st_mtime_ns}"
+        except OSError:  # a missing file is cached as unreadable, until it appears
+            stamp = "missing"
+        h.update(os.fsencode(path) + f"\0{stamp}\0".encode())
     return h.hexdigest()[:20]
 
 
