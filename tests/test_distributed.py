@@ -179,7 +179,7 @@ def test_killed_distributed_extraction_is_completed_to_the_same_bytes(tiny_synth
     procs, logs = extract(images, cache.folder, tmp_path, "killed", 2, slow=0.4)
     deadline = time.monotonic() + TIMEOUT
     try:
-        while len(list(cache.parts.glob("*"))) < 3:
+        while len(list(cache.parts.glob("[!.]*"))) < 3:  # finished markers, not temp files
             assert all(p.poll() is None for p in procs), "extraction ended before it could be killed:\n" + "\n".join(
                 log.read_text() for log in logs)
             assert time.monotonic() < deadline, "no chunk was finished in time"
@@ -187,7 +187,7 @@ def test_killed_distributed_extraction_is_completed_to_the_same_bytes(tiny_synth
     finally:
         for p in procs:
             kill(p)
-    done = len(list(cache.parts.glob("*")))
+    done = len(list(cache.parts.glob("[!.]*")))
     assert 3 <= done < chunks and not cache.complete() and cache.partial_path.is_file()
 
     # rerun with 2 processes: only the missing chunks are encoded
