@@ -1,6 +1,8 @@
 """Training pairs: caption ids (plain and mirrored), cached-feature views, and image pairs with flips."""
 from __future__ import annotations
 
+import io
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from captioner.data.batching import LengthBucketSampler
+from captioner.data.batching import LengthBucketSampler, pad_collate
 from captioner.data.captions import CachedCaptions, CaptionIds, ImageCaptions
 from captioner.data.datasets import ImageRecord
 from captioner.data.vocab import END, PAD, START, Vocabulary
@@ -142,3 +144,28 @@ def test_image_captions_flip_images_with_their_captions(records: list[ImageRecor
     for i in range(len(steady)):
         image, ids = steady[i]
         assert image[:, :, :16].mean() < image[:, :, 16:].mean() and torch.equal(ids, captions.plain[i])
+
+
+def test_truncated_jpeg_is_skipped_and_named_once_while_batches_go_on(records: list[ImageRecord], vocab: Vocabulary,
+                                                                      tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    Image.effect_noise((64, 64), 50).convert("RGB").save(buffer, "JPEG")
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    assert Image.open(cut).size == (64, 64)  # the header reads fine: the data set check lets it through
+    records = [*records[:2], replace(records[2], path=cut)]  # its captions: lengths 10 (shared with 0), 4 and 9
+    captions = CaptionIds(records, vocab)
+    data = ImageCaptions(records, captions, image_size=32)
+    sampler = LengthBucketSampler(captions.lengths, 4)
+    loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, collate_fn=pad_collate)
+    with pytest.warns(UserWarning, match=r"unreadable image .*cut\.jpg") as caught:
+        for epoch in range(2):
+            sampler.set_epoch(epoch)
+            batches = list(loader)
+            assert len(batches) == 5 and batches.count(None) == 2  # the lengths 4 and 9 batches held only cut.jpg
+            kept = [b for b in batches if b is not None]
+            for images, padded, lengths in kept:
+                assert images.shape == (len(lengths), 3, 32, 32) and padded.shape[0] == len(lengths)
+            assert sorted(int(n) for _, _, lengths in kept for n in lengths) == [6, 7, 10]  # the readable ones
+    assert sum("cut.jpg" in str(w.message) for w in caught) == 1
+    assert data.unreadable == {cut}

@@ -179,7 +179,7 @@ def test_killed_distributed_extraction_is_completed_to_the_same_bytes(tiny_synth
     procs, logs = extract(images, cache.folder, tmp_path, "killed", 2, slow=0.4)
     deadline = time.monotonic() + TIMEOUT
     try:
-        while len(list(cache.parts.glob("*"))) < 3:
+        while len(list(cache.parts.glob("[!.]*"))) < 3:  # finished markers, not temp files
             assert all(p.poll() is None for p in procs), "extraction ended before it could be killed:\n" + "\n".join(
                 log.read_text() for log in logs)
             assert time.monotonic() < deadline, "no chunk was finished in time"
@@ -187,7 +187,7 @@ def test_killed_distributed_extraction_is_completed_to_the_same_bytes(tiny_synth
     finally:
         for p in procs:
             kill(p)
-    done = len(list(cache.parts.glob("*")))
+    done = len(list(cache.parts.glob("[!.]*")))
     assert 3 <= done < chunks and not cache.complete() and cache.partial_path.is_file()
 
     # rerun with 2 processes: only the missing chunks are encoded
@@ -219,7 +219,7 @@ def _extract_main(images: str, cache: str, rank: str, world: str, port: str, slo
     torch.set_num_threads(1)
     rank_, world_, delay = int(rank), int(world), float(slow)
     if delay:
-        build = encoder.build_backbone
+        build = encoder.build_trunk
 
         class Slow(torch.nn.Module):
             def __init__(self, trunk: torch.nn.Module) -> None:
@@ -230,11 +230,11 @@ def _extract_main(images: str, cache: str, rank: str, world: str, port: str, slo
                 time.sleep(delay)
                 return self.trunk(x)
 
-        def slow_backbone(*args, **kwargs):
-            trunk, dim = build(*args, **kwargs)
-            return Slow(trunk), dim
+        def slow_trunk(*args, **kwargs):
+            trunk, spec = build(*args, **kwargs)
+            return Slow(trunk), spec
 
-        encoder.build_backbone = slow_backbone
+        encoder.build_trunk = slow_trunk
     barrier = lambda: None  # noqa: E731
     if world_ > 1:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank_, world_size=world_,

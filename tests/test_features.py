@@ -1,12 +1,17 @@
 """The frozen-encoder feature cache: reuse, invalidation, unreadable images, completion of a partial build."""
 from __future__ import annotations
 
+import multiprocessing
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from captioner.features import FeatureCache, ImageViews, encode_images, fingerprint
-from captioner.models.encoder import build_backbone
+from captioner.models.encoder import Encoder
 
 
 @pytest.fixture()
@@ -22,16 +27,16 @@ def images(tmp_path):
     return paths
 
 
-def encode(paths, cache, size=32, views=1, **kw):
+def encode(paths, cache, size=32, views=1, batch_size=3, **kw):
     messages = []
-    feats, ok = encode_images(paths, "resnet18", "none", 0, size, views, cache, batch_size=3, log=messages.append,
-                              progress=False, **kw)
+    feats, ok = encode_images(paths, "resnet18", "none", 0, size, views, cache, batch_size=batch_size,
+                              log=messages.append, progress=False, **kw)
     return np.array(feats), ok, " ".join(messages)
 
 
 def test_cache_is_reused_and_rebuilt_when_the_input_changes(images, tmp_path) -> None:
     feats, ok, log = encode(images, tmp_path / "c")
-    assert feats.shape == (7, 1, 512) and feats.dtype == np.float16 and ok.all()
+    assert feats.shape == (7, 1, 1, 512) and feats.dtype == np.float16 and ok.all()
     assert "encoded 7 images" in log
     again, _, log = encode(images, tmp_path / "c")
     assert "cache hit" in log and np.array_equal(feats, again)
@@ -62,10 +67,93 @@ def test_partial_build_is_completed_not_trusted(images, tmp_path) -> None:
     clean, _, _ = encode(images, tmp_path / "clean")
     key = fingerprint("resnet18", "none", 0, 32, 1, images)
     cache = FeatureCache(tmp_path / "c", key)
-    trunk, dim = build_backbone("resnet18", "none", 0)
+    encoder = Encoder("resnet18", "none", grid=1).eval()
     data = ImageViews(images, 32)
-    done = cache.build(lambda x: trunk.eval()(x), data, dim, batch_size=3, rank=0, world_size=2, progress=False)
+    done = cache.build(encoder, data, 1, encoder.feature_size, batch_size=3, rank=0, world_size=2, progress=False)
     assert done == 4 and not cache.complete()  # chunks 0 and 6 of 0/3/6: as if rank 1 had been killed
     feats, ok, log = encode(images, tmp_path / "c")
     assert "encoded 3 images" in log
     assert feats.tobytes() == clean.tobytes()
+
+
+def test_an_image_rewritten_in_place_rebuilds_the_cache(images, tmp_path) -> None:
+    before, _, _ = encode(images, tmp_path / "c")
+    Image.new("RGB", (40, 30), (0, 0, 0)).save(images[4])  # new pixels at the same path, as a regenerated data set
+    after, _, log = encode(images, tmp_path / "c")
+    assert "encoded 7 images" in log and not np.array_equal(after[4], before[4])
+    fresh, _, _ = encode(images, tmp_path / "fresh")
+    assert after.tobytes() == fresh.tobytes()
+
+
+def _half_build(images, cache: FeatureCache, batch_size: int = 3) -> None:
+    """Encode chunks 0 and 6 of 0/3/6 (batch size 3) as rank 0 of 2, as if rank 1 had been killed."""
+    encoder = Encoder("resnet18", "none", grid=1).eval()
+    cache.build(encoder, ImageViews(images, 32), 1, encoder.feature_size, batch_size, rank=0, world_size=2,
+                progress=False)
+
+
+def test_markers_of_another_chunk_size_are_not_misread(images, tmp_path) -> None:
+    clean, _, _ = encode(images, tmp_path / "clean", batch_size=4)
+    cache = FeatureCache(tmp_path / "c", fingerprint("resnet18", "none", 0, 32, 1, images))
+    _half_build(images, cache)
+    feats, _, log = encode(images, cache.folder, batch_size=4)  # chunks 0-3 and 4-6: neither was done
+    assert "encoded 7 images" in log and feats.tobytes() == clean.tobytes()
+
+
+def test_markers_without_their_partial_array_are_not_trusted(images, tmp_path) -> None:
+    clean, _, _ = encode(images, tmp_path / "clean")
+    cache = FeatureCache(tmp_path / "c", fingerprint("resnet18", "none", 0, 32, 1, images))
+    _half_build(images, cache)
+    cache.partial_path.unlink()  # a new, zero-filled partial array must not inherit the old markers
+    feats, _, log = encode(images, cache.folder)
+    assert "encoded 7 images" in log and feats.tobytes() == clean.tobytes()
+
+
+class Killed(BaseException):
+    """A simulated SIGKILL at one line."""
+
+
+@pytest.mark.parametrize("killed_after", ["array", "metadata"])
+def test_a_kill_while_finalising_is_completed_to_the_same_bytes(images, tmp_path, monkeypatch, killed_after) -> None:
+    clean, _, _ = encode(images, tmp_path / "clean")
+    cache = FeatureCache(tmp_path / "c", fingerprint("resnet18", "none", 0, 32, 1, images))
+    target = {"array": cache.array_path, "metadata": cache.meta_path}[killed_after]
+    replace = os.replace
+
+    def replace_then_die(src, dst) -> None:
+        replace(src, dst)
+        if Path(dst) == target:
+            raise Killed
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "replace", replace_then_die)
+        with pytest.raises(Killed):
+            encode(images, cache.folder)
+    feats, ok, _ = encode(images, cache.folder)
+    assert ok.all() and feats.tobytes() == clean.tobytes()
+    assert cache.meta_path.read_text() == (tmp_path / "clean" / cache.meta_path.name).read_text()
+
+
+def _encode_then_die_writing_a_marker(images, cache: FeatureCache) -> None:
+    """Child process: encode the first chunk, then die halfway through writing its marker, as SIGKILL would."""
+    torch.set_num_threads(1)
+    write_text = Path.write_text
+
+    def die_halfway(path: Path, text: str, *args, **kwargs) -> None:
+        write_text(path, text[:len(text) // 2], *args, **kwargs)
+        os._exit(9)
+
+    Path.write_text = die_halfway
+    cache.build(lambda x: x.new_zeros(len(x), 1, 512), ImageViews(images, 32), 1, 512, batch_size=3, progress=False)
+
+
+def test_a_kill_while_writing_a_marker_leaves_that_chunk_to_do(images, tmp_path) -> None:
+    clean, _, _ = encode(images, tmp_path / "clean")
+    cache = FeatureCache(tmp_path / "c", fingerprint("resnet18", "none", 0, 32, 1, images))
+    child = multiprocessing.get_context("fork").Process(target=_encode_then_die_writing_a_marker,
+                                                        args=(images, cache))
+    child.start()
+    child.join(120)
+    assert child.exitcode == 9 and cache.partial_path.is_file()
+    feats, _, log = encode(images, cache.folder)
+    assert "encoded 7 images" in log and feats.tobytes() == clean.tobytes()

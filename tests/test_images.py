@@ -61,11 +61,34 @@ def test_rgba_png_transparent_areas_become_white(tmp_path: Path) -> None:
     assert np.abs(_pixels(half) - 127).max() <= 1
 
 
+def test_la_png_transparent_areas_become_white(tmp_path: Path) -> None:
+    image = Image.new("LA", (4, 2), (40, 255))
+    image.paste((0, 0), (0, 0, 2, 2))
+    image.save(tmp_path / "la.png")
+    pixels = _pixels(load_rgb(tmp_path / "la.png"))
+    assert (pixels[:, :2] == 255).all() and (pixels[:, 2:] == 40).all()
+    assert np.abs(_pixels(to_rgb(Image.new("LA", (1, 1), (0, 128)))) - 127).max() <= 1
+
+
+def test_16_bit_grayscale_is_scaled_not_clipped(tmp_path: Path) -> None:
+    levels = np.array([[0, 257 * 100, 32896, 65535]], dtype=np.uint16)
+    Image.fromarray(levels).save(tmp_path / "gray16.png")
+    assert Image.open(tmp_path / "gray16.png").mode == "I;16"
+    expected = [[0, 100, 128, 255]]
+    assert (_pixels(load_rgb(tmp_path / "gray16.png")) == np.array(expected)[..., None]).all()
+    wide = to_rgb(Image.fromarray(levels.astype(np.int32)))  # mode I, as older Pillow opens 16-bit PNGs
+    assert (_pixels(wide) == np.array(expected)[..., None]).all()
+
+
 def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
-    Image.new("RGB", (6, 2), (0, 128, 0)).save(tmp_path / "rot.jpg", exif=exif)
-    assert load_rgb(tmp_path / "rot.jpg").size == (2, 6)
+    image = Image.new("RGB", (32, 16), (255, 0, 0))
+    image.paste((0, 0, 255), (16, 0, 32, 16))  # stored: red left half, blue right half
+    image.save(tmp_path / "rot.jpg", exif=exif, quality=95, subsampling=0)
+    pixels = _pixels(load_rgb(tmp_path / "rot.jpg"))
+    assert pixels.shape == (32, 16, 3)  # displayed 16 wide, 32 tall: the left edge is now the top
+    assert np.abs(pixels[:12] - [255, 0, 0]).max() <= 30 and np.abs(pixels[20:] - [0, 0, 255]).max() <= 30
 
 
 def test_truncated_jpeg_raises_oserror_naming_the_file(tmp_path: Path) -> None:

@@ -6,16 +6,19 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
 
 from captioner import load
-from captioner.io import read_csv
 from captioner.data.captions import CachedCaptions
+from captioner.data.vocab import Vocabulary
+from captioner.io import read_csv
 from captioner.models.backbones import build_trunk
-from captioner.train import TrainConfig, load_records, train
+from captioner.models.captioner import ModelConfig
+from captioner.train import CaptionModule, TrainConfig, load_records, train
 
 TINY = dict(backbone="resnet18", encoder_weights="none", image_size=64, grid=2, embed_size=16, hidden_size=32)
 CLI_TINY = ["--backbone", "resnet18", "--encoder-weights", "none", "--image-size", "64", "--grid", "2",
@@ -159,3 +162,11 @@ def test_cli_flags_reach_their_fields_and_epoch_lines_read_well(tiny_synth, tmp_
                                                                  clip=2.5, threshold=1, eval_every=3, val_images=5,
                                                                  seed=4)
     assert any(line.startswith("epoch 0  lr 0.02") for line in done.stdout.splitlines()), done.stdout
+
+
+def test_a_batch_whose_images_all_failed_is_skipped() -> None:
+    vocab = Vocabulary.build(["a cat"], threshold=1)
+    config = ModelConfig(vocab_size=len(vocab), fine_tune=True, **TINY)
+    module = CaptionModule(asdict(config), vocab.itos, asdict(TrainConfig(data="unused")))
+    assert module.training_step(None, 0) is None  # pad_collate's empty batch: no loss, no step
+    assert module.validation_step(None, 0) is None

@@ -1,14 +1,18 @@
 """Frozen-encoder feature cache: every image encoded once into a float16 memory-mapped array, reused by runs.
 
-The cache is keyed by a fingerprint of backbone + weights + image size + views + image list. It is built in
-chunks; a chunk counts only once its marker file exists, so a killed (or distributed) build is completed, never
-trusted half-written. Processes of a distributed run each encode their share of the chunks.
+The cache is keyed by a fingerprint of backbone + weights + image size + views + image files (path, size, mtime).
+It is built in chunks; a chunk counts only once its marker file exists, so a killed (or distributed) build is
+completed, never trusted half-written. Markers are written atomically, name their chunk's size and are cleared
+whenever a new partial array is started; the metadata is written before the array is renamed into place, so a
+kill at any point leaves either a finished cache or a build that a rerun completes. Processes of a distributed
+run each encode their share of the chunks.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -43,11 +47,17 @@ def default_cache_dir() -> Path:
 
 def fingerprint(backbone: str, weights: str, seed: int, image_size: int, views: int, paths: Sequence[Path],
                 output_stride: int = 32, grid: int = 1) -> str:
-    """Key of a cache: changes whenever the encoder, preprocessing or image list changes."""
+    """Key of a cache: changes whenever the encoder, preprocessing, image list or an image's size or mtime changes."""
     h = hashlib.sha256(json.dumps([CACHE_VERSION, backbone, weights, seed if weights == "none" else None,
                                    image_size, views, RESIZE_RATIO, output_stride, grid]).encode())
     for p in paths:
-        h.update(str(Path(p).resolve()).encode() + b"\0")
+        path = Path(p).resolve()
+        try:
+            stat = path.stat()
+            stamp = f"{stat.st_size} {stat.st_mtime_ns}"
+        except OSError:  # a missing file is cached as unreadable, until it appears
+            stamp = "missing"
+        h.update(os.fsencode(path) + f"\0{stamp}\0".encode())
     return h.hexdigest()[:20]
 
 
@@ -109,17 +119,19 @@ class FeatureCache:
               progress: bool = True) -> int:
         """Encode this process's missing chunks into the partial array; returns images encoded."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.parts.mkdir(exist_ok=True)
         shape = (len(data), data.views, cells, dim)
         if rank == 0 and not self.partial_path.exists():
+            if self.parts.exists():  # markers of an earlier partial array say nothing about a new one
+                shutil.rmtree(self.parts)
             tmp = self.folder / f"{self.key}.partial.tmp.npy"
             np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape).flush()
             os.replace(tmp, self.partial_path)
         _wait_for(self.partial_path)
+        self.parts.mkdir(exist_ok=True)
         array = np.load(self.partial_path, mmap_mode="r+")
         if array.shape != shape:
             raise RuntimeError(f"{self.partial_path} has shape {array.shape}, expected {shape}: delete it and rerun")
-        chunks = [c for c in range(0, len(data), batch_size)[rank::world_size] if not self._done(c)]
+        chunks = [c for c in range(0, len(data), batch_size)[rank::world_size] if not self._done(c, batch_size)]
         indices = [i for c in chunks for i in range(c, min(c + batch_size, len(data)))]
         loader = DataLoader(torch.utils.data.Subset(data, indices), batch_size=batch_size, num_workers=num_workers,
                             pin_memory=torch.cuda.is_available())
@@ -130,27 +142,29 @@ class FeatureCache:
                 feats = encode(images.flatten(0, 1)).view(n, v, cells, dim)
             array[c:c + n] = feats.to(torch.float16).cpu().numpy()
             array.flush()
-            (self.parts / f"{c}").write_text(json.dumps([c + int(i) for i in (~ok).nonzero().flatten()]))
+            write_json(self._marker(c, batch_size), [c + int(i) for i in (~ok).nonzero().flatten()])
             bar.update(n)
         bar.close()
         del array
         return len(indices)
 
-    def _done(self, chunk: int) -> bool:
-        return (self.parts / f"{chunk}").is_file()
+    def _marker(self, chunk: int, size: int) -> Path:
+        """Marker (listing unreadable rows) of rows chunk .. chunk + size - 1: no other chunking's marker matches."""
+        return self.parts / f"{chunk}-{chunk + size}"
+
+    def _done(self, chunk: int, size: int) -> bool:
+        return self._marker(chunk, size).is_file()
 
     def finalize(self, n: int, batch_size: int) -> None:
-        """Once every chunk is done: rename the partial array into place and write the metadata (rank 0)."""
+        """Once every chunk is done: write the metadata, then rename the partial array into place (rank 0)."""
         chunks = range(0, n, batch_size)
-        missing = [c for c in chunks if not self._done(c)]
+        missing = [c for c in chunks if not self._done(c, batch_size)]
         if missing:
             raise RuntimeError(f"feature cache {self.key}: {len(missing)} chunks still missing")
-        unreadable = sorted(i for c in chunks for i in json.loads((self.parts / f"{c}").read_text()))
-        os.replace(self.partial_path, self.array_path)
+        unreadable = sorted(i for c in chunks for i in json.loads(self._marker(c, batch_size).read_text()))
         write_json(self.meta_path, {"n": n, "unreadable": unreadable, "version": CACHE_VERSION})
-        for c in chunks:
-            (self.parts / f"{c}").unlink()
-        self.parts.rmdir()
+        os.replace(self.partial_path, self.array_path)  # the cache is complete from here on
+        shutil.rmtree(self.parts)
 
 
 def _wait_for(path: Path, timeout: float = 600.0) -> None:
@@ -207,7 +221,7 @@ def encode_images(paths: Sequence[Path], backbone: str, weights: str, seed: int,
     if rank == 0:
         cache.finalize(len(paths), batch_size)
     barrier()
-    _wait_for(cache.meta_path)
+    _wait_for(cache.array_path)  # written last
     features, ok = cache.load()
     if not ok.all():
         bad = [str(paths[i]) for i in np.flatnonzero(~ok)[:3]]

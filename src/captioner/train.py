@@ -169,13 +169,17 @@ class CaptionModule(L.LightningModule):
             return loss, loss
         return loss, loss + self.cfg.attention_penalty * attention_penalty(alphas, captions)
 
-    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
+        if batch is None:  # every image of the batch failed to load (pad_collate): skip it
+            return None
         loss, objective = self._loss(batch)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True,
                  batch_size=batch[1].size(0))
         return objective
 
     def validation_step(self, batch, batch_idx: int) -> None:
+        if batch is None:
+            return
         self.log("val_loss", self._loss(batch)[0], on_epoch=True, prog_bar=True, sync_dist=True,
                  batch_size=batch[1].size(0))
 

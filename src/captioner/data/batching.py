@@ -66,6 +66,13 @@ def pad(ids: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.nn.utils.rnn.pad_sequence(list(ids), batch_first=True, padding_value=PAD), lengths
 
 
-def pad_collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(image or feature, caption ids) pairs -> stacked inputs, padded captions, caption lengths."""
+def pad_collate(batch: Sequence[tuple[torch.Tensor, torch.Tensor] | None]
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(image or feature, caption ids) pairs -> stacked inputs, padded captions, caption lengths.
+
+    Items that failed to load (None) are dropped; a batch with nothing left is None (the training step skips it).
+    """
+    batch = [b for b in batch if b is not None]
+    if not batch:
+        return None
     return torch.stack([b[0] for b in batch]), *pad([b[1] for b in batch])

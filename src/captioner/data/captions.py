@@ -1,7 +1,9 @@
 """Training pairs (image, caption ids): from cached encoder features or from image files."""
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -64,18 +66,31 @@ class CachedCaptions(Dataset):
 
 
 class ImageCaptions(Dataset):
-    """(augmented image, caption ids) pairs read from files, for fine-tuning; a flip swaps left/right."""
+    """(augmented image, caption ids) pairs read from files, for fine-tuning; a flip swaps left/right.
+
+    An image that fails to decode (e.g. truncated after a valid header) gives None, which pad_collate drops;
+    each such file is warned about once and kept in ``unreadable``.
+    """
 
     def __init__(self, records: Sequence[ImageRecord], captions: CaptionIds, image_size: int, hflip: bool = True,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
         self.records, self.captions, self.hflip = records, captions, hflip
         self.transform = train_transform(image_size, mean, std)
+        self.unreadable: set[Path] = set()
 
     def __len__(self) -> int:
         return len(self.captions)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image = self.transform(load_rgb(self.records[self.captions.image[index]].path))
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        path = self.records[self.captions.image[index]].path
+        if path in self.unreadable:
+            return None
+        try:
+            image = self.transform(load_rgb(path))
+        except OSError as e:  # load_rgb's message names the file
+            self.unreadable.add(path)
+            warnings.warn(f"skipping an unreadable image ({len(self.unreadable)} so far): {e}", stacklevel=2)
+            return None
         if self.hflip and torch.rand(()) < 0.5:
             return flip(image), self.captions.mirrored[index]
         return image, self.captions.plain[index]

@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torchvision.transforms import v2
@@ -15,8 +16,11 @@ RESIZE_RATIO = 1.14  # train: resize to 1.14 x crop then random crop (256 -> 224
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Grayscale, CMYK, palette and alpha images become RGB (transparent areas on white)."""
+    """Grayscale (8 or 16 bit), CMYK, palette and alpha images become RGB (transparent areas on white)."""
     image = ImageOps.exif_transpose(image)
+    if image.mode == "I" or image.mode.startswith("I;16"):  # 16-bit gray 0..65535 -> 0..255 (Pillow would clip)
+        gray = np.asarray(image).clip(0, 65535) / 257
+        return Image.fromarray(gray.round().astype(np.uint8)).convert("RGB")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

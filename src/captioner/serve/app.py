@@ -8,8 +8,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager, suppress
-from functools import partial
 from dataclasses import dataclass
+from functools import partial
 from importlib import resources
 from io import BytesIO
 from pathlib import Path
