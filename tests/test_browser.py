@@ -7,8 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
-from captioner.data.vocab import Vocabulary
+from captioner.data.vocab import END, Vocabulary
 from captioner.inference import Captioner
 from captioner.models.captioner import ModelConfig
 from captioner.serve.app import create_app, running
@@ -24,14 +25,18 @@ def test_upload_in_browser(shared: Path, tmp_path: Path) -> None:
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
     photo = sorted((shared / "data/coco-mini/val2017").glob("*.jpg"))[0]
     v = Vocabulary.build(["a red circle on the left", "a blue square above a green triangle"], threshold=1)
-    Captioner(ModelConfig(vocab_size=len(v), decoder="attention", backbone="resnet18", encoder_weights="none",
-                          image_size=64, grid=3), v).save(tmp_path / "model")
+    model = Captioner(ModelConfig(vocab_size=len(v), decoder="attention", backbone="resnet18", encoder_weights="none",
+                                  image_size=64, grid=3, max_len=5), v)
+    with torch.no_grad():
+        model.decoder.out.bias[END] = -50  # an untrained model that never ends: five words to point at
+    model.save(tmp_path / "model")
     shot = tmp_path / "serve.png"
     with running(create_app(tmp_path / "model")) as url, sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         try:
             page = browser.new_page(viewport={"width": 900, "height": 700})
             page.goto(url)
+            page.wait_for_function("document.querySelector('#model').textContent.includes('attention')")
             page.set_input_files("#file", photo)
             page.wait_for_selector("#captions li", timeout=30_000)
             page.wait_for_function("document.querySelector('#preview').naturalWidth > 0")

@@ -3,8 +3,9 @@
 Scores are on the 0-100 scale (pycocoevalcap's x 100), as every table, plot and file shows them. With
 ``java=True`` (the default) captions go through the Stanford PTBTokenizer and the scorers exactly as
 pycocoevalcap's ``COCOEvalCap.evaluate`` runs them, so the numbers are comparable with published ones; we
-never call ``evaluate()`` itself because it builds SPICE first, which downloads Stanford CoreNLP. ``java=False`` uses a pure-Python tokenizer and no METEOR: it emits a ``UserWarning``
-because those scores are close to, but not comparable with, published numbers.
+never call ``evaluate()`` itself because it builds SPICE first, which downloads Stanford CoreNLP.
+``java=False`` uses a pure-Python tokenizer and no METEOR: it emits a ``UserWarning`` because those scores
+are close to, but not comparable with, published numbers.
 """
 from __future__ import annotations
 
