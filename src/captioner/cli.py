@@ -152,6 +152,12 @@ def train(data: DataArg,
           devices: Annotated[int, typer.Option(help="Processes/GPUs per node (DDP when > 1)")] = 1,
           num_nodes: int = 1,
           num_workers: Annotated[int, typer.Option(help="DataLoader workers decoding images")] = 0,
+          scst: Annotated[bool, typer.Option(help="Self-critical training on CIDEr-D after cross-entropy: start "
+                                             "from --init RUN (use a low --lr, e.g. 5e-5)")] = False,
+          init: Annotated[Path | None, typer.Option(help="Start from this run's model (its settings, vocabulary "
+                                                    "and weights)")] = None,
+          scst_samples: Annotated[int, typer.Option(help="Captions sampled per image (SCST)")] = 5,
+          scst_baseline: Annotated[str, typer.Option(help="mean (of the other samples) or greedy (SCST)")] = "mean",
           resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint (same "
                                                "flags as the run)")] = False,
           force: Annotated[bool, typer.Option(help="With --resume: accept new --epochs, --min-lr, --eval-every, "
@@ -171,7 +177,9 @@ def train(data: DataArg,
                           threshold=threshold, batching=batching, cache_views=cache_views,
                           cache_dir=str(cache_dir) if cache_dir else None, eval_every=eval_every,
                           val_images=val_images, early_stop=early_stop, seed=seed, accelerator=accelerator,
-                          devices=devices, num_nodes=num_nodes, num_workers=num_workers, resume=resume, force=force,
+                          devices=devices, num_nodes=num_nodes, num_workers=num_workers, scst=scst,
+                          init=str(init) if init else None, scst_samples=scst_samples, scst_baseline=scst_baseline,
+                          resume=resume, force=force,
                           progress=progress)
         run(cfg, dict(decoder=decoder, backbone=backbone, encoder_weights=encoder_weights, image_size=image_size,
                       grid=grid, embed_size=embed_size, hidden_size=hidden_size, num_layers=num_layers,

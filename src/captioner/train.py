@@ -24,16 +24,17 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader, DistributedSampler
 
 from captioner.data.batching import LengthBucketSampler, pad_collate
-from captioner.data.captions import CachedCaptions, CaptionIds, ImageCaptions
+from captioner.data.captions import CachedCaptions, CachedImages, CaptionIds, ImageCaptions
 from captioner.data.datasets import ImageRecord, has_splits, open_split
-from captioner.data.vocab import Vocabulary
-from captioner.decode import greedy
+from captioner.data.vocab import PAD, Vocabulary
+from captioner.decode import greedy, sample
 from captioner.evaluate import JavaMissingError, score_captions
 from captioner.features import ImageViews, encode_images
 from captioner.io import atomic_write, read_csv, read_json, write_json
 from captioner.models.attention import attention_penalty
-from captioner.models.captioner import CaptionModel, ModelConfig, save_artifact
+from captioner.models.captioner import CaptionModel, ModelConfig, load_state, read_artifact, save_artifact
 from captioner.models.decoder import caption_loss
+from captioner.rewards import CiderD, reference_ids
 
 SAFE_ON_RESUME = ("epochs", "min_lr", "eval_every", "early_stop", "val_images")  # --force may change these
 NOT_COMPARED = ("out", "resume", "force", "progress", "num_workers", "cache_dir", "encode_batch_size", "accelerator")
@@ -71,12 +72,17 @@ class TrainConfig:
     num_nodes: int = 1
     num_workers: int = 0
     encode_batch_size: int = 32
+    scst: bool = False
+    init: str | None = None
+    scst_samples: int = 5
+    scst_baseline: str = "mean"
     resume: bool = False
     force: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
-        choices = {"scheduler": ("cosine", "plateau", "none"), "batching": ("bucket", "pad")}
+        choices = {"scheduler": ("cosine", "plateau", "none"), "batching": ("bucket", "pad"),
+                   "scst_baseline": ("mean", "greedy")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -85,6 +91,10 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.min_lr <= self.lr:
             raise ValueError(f"need 0 < --min-lr <= --lr, got {self.min_lr} and {self.lr}")
+        if self.scst and not (self.init or self.resume):
+            raise ValueError("--scst starts from a cross-entropy model: give --init RUN_FOLDER")
+        if self.scst and self.scst_samples < 2:
+            raise ValueError(f"--scst-samples must be >= 2 (the others are the baseline), got {self.scst_samples}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
 
@@ -121,6 +131,8 @@ class CaptionData(L.LightningDataModule):
             return
         train_feats, ok = self._features(self.train_records, self.cfg.cache_views)
         self.train_set = CachedCaptions(train_feats, CaptionIds(self.train_records, self.vocab, ok), self.cfg.seed)
+        if self.cfg.scst:  # self-critical: batches of images, each sampled n times and scored against its refs
+            self.train_set = CachedImages(train_feats, ok)
         val_feats, val_ok = self._features(self.val_records, 1)
         self.val_set = CachedCaptions(val_feats, CaptionIds(self.val_records, self.vocab, val_ok), random_view=False)
         n = len(self.eval_records)
@@ -142,6 +154,12 @@ class CaptionData(L.LightningDataModule):
         return DataLoader(dataset, batch_size=self.cfg.batch_size, sampler=sampler, **common)
 
     def train_dataloader(self) -> DataLoader:
+        if isinstance(self.train_set, CachedImages):
+            sampler = DistributedSampler(self.train_set, self.trainer.world_size, self.trainer.global_rank,
+                                         seed=self.cfg.seed)
+            sampler.set_epoch(self.trainer.current_epoch)
+            return DataLoader(self.train_set, batch_size=self.cfg.batch_size, sampler=sampler,
+                              collate_fn=lambda batch: batch)
         if isinstance(self.train_set, CachedCaptions):
             self.train_set.set_epoch(self.trainer.current_epoch)
         return self._loader(self.train_set, shuffle=True)
@@ -159,6 +177,8 @@ class CaptionModule(L.LightningModule):
         self.cfg = TrainConfig(**train_config)
         self.vocab = Vocabulary(vocab)
         self.model = CaptionModel(ModelConfig(**model_config))
+        self.cider: CiderD | None = None  # SCST reward, set by ``train``
+        self.references: list[list[list[int]]] = []  # SCST: each training image's reference word ids
 
     def _loss(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(cross-entropy, training objective): the attention regulariser is added to the latter only."""
@@ -169,9 +189,32 @@ class CaptionModule(L.LightningModule):
             return loss, loss
         return loss, loss + self.cfg.attention_penalty * attention_penalty(alphas, captions)
 
+    def _self_critical(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """-(reward - baseline) * log p(sample), summed over words, averaged over samples (Rennie et al. 2017)."""
+        features, images = batch
+        n, features = self.cfg.scst_samples, self.model.features(features)
+        ids, log_probs = sample(self.model.decoder, features, n, self.model.config.max_len)
+        refs, owner = [self.references[i] for i in images.tolist()], np.repeat(np.arange(len(images)), n)
+        reward = torch.as_tensor(self.cider.scores(ids.cpu().numpy(), refs, owner), dtype=torch.float32,
+                                 device=features.device).view(-1, n)
+        if self.cfg.scst_baseline == "greedy":
+            greedy_ids = [h.ids for h in greedy(self.model.decoder, features, self.model.config.max_len)]
+            base = torch.as_tensor(self.cider.scores(greedy_ids, refs), dtype=torch.float32,
+                                   device=features.device).unsqueeze(1)
+        else:  # "new self-critical": the mean reward of the image's other samples
+            base = (reward.sum(1, keepdim=True) - reward) / (n - 1)
+        size = len(images)
+        self.log("train_reward", reward.mean(), on_step=False, on_epoch=True, prog_bar=True, sync_dist=True,
+                 batch_size=size)
+        self.log("sample_len", (ids != PAD).sum(1).float().mean(), on_step=False, on_epoch=True, sync_dist=True,
+                 batch_size=size)
+        return -((reward - base).view(-1) * log_probs).mean()
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
         if batch is None:  # every image of the batch failed to load (pad_collate): skip it
             return None
+        if self.cfg.scst:
+            return self._self_critical(batch)
         loss, objective = self._loss(batch)
         self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True,
                  batch_size=batch[1].size(0))
@@ -281,7 +324,8 @@ class EvalEarlyStopping(EarlyStopping):
 class EpochCSV(Callback):
     """One row per completed epoch in metrics.csv (lr, losses, perplexities, val scores 0-100), written atomically."""
 
-    COLUMNS = ("epoch", "lr", "train_loss", "train_ppl", "val_loss", "val_ppl", "val_bleu4", "val_cider", "seconds")
+    COLUMNS = ("epoch", "lr", "train_loss", "train_ppl", "val_loss", "val_ppl", "val_bleu4", "val_cider",
+               "train_reward", "sample_len", "seconds")
 
     def __init__(self, path: Path, echo: bool = False) -> None:
         self.path, self.echo, self.lr, self.start = path, echo, math.nan, 0.0
@@ -300,6 +344,7 @@ class EpochCSV(Callback):
                 row[f"{split}_ppl"] = math.exp(min(m[f"{split}_loss"], 50))
         if (trainer.current_epoch + 1) % module.cfg.eval_every == 0:
             row |= {k: m[k] for k in ("val_bleu4", "val_cider") if k in m}
+        row |= {k: m[k] for k in ("train_reward", "sample_len") if k in m}
         done = read_csv(self.path) if self.path.is_file() else []
         rows = [r for r in done if int(r["epoch"]) < trainer.current_epoch]
         rows.append(row)
@@ -390,9 +435,17 @@ def train(cfg: TrainConfig, model_kwargs: dict[str, Any] | None = None) -> Path:
     warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     train_records, val_records = load_records(cfg)
+    init_state = None
     if cfg.resume:
         vocab = Vocabulary.load(out / "vocab.json")
         model_cfg = ModelConfig.from_dict(read_json(out / "config.json", "model config"), str(out / "config.json"))
+    elif cfg.init:  # SCST (or a warm start): the model, vocabulary and weights of an earlier run
+        model_cfg, vocab, init_state = read_artifact(cfg.init)
+        print(f"model settings and vocabulary come from --init {cfg.init} (its config.json)", flush=True)
+        out.mkdir(parents=True, exist_ok=True)
+        vocab.save(out / "vocab.json")
+        write_json(out / "train_config.json", asdict(cfg))
+        write_json(out / "config.json", asdict(model_cfg))
     else:
         vocab = Vocabulary.build((c for r in train_records for c in r.captions), cfg.threshold)
         model_cfg = ModelConfig(vocab_size=len(vocab), seed=cfg.seed, **model_kwargs)
@@ -406,6 +459,12 @@ def train(cfg: TrainConfig, model_kwargs: dict[str, Any] | None = None) -> Path:
           f"run folder {out}", flush=True)
     data = CaptionData(cfg, model_cfg, train_records, val_records, vocab)
     module = CaptionModule(asdict(model_cfg), vocab.itos, asdict(cfg))
+    if init_state is not None:
+        load_state(module.model, init_state, f"{cfg.init}/model.safetensors")
+        print(f"starting from {cfg.init}", flush=True)
+    if cfg.scst:
+        module.references = [reference_ids(vocab, r.captions) for r in train_records]
+        module.cider = cider_document_frequencies(out / "cider_df.npz", module.references)
     best = ModelCheckpoint(out / "checkpoints", "best", monitor="val_cider", mode="max", save_top_k=1,
                            every_n_epochs=cfg.eval_every)
     callbacks: list[Callback] = [ModelCheckpoint(out / "checkpoints", "last", save_top_k=1), best,
@@ -424,6 +483,15 @@ def train(cfg: TrainConfig, model_kwargs: dict[str, Any] | None = None) -> Path:
     if trainer.is_global_zero:
         export(module, best.best_model_path, out)
     return out
+
+
+def cider_document_frequencies(path: Path, references: list[list[list[int]]]) -> CiderD:
+    """The training references' CIDEr-D document frequencies, computed once and kept in the run folder."""
+    if path.is_file():
+        return CiderD.load(path)
+    cider = CiderD.from_references(references)
+    cider.save(path)
+    return cider
 
 
 def export(module: CaptionModule, best_ckpt: str, out: Path) -> None:

@@ -95,3 +95,20 @@ class ImageCaptions(Dataset):
             return flip(image), self.captions.mirrored[index]
         return image, self.captions.plain[index]
 
+
+
+class CachedImages(Dataset):
+    """(grid features, image index) of the usable images of a feature cache, view 0: self-critical training."""
+
+    def __init__(self, features: np.ndarray, keep: np.ndarray) -> None:
+        self.features, self.rows = features, np.flatnonzero(keep)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.rows[list(indices)]
+        return torch.from_numpy(np.asarray(self.features[rows, 0], dtype=np.float32)), torch.from_numpy(rows)
+
+    def __getitem__(self, index: int):
+        return self.__getitems__([index])
