@@ -34,18 +34,21 @@ def load_rgb(path: str | Path) -> Image.Image:
         raise OSError(f"cannot read image {path}: {e}") from e
 
 
-def _tail() -> list[v2.Transform]:
-    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+def _tail(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform]:
+    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
 
 
-def eval_transform(size: int) -> v2.Compose:
-    """Resize the short side to ``size`` and centre-crop: deterministic."""
-    return v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size), *_tail()])
+def eval_transform(size: int, mean: Sequence[float] = IMAGENET_MEAN,
+                   std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
+    """Resize the short side to ``size`` and centre-crop: deterministic (normalised with the backbone's mean/std)."""
+    return v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size), *_tail(mean, std)])
 
 
-def train_transform(size: int) -> v2.Compose:
+def train_transform(size: int, mean: Sequence[float] = IMAGENET_MEAN,
+                    std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
     """Resize then random crop; the flip is applied separately so captions can follow it (see flip)."""
-    return v2.Compose([v2.Resize(round(size * RESIZE_RATIO), antialias=True), v2.RandomCrop(size), *_tail()])
+    return v2.Compose([v2.Resize(round(size * RESIZE_RATIO), antialias=True), v2.RandomCrop(size),
+                       *_tail(mean, std)])
 
 
 def flip(image: torch.Tensor) -> torch.Tensor:
