@@ -1,47 +1,16 @@
 """Image encoder: a torchvision ResNet by name, classifier removed, frozen, then a linear embedding."""
 from __future__ import annotations
 
-import socket
-from pathlib import Path
-from urllib.parse import urlparse
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision import models
 
+from captioner.models.backbones import WeightsUnavailableError, imagenet_state, weights_file  # noqa: F401 - re-exported
+
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "wide_resnet50_2")
 WEIGHTS = ("imagenet", "none")
 DILATION = {32: None, 16: [False, False, True], 8: [False, True, True]}  # output stride -> dilated stages
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights are neither on disk nor downloadable."""
-
-
-def weights_file(backbone: str) -> Path:
-    """Where torchvision's weights API keeps the ImageNet weights of ``backbone`` ($TORCH_HOME/hub/checkpoints)."""
-    url = models.get_model_weights(backbone).DEFAULT.url
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
-
-
-def _imagenet_state(backbone: str) -> dict[str, torch.Tensor]:
-    """ImageNet weights from the hub cache, downloading them only when the host answers within seconds."""
-    weights = models.get_model_weights(backbone).DEFAULT
-    file = weights_file(backbone)
-    remedy = (f"Place the file at {file} (copy it from a machine with internet; $TORCH_HOME moves the folder) "
-              f"or pass --encoder-weights none for a randomly initialised encoder.")
-    if not file.is_file():
-        host = urlparse(weights.url).hostname or ""
-        try:
-            socket.create_connection((host, 443), timeout=3).close()
-        except OSError as e:
-            raise WeightsUnavailableError(f"ImageNet weights for {backbone} not found at {file} and {host} "
-                                          f"cannot be reached ({e}). {remedy}") from None
-    try:
-        return weights.get_state_dict(progress=True)
-    except Exception as e:  # noqa: BLE001 - any download/parse failure gets the same advice
-        raise WeightsUnavailableError(f"could not load ImageNet weights for {backbone}: {e}. {remedy}") from e
 
 
 def build_backbone(name: str, weights: str = "imagenet", seed: int = 0,
@@ -65,7 +34,7 @@ def build_backbone(name: str, weights: str = "imagenet", seed: int = 0,
         model = models.get_model(name, weights=None, zero_init_residual=True,
                                  replace_stride_with_dilation=DILATION[output_stride])
     if weights == "imagenet":
-        model.load_state_dict(_imagenet_state(name))
+        model.load_state_dict(imagenet_state(name))
     dim = model.fc.in_features
     model.fc = nn.Identity()
     return model.to(memory_format=torch.channels_last), dim
