@@ -249,5 +249,61 @@ def _extract_main(images: str, cache: str, rank: str, world: str, port: str, slo
         dist.destroy_process_group()
 
 
+def test_validation_is_decoded_in_shards_and_scored_once(tmp_path) -> None:
+    port = str(_free_port())
+    logs = [tmp_path / f"score-rank{r}.log" for r in range(2)]
+    procs = [launch([sys.executable, __file__, "score", str(tmp_path), str(r), port], log)
+             for r, log in enumerate(logs)]
+    finish(procs, logs)
+    import json
+
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["decoded"] for r in ranks] == [5, 5]  # each rank decodes its half of the 10 val images
+    assert ranks[0]["scorer_calls"] == [10] and ranks[1]["scorer_calls"] == []  # java runs once, on rank 0
+    assert ranks[0]["scores"] == ranks[1]["scores"] == {"Bleu_4": 1.0, "CIDEr": 10.0}  # broadcast to every rank
+
+
+def _score_main(out: str, rank: str, port: str) -> None:
+    """One validation process of a gloo group of 2: decode its shard, let rank 0 score, record what happened."""
+    import json
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+
+    import captioner.train as training
+    from captioner.data.datasets import ImageRecord
+    from captioner.data.vocab import Vocabulary
+    from captioner.models.captioner import CaptionModel, ModelConfig
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=int(rank), world_size=2,
+                            timeout=timedelta(seconds=TIMEOUT))
+    vocab = Vocabulary.build(["a red circle", "a blue square"], threshold=1)
+    torch.manual_seed(0)
+    model = CaptionModel(ModelConfig(vocab_size=len(vocab), backbone="resnet18", encoder_weights="none", grid=1,
+                                     embed_size=8, hidden_size=8))
+    records = [ImageRecord(i, Path(f"{i}.png"), ("a red circle",), "val") for i in range(10)]
+    decoded, calls = [0], []
+    greedy = training.greedy
+
+    def counted(decoder, features, max_len):
+        decoded[0] += len(features)
+        return greedy(decoder, features, max_len)
+
+    def scorer(results, refs):
+        calls.append(len(results))
+        return {"Bleu_4": 1.0, "CIDEr": float(len(results))}
+
+    training.greedy = counted
+    scores = training.generation_scores(model, vocab, torch.randn(10, 1, 512), records, int(rank), 2,
+                                        batch_size=2, scorer=scorer)
+    Path(out, f"rank{rank}.json").write_text(json.dumps({"decoded": decoded[0], "scorer_calls": calls,
+                                                         "scores": scores}))
+    dist.destroy_process_group()
+
+
 if __name__ == "__main__" and len(sys.argv) == 8 and sys.argv[1] == "extract":
     _extract_main(*sys.argv[2:])
+if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "score":
+    _score_main(*sys.argv[2:])

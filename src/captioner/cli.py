@@ -293,15 +293,24 @@ def serve(model: Annotated[Path, typer.Option(help="Model folder")],
 
 
 @app.command()
-def demo(out: Annotated[Path, typer.Option(help="Folder for the data set and the run")] = Path("runs/demo"),
+def demo(out: Annotated[Path, typer.Option(help="Folder for the data set, the runs and the served model")] = Path(
+              "runs/demo"),
          train_images: Annotated[int, typer.Option(help="Synthetic training images")] = 2000,
-         epochs: int = 40,
+         epochs: Annotated[int, typer.Option(help="Show-Tell epochs")] = 12,
+         attention_epochs: Annotated[int, typer.Option(help="Attention epochs")] = 8,
          image_size: Annotated[int, typer.Option(help="Encoder input side")] = 128,
+         grid: Annotated[int, typer.Option(help="Feature grid side G")] = 4,
+         backbone: Annotated[str, typer.Option(help="Frozen encoder (efficientnet_lite0: pretrained, offline)")]
+         = "efficientnet_lite0",
          progress: bool = True) -> None:
-    """The main job, offline: synthetic data -> feature cache -> train -> caption + score the test split."""
+    """The main job, offline: synthetic data -> one feature cache -> Show-Tell and attention models -> test table."""
+    from captioner.models.backbones import WeightsUnavailableError
     from captioner.pipeline import run_demo
 
-    run_demo(out, train_images, epochs, image_size, progress)
+    try:
+        run_demo(out, train_images, epochs, attention_epochs, image_size, grid, backbone, progress)
+    except (OSError, ValueError, WeightsUnavailableError) as e:
+        raise _fail(e) from None
 
 
 if __name__ == "__main__":
