@@ -298,6 +298,7 @@ def demo(out: Annotated[Path, typer.Option(help="Folder for the data set, the ru
          train_images: Annotated[int, typer.Option(help="Synthetic training images")] = 2000,
          epochs: Annotated[int, typer.Option(help="Show-Tell epochs")] = 12,
          attention_epochs: Annotated[int, typer.Option(help="Attention epochs")] = 8,
+         scst_epochs: Annotated[int, typer.Option(help="Self-critical epochs for the better family (0: none)")] = 3,
          image_size: Annotated[int, typer.Option(help="Encoder input side")] = 128,
          grid: Annotated[int, typer.Option(help="Feature grid side G")] = 4,
          backbone: Annotated[str, typer.Option(help="Frozen encoder (efficientnet_lite0: pretrained, offline)")]
@@ -308,7 +309,7 @@ def demo(out: Annotated[Path, typer.Option(help="Folder for the data set, the ru
     from captioner.pipeline import run_demo
 
     try:
-        run_demo(out, train_images, epochs, attention_epochs, image_size, grid, backbone, progress)
+        run_demo(out, train_images, epochs, attention_epochs, scst_epochs, image_size, grid, backbone, progress)
     except (OSError, ValueError, WeightsUnavailableError) as e:
         raise _fail(e) from None
 

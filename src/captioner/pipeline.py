@@ -46,14 +46,18 @@ def _score(results: dict[int, str], refs: dict[int, list[str]]) -> dict[str, flo
         return score_captions(results, refs, java=False)
 
 
+SCST_BATCH, SCST_LR = 50, 1e-4  # images per batch (x 5 samples each), learning rate of the self-critical phase
+
+
 def _best_val_cider(run: Path) -> float:
     return max(float(r["val_cider"]) for r in read_csv(run / "metrics.csv") if r.get("val_cider"))
 
 
 def run_demo(out: str | Path = "runs/demo", train_images: int = 2000, epochs: int = 12, attention_epochs: int = 8,
-             image_size: int = 128, grid: int = 4, backbone: str = "efficientnet_lite0",
+             scst_epochs: int = 3, image_size: int = 128, grid: int = 4, backbone: str = "efficientnet_lite0",
              progress: bool = True) -> dict[str, dict[str, float]]:
-    """Synthetic scenes -> one feature cache -> Show-Tell and attention models -> test-split table (+ blind)."""
+    """Synthetic scenes -> one feature cache -> Show-Tell and attention models -> self-critical training of the
+    better one -> test-split table (+ blind baseline)."""
     from captioner.plots import attention_maps, caption_grid
     from captioner.synth import generate, names_all_objects, position_right
     from captioner.train import TrainConfig, train
@@ -72,9 +76,20 @@ def run_demo(out: str | Path = "runs/demo", train_images: int = 2000, epochs: in
         cfg = TrainConfig(data=str(data), out=str(run), epochs=n, threshold=1, cache_dir=str(cache), progress=progress,
                           eval_every=2, resume=(run / "checkpoints" / "last.ckpt").is_file(), val_images=250)
         train(cfg, dict(decoder=decoder, backbone=backbone, encoder_weights="imagenet", image_size=image_size,
-                        grid=grid, hidden_size=512, dropout=0.3))
+                        grid=grid, embed_size=128, hidden_size=256, attention_size=128, context_size=128, dropout=0.3))
         runs[decoder] = run
     served = max(runs, key=lambda d: _best_val_cider(runs[d]))
+    if scst_epochs:
+        run = out / f"{served}-scst"
+        print(f"\n== self-critical training of the {served} model on CIDEr-D ({scst_epochs} epochs) ==", flush=True)
+        scst_start = time.perf_counter()
+        train(TrainConfig(data=str(data), out=str(run), epochs=scst_epochs, threshold=1, cache_dir=str(cache),
+                          progress=progress, eval_every=1, val_images=250, batch_size=SCST_BATCH, lr=SCST_LR,
+                          min_lr=SCST_LR, scheduler="none", scst=True, init=str(runs[served]),
+                          resume=(run / "checkpoints" / "last.ckpt").is_file()))
+        print(f"self-critical phase: {time.perf_counter() - scst_start:.0f} s", flush=True)
+        runs[f"{served} + SCST"] = run
+        served = max(runs, key=lambda d: _best_val_cider(runs[d]))
     records, _ = open_split(data, "test")
     images = {im["id"]: im for im in json.loads(find_annotation(data, "test").read_text())["images"]}
     refs = {r.image_id: list(r.captions) for r in records}
@@ -107,7 +122,7 @@ def run_demo(out: str | Path = "runs/demo", train_images: int = 2000, epochs: in
     sample = records[:6]
     from captioner.data.images import load_rgb
 
-    att_captions = models["attention"].caption([load_rgb(r.path) for r in sample])
+    att_captions = models.get("attention + SCST", models["attention"]).caption([load_rgb(r.path) for r in sample])
     att_png = attention_maps([load_rgb(r.path) for r in sample], [c[0] for c in att_captions],
                              out / "attention_test.png")
     print("\n" + demo_table(columns, shares))
