@@ -33,7 +33,8 @@ def serve_rows(quick: bool) -> list[dict]:
         model_dir, setup = None, "untrained resnet50 at 128 px"
         if quick:
             from captioner.data.vocab import Vocabulary
-            from captioner.models.captioner import Captioner, ModelConfig
+            from captioner.inference import Captioner
+            from captioner.models.captioner import ModelConfig
 
             v = Vocabulary.build(serve_bench.WORDS, threshold=1)
             model_dir = Captioner(ModelConfig(vocab_size=len(v), backbone="resnet18", encoder_weights="none",

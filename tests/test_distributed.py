@@ -29,8 +29,9 @@ GLOBAL_BATCH = 16
 # 8 steps of 16 captions per epoch and differ in BatchNorm statistics (per rank, over 8 captions) and in token
 # weighting across ranks: the 2-process curve sits up to 1.4-2.4 % above (the range is from 2 vs 1 threads in
 # the 1-process run). Length buckets are split differently (14 steps of up to 16 captions vs 11 steps of up to
-# 8 + 8 per epoch), so that curve lags by a steady few percent: measured up to 3.6 %.
-TOLERANCE = {"pad": 0.04, "bucket": 0.05}
+# 8 + 8 per epoch), so that curve lags: measured up to 3.6 % while every epoch repeated epoch 0's batches, and
+# 7.7 % since the sampler reshuffles each epoch (the 2-process run takes 11 updates an epoch to the other's 14).
+TOLERANCE = {"pad": 0.04, "bucket": 0.09}
 TIMEOUT = 240  # seconds for any one launch
 
 

@@ -133,7 +133,7 @@ def test_beam_gives_sorted_alternatives(client: TestClient) -> None:
 def test_health_model_page_and_schema(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     info = client.get("/v1/model").json()
-    assert info == {"name": "tiny-model", "backbone": "resnet18", "image_size": 64,
+    assert info == {"name": "tiny-model", "decoder": "show-tell", "grid": 7, "backbone": "resnet18", "image_size": 64,
                     "vocab_size": info["vocab_size"], "beam": 1, "metrics": {"BLEU-4": 0.25, "CIDEr": 0.8}}
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
