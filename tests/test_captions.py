@@ -1,4 +1,4 @@
-"""Training pairs: caption ids (plain and mirrored), cached-feature views, and image pairs with flips."""
+"""Training pairs: caption ids (plain and mirrored, flat-stored), cached-feature views, and image pairs with flips."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -59,6 +59,14 @@ def test_caption_ids_keep_mask_drops_records(records: list[ImageRecord], vocab: 
     assert ids.image == [0, 0, 2, 2, 2]  # still indices into the records (and the feature rows)
     assert vocab.decode(ids.plain[2]) == "a cat to the right of a dog"
     assert len(CaptionIds(records, vocab, keep=np.zeros(3, dtype=bool))) == 0
+
+
+def test_caption_ids_index_like_lists_of_tensors(records: list[ImageRecord], vocab: Vocabulary) -> None:
+    ids = CaptionIds(records, vocab)
+    assert len(ids.plain) == len(ids.mirrored) == 6 and [len(p) for p in ids.plain] == ids.lengths
+    assert torch.equal(ids.plain[-1], ids.plain[5]) and ids.mirrored[-6].tolist() == ids.mirrored[0].tolist()
+    with pytest.raises(IndexError):
+        ids.plain[6]
 
 
 def _features(n: int, views: int) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Training pairs (image, caption ids): from cached encoder features or from image files."""
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
 
 import numpy as np
@@ -13,23 +14,45 @@ from captioner.data.images import IMAGENET_MEAN, IMAGENET_STD, flip, load_rgb, s
 from captioner.data.vocab import Vocabulary, tokenize
 
 
+class Ragged(Sequence[torch.Tensor]):
+    """Variable-length id sequences kept in one flat int32 array with offsets; item ``i`` is an int64 tensor."""
+
+    def __init__(self, values: array, offsets: np.ndarray) -> None:
+        self.values, self.offsets = np.array(values, dtype=np.int32), offsets
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        i = range(len(self))[index]  # negative indices count from the end; out of range raises IndexError
+        return torch.from_numpy(self.values[self.offsets[i]:self.offsets[i + 1]].astype(np.int64))
+
+
 class CaptionIds:
-    """Every caption of a record list as word ids, plain and with left/right swapped (for mirrored images)."""
+    """Every caption of a record list as word ids, plain and with left/right swapped (for mirrored images).
+
+    Ids live in two flat arrays (``Ragged``), not two tensors per caption: about 270 bytes per caption instead of
+    1.5 kB, so COCO's 616k captions fit in ~170 MB.
+    """
 
     def __init__(self, records: Sequence[ImageRecord], vocab: Vocabulary, keep: np.ndarray | None = None) -> None:
-        self.image, self.plain, self.mirrored = [], [], []
+        self.image, self.lengths = [], []
+        plain, mirrored = array("i"), array("i")
         for i, record in enumerate(records):
             if keep is not None and not keep[i]:
                 continue
             for caption in record.captions:
                 tokens = tokenize(caption)
+                ids = vocab.encode(tokens)
                 self.image.append(i)
-                self.plain.append(torch.tensor(vocab.encode(tokens)))
-                self.mirrored.append(torch.tensor(vocab.encode(swap_left_right(tokens))))
-        self.lengths = [len(ids) for ids in self.plain]
+                self.lengths.append(len(ids))
+                plain.extend(ids)
+                mirrored.extend(vocab.encode(swap_left_right(tokens)))
+        offsets = np.concatenate([[0], np.cumsum(self.lengths, dtype=np.int64)])
+        self.plain, self.mirrored = Ragged(plain, offsets), Ragged(mirrored, offsets)
 
     def __len__(self) -> int:
-        return len(self.plain)
+        return len(self.lengths)
 
 
 class CachedCaptions(Dataset):
