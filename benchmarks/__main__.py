@@ -1,7 +1,9 @@
 """Run the benchmarks and print one markdown table: ``python -m benchmarks [--quick] [--only NAME ...]``.
 
 Sections: train (feature cache vs encoder per batch), latency (greedy/beam vs encoder), extract (DataLoader
-workers), vocab (162k real captions; needs $CAPTIONER_SHARED), serve (micro-batching on/off, benchmarks/serve_bench).
+workers), vocab (162k real captions; needs $CAPTIONER_SHARED), serve (micro-batching on/off, benchmarks/serve_bench),
+scale (COCO-2014 size simulated: cache sizes, training RSS, epoch times, loader vs step rate, FLOPs; needs
+$CAPTIONER_SHARED and ~30 GB of temp disk, all deleted after).
 Each comparison is measured side by side in the same run. Progress goes to stderr, the table to stdout.
 """
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 
 from benchmarks.common import device, row, say
 
-SECTIONS = ("train", "latency", "extract", "vocab", "serve")
+SECTIONS = ("train", "latency", "extract", "vocab", "serve", "scale")
 SERVE_CLIENTS = 8
 
 
