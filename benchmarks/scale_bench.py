@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import row, say
+from benchmarks.common import row, say, timed
 from benchmarks.vocab_bench import FILE
 
 SECTION = "scale"
 FULL = dict(images=123_287, batch=512, warmup=1, timed=5, photos=159)
-QUICK = dict(images=1_000, batch=16, warmup=1, timed=2, photos=8)
+QUICK = dict(images=1_000, batch=16, warmup=0, timed=2, photos=8)
 CAPTIONS_PER_IMAGE, DIM, GRID_CELLS = 5, 2048, 49
 FAMILIES = ("show-tell", "attention")
 CHUNK_BYTES = 64 * 2**20
@@ -75,7 +75,7 @@ def evict(path: Path) -> None:
 
 
 def proc_status(*keys: str) -> dict[str, float]:
-    """GB figures of this process from /proc/self/status (e.g. VmHWM, RssAnon, RssFile)."""
+    """GB figures of this process from /proc/self/status (e.g. VmRSS, VmHWM)."""
     lines = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
     return {k: int(lines[k].split()[0]) / 2**20 for k in keys}
 
@@ -111,64 +111,73 @@ def flops_per_caption(module, vocab_size: int) -> tuple[float, float]:
 
 
 def encoder_flops(encoder) -> float:
-    """FLOPs of the frozen encoder on one 224 px image, counted on the meta device (moves it there: no compute)."""
+    """FLOPs of an encoder built on the meta device on one 224 px image (counted, not computed)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        encoder.eval().to("meta")(torch.randn(1, 3, 224, 224, device="meta"))
+        encoder.eval()(torch.randn(1, 3, 224, 224, device="meta"))
     return counter.get_total_flops()
+
+
+def probe_family(family: str, seed: int, data, vocab, cfg: dict) -> dict:
+    """One decoder family's timed loader fetches (cold, then the same batches warm) and training steps, the process's
+    peak RSS over them, and the family's FLOPs per caption."""
+    from torch.utils.data import DataLoader
+
+    from captioner.data.batching import LengthBucketSampler
+    from captioner.models.captioner import ModelConfig
+    from captioner.train import CaptionModule, TrainConfig
+
+    say(f"scale: {family}, {cfg['warmup']} + {cfg['timed']} steps at batch {cfg['batch']}")
+    Path("/proc/self/clear_refs").write_text("5")  # restart VmHWM: this family's peak
+    module = CaptionModule(asdict(ModelConfig(vocab_size=len(vocab), decoder=family, encoder_weights="none")),
+                           vocab.itos, asdict(TrainConfig(data=".", batch_size=cfg["batch"]))).train()
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=module.cfg.lr)
+    sampler = LengthBucketSampler(data.captions.lengths, cfg["batch"], seed=seed)
+    evict(Path(cfg["grid"]))  # cold reads, as in a first epoch
+    loader = iter(DataLoader(data, batch_sampler=sampler, collate_fn=lambda b: b))
+    out = {"fetch": [], "step": [], "lengths": [], "before": proc_status("VmRSS")["VmRSS"]}
+    for i in range(cfg["warmup"] + cfg["timed"]):
+        t0 = time.perf_counter()
+        batch = next(loader)
+        t1 = time.perf_counter()
+        module._loss(batch)[1].backward()
+        torch.nn.utils.clip_grad_norm_(params, module.cfg.clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if i >= cfg["warmup"]:
+            out["fetch"].append(t1 - t0), out["step"].append(time.perf_counter() - t1)
+            out["lengths"].append(batch[2].tolist())
+    out["peak"] = proc_status("VmHWM")["VmHWM"]
+    out["warm"] = [timed(lambda idx=idx: data.__getitems__(idx), repeat=1, warmup=0)
+                   for idx in list(sampler)[cfg["warmup"]:cfg["warmup"] + cfg["timed"]]]
+    out["a"], out["b"] = flops_per_caption(module, len(vocab))
+    lengths = data.captions.lengths
+    out["epoch_flops"] = len(lengths) * out["a"] + out["b"] * sum(lengths)
+    out["timed_flops"] = sum(out["a"] + out["b"] * t for lens in out["lengths"] for t in lens)
+    return out
 
 
 def train_probe(cfg: dict) -> dict:
     """In a fresh process: the cached-feature training path over the grid cache, timed, with RSS and FLOPs."""
-    from torch.utils.data import DataLoader
-
     from captioner.data.batching import LengthBucketSampler
     from captioner.data.captions import CachedCaptions, CaptionIds
     from captioner.data.vocab import Vocabulary
-    from captioner.models.captioner import ModelConfig
-    from captioner.train import CaptionModule, TrainConfig
+    from captioner.models.encoder import Encoder
 
     records = draw_records(Path(cfg["captions"]), cfg["images"])
     vocab = Vocabulary.load(cfg["vocab"])
     before, start = proc_status("VmRSS")["VmRSS"], time.perf_counter()
     ids = CaptionIds(records, vocab)
-    out = {"ids_s": time.perf_counter() - start, "ids_gb": proc_status("VmRSS")["VmRSS"] - before}
-    grid = Path(cfg["grid"])
-    data = CachedCaptions(np.load(grid, mmap_mode="r"), ids)
-    batches = len(LengthBucketSampler(ids.lengths, cfg["batch"]))
-    anon, modules = 0.0, {}
+    out = {"ids_s": time.perf_counter() - start, "ids_gb": proc_status("VmRSS")["VmRSS"] - before,
+           "batches": len(LengthBucketSampler(ids.lengths, cfg["batch"])), "captions": len(ids), "vocab": len(vocab)}
+    data = CachedCaptions(np.load(cfg["grid"], mmap_mode="r"), ids)
     for seed, family in enumerate(FAMILIES):
-        say(f"scale: {family}, {cfg['warmup']} + {cfg['timed']} steps at batch {cfg['batch']}")
-        module = CaptionModule(asdict(ModelConfig(vocab_size=len(vocab), decoder=family, encoder_weights="none")),
-                               vocab.itos, asdict(TrainConfig(data=".", batch_size=cfg["batch"]))).train()
-        params = [p for p in module.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=module.cfg.lr)
-        evict(grid)  # cold reads, as in a first epoch
-        loader = iter(DataLoader(data, batch_sampler=LengthBucketSampler(ids.lengths, cfg["batch"], seed=seed),
-                                 collate_fn=lambda b: b))
-        fetch, step, lengths = [], [], []
-        for i in range(cfg["warmup"] + cfg["timed"]):
-            t0 = time.perf_counter()
-            batch = next(loader)
-            t1 = time.perf_counter()
-            module._loss(batch)[1].backward()
-            torch.nn.utils.clip_grad_norm_(params, module.cfg.clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            t2 = time.perf_counter()
-            anon = max(anon, proc_status("RssAnon")["RssAnon"])
-            if i >= cfg["warmup"]:
-                fetch.append(t1 - t0), step.append(t2 - t1), lengths.append(tuple(batch[2].tolist()))
-        out[family] = {"fetch": fetch, "step": step, "lengths": lengths}
-        modules[family] = module
-    out |= proc_status("VmHWM") | {"mapped": mapped_gb(grid)}  # the training path's peak, before the FLOP counts
-    out["anon"], out["batches"], out["captions"], out["vocab"] = anon, batches, len(ids), len(vocab)
-    for family, module in modules.items():
-        a, b = flops_per_caption(module, len(vocab))
-        timed = sum(a + b * t for lens in out[family]["lengths"] for t in lens)
-        out[family] |= {"a": a, "b": b, "epoch_flops": len(ids) * a + b * sum(ids.lengths), "timed_flops": timed}
-    out["encoder_flops"] = encoder_flops(modules["show-tell"].model.encoder)
+        out[family] = probe_family(family, seed, data, vocab, cfg)
+    out["mapped"] = mapped_gb(Path(cfg["grid"]))
+    with torch.device("meta"):
+        out["encoder_flops"] = encoder_flops(Encoder("resnet50", "none", grid=7))
     return out
 
 
@@ -253,10 +262,11 @@ def table_rows(s: dict, records: list, vocab, vocab_s: float, sizes: dict[str, f
             f"Vocabulary.build, threshold 5 -> {len(vocab):,} words; real val2014 captions, reused as needed"),
         row(SECTION, "caption ids (CaptionIds) build", probe["ids_s"], "s",
             f"tokenize + encode {probe['captions']:,} captions; RSS +{probe['ids_gb'] * 1024:.0f} MB"),
-        row(SECTION, "peak RSS of a training process", probe["VmHWM"], "GB",
-            f"VmHWM of the subprocess (data path + {s['warmup'] + s['timed']} steps of each family); anonymous "
-            f"{probe['anon']:.2f} GB at most, grid memmap pages {probe['mapped']:.2f} GB (clean page cache: those "
-            f"read so far), the rest torch's libraries; grid cache {sizes['grid']:.1f} GB"),
+        row(SECTION, "peak RSS of a training process", max(probe[f]["peak"] for f in FAMILIES), "GB",
+            f"VmHWM of the subprocess over {s['warmup'] + s['timed']} steps: show-tell "
+            f"{probe['show-tell']['peak']:.2f}, attention {probe['attention']['peak']:.2f} GB (before the steps "
+            f"{probe['show-tell']['before']:.2f} GB); grid memmap pages resident at the end {probe['mapped']:.2f} GB; "
+            f"grid cache {sizes['grid']:.1f} GB"),
     ]
     for family in FAMILIES:
         p = probe[family]
@@ -269,8 +279,8 @@ def table_rows(s: dict, records: list, vocab, vocab_s: float, sizes: dict[str, f
                 f"extrapolated by FLOPs from {s['timed']} timed steps ({cpu_flops / 1e9:.0f} GFLOP/s) to "
                 f"{probe['batches']:,} batches; {setup}"),
             row(SECTION, f"{family}: data loader", loader, "batches/s",
-                f"median of {s['timed']}; CachedCaptions over the grid memmap, page cache dropped first, "
-                "num_workers 0"),
+                f"median of {s['timed']}, cold: CachedCaptions reading the grid cache after its pages were dropped, "
+                f"num_workers 0; the same batches warm {1 / statistics.median(p['warm']):.2f} batches/s"),
             row(SECTION, f"{family}: training step demand", steps, "steps/s",
                 f"median of {s['timed']}; loss, backward, clip, Adam"),
             row(SECTION, f"{family}: training FLOPs per caption word", p["b"] / 1e6, "MFLOP",

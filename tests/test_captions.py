@@ -133,6 +133,20 @@ def test_cached_captions_with_the_bucket_sampler(records: list[ImageRecord], voc
     assert len(data[2][2]) == 1 and data[2][2].item() == captions.lengths[2]
 
 
+def test_cached_captions_read_a_memmap_like_an_array(records: list[ImageRecord], vocab: Vocabulary,
+                                                    tmp_path: Path) -> None:
+    captions = CaptionIds(records * 4, vocab)
+    features = np.random.default_rng(0).standard_normal((12, 3, 2, DIM)).astype(np.float16)
+    np.save(tmp_path / "cache.npy", features)
+    mapped = np.load(tmp_path / "cache.npy", mmap_mode="r")
+    indices = [5, 0, 23, 11, 11]
+    expected = CachedCaptions(features, captions, seed=2).__getitems__(indices)
+    for source in (mapped, mapped[:12]):  # the file read, and a sliced memmap (read through the mapping)
+        got = CachedCaptions(source, captions, seed=2).__getitems__(indices)
+        assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+    assert not np.array_equal(expected[0][0], expected[0][1])
+
+
 def test_image_captions_flip_images_with_their_captions(records: list[ImageRecord], vocab: Vocabulary) -> None:
     captions = CaptionIds(records, vocab)
     data = ImageCaptions(records, captions, image_size=32)

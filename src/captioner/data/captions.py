@@ -1,6 +1,7 @@
 """Training pairs (image, caption ids): from cached encoder features or from image files."""
 from __future__ import annotations
 
+import mmap
 from array import array
 from collections.abc import Sequence
 
@@ -55,6 +56,20 @@ class CaptionIds:
         return len(self.lengths)
 
 
+def gather_views(features: np.ndarray, rows: Sequence[int], views: Sequence[int]) -> np.ndarray:
+    """``features[rows, views]``. A cache memmap is read with positioned file reads rather than through its mapping,
+    so the pages read are not kept in the process's RSS: a training epoch streams the cache instead of loading it."""
+    if not (isinstance(features, np.memmap) and isinstance(features.base, mmap.mmap) and features.flags.c_contiguous):
+        return features[rows, views]
+    out = np.empty((len(rows), *features.shape[2:]), dtype=features.dtype)
+    with open(features.filename, "rb", buffering=0) as f:
+        for k, (row, view) in enumerate(zip(rows, views, strict=True)):
+            f.seek(features.offset + row * features.strides[0] + view * features.strides[1])
+            if f.readinto(out[k]) != out[k].nbytes:
+                raise OSError(f"feature cache {features.filename} ends before row {row}: rebuild it")
+    return out
+
+
 class CachedCaptions(Dataset):
     """(pooled feature, caption ids) pairs from a feature cache; each epoch draws one cached view per caption.
 
@@ -77,7 +92,7 @@ class CachedCaptions(Dataset):
     def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rows = [self.captions.image[i] for i in indices]
         views = self.view[list(indices)].tolist()
-        feats = torch.from_numpy(np.asarray(self.features[rows, views], dtype=np.float32))
+        feats = torch.from_numpy(np.asarray(gather_views(self.features, rows, views), dtype=np.float32))
         ids = [(self.captions.mirrored if v % 2 else self.captions.plain)[i]
                for i, v in zip(indices, views, strict=True)]
         return feats, *pad(ids)
