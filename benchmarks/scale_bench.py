@@ -34,6 +34,7 @@ CAPTIONS_PER_IMAGE, DIM, GRID_CELLS = 5, 2048, 49
 FAMILIES = ("show-tell", "attention")
 CHUNK_BYTES = 64 * 2**20
 GPU, GPU_PEAK_TFLOPS, GPU_FRACTION = "H100 SXM", 989.0, 0.2  # dense bf16 peak; fraction assumed reachable
+LOADER_PROCESSES = 16  # JPEG-decoding DataLoader workers of a GPU host (assumed)
 
 
 def draw_records(captions_file: Path, images: int, seed: int = 0) -> list:
@@ -121,7 +122,7 @@ def encoder_flops(encoder) -> float:
 
 def probe_family(family: str, seed: int, data, vocab, cfg: dict) -> dict:
     """One decoder family's timed loader fetches (cold, then the same batches warm) and training steps, the process's
-    peak RSS over them, and the family's FLOPs per caption."""
+    peak RSS over them and one more step on the epoch's heaviest batch, and the family's FLOPs per caption."""
     from torch.utils.data import DataLoader
 
     from captioner.data.batching import LengthBucketSampler
@@ -137,21 +138,28 @@ def probe_family(family: str, seed: int, data, vocab, cfg: dict) -> dict:
     sampler = LengthBucketSampler(data.captions.lengths, cfg["batch"], seed=seed)
     evict(Path(cfg["grid"]))  # cold reads, as in a first epoch
     loader = iter(DataLoader(data, batch_sampler=sampler, collate_fn=lambda b: b))
+    def step(batch) -> None:
+        module._loss(batch)[1].backward()
+        torch.nn.utils.clip_grad_norm_(params, module.cfg.clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
     out = {"fetch": [], "step": [], "lengths": [], "before": proc_status("VmRSS")["VmRSS"]}
     for i in range(cfg["warmup"] + cfg["timed"]):
         t0 = time.perf_counter()
         batch = next(loader)
         t1 = time.perf_counter()
-        module._loss(batch)[1].backward()
-        torch.nn.utils.clip_grad_norm_(params, module.cfg.clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        step(batch)
         if i >= cfg["warmup"]:
             out["fetch"].append(t1 - t0), out["step"].append(time.perf_counter() - t1)
             out["lengths"].append(batch[2].tolist())
-    out["peak"] = proc_status("VmHWM")["VmHWM"]
+    batches = list(sampler)
     out["warm"] = [timed(lambda idx=idx: data.__getitems__(idx), repeat=1, warmup=0)
-                   for idx in list(sampler)[cfg["warmup"]:cfg["warmup"] + cfg["timed"]]]
+                   for idx in batches[cfg["warmup"]:cfg["warmup"] + cfg["timed"]]]
+    heaviest = max(batches, key=lambda idx: len(idx) * data.captions.lengths[idx[0]])
+    out["heaviest"] = (len(heaviest), data.captions.lengths[heaviest[0]])
+    step(data.__getitems__(heaviest))
+    out["peak"] = proc_status("VmHWM")["VmHWM"]
     out["a"], out["b"] = flops_per_caption(module, len(vocab))
     lengths = data.captions.lengths
     out["epoch_flops"] = len(lengths) * out["a"] + out["b"] * sum(lengths)
@@ -252,6 +260,7 @@ def table_rows(s: dict, records: list, vocab, vocab_s: float, sizes: dict[str, f
     """The section's rows from the parent's and the training subprocess's measurements."""
     n, gpu = s["images"], GPU_PEAK_TFLOPS * 1e12 * GPU_FRACTION
     gpu_note = f"{GPU_FRACTION:.0%} of {GPU} dense bf16 peak ({GPU_PEAK_TFLOPS:.0f} TFLOP/s), an assumption"
+    heavy = probe["show-tell"]["heaviest"]
     setup = f"batch {s['batch']}, hidden 512, 7x7 grid of 2048, context 256, vocab {probe['vocab']:,}"
     rows = [
         row(SECTION, f"feature cache on disk, pooled ({n:,} x 1 x 2048 fp16)", sizes["pooled"], "GB",
@@ -263,10 +272,10 @@ def table_rows(s: dict, records: list, vocab, vocab_s: float, sizes: dict[str, f
         row(SECTION, "caption ids (CaptionIds) build", probe["ids_s"], "s",
             f"tokenize + encode {probe['captions']:,} captions; RSS +{probe['ids_gb'] * 1024:.0f} MB"),
         row(SECTION, "peak RSS of a training process", max(probe[f]["peak"] for f in FAMILIES), "GB",
-            f"VmHWM of the subprocess over {s['warmup'] + s['timed']} steps: show-tell "
-            f"{probe['show-tell']['peak']:.2f}, attention {probe['attention']['peak']:.2f} GB (before the steps "
-            f"{probe['show-tell']['before']:.2f} GB); grid memmap pages resident at the end {probe['mapped']:.2f} GB; "
-            f"grid cache {sizes['grid']:.1f} GB"),
+            f"VmHWM of the subprocess over {s['warmup'] + s['timed']} steps and one on the epoch's heaviest batch "
+            f"({heavy[0]} captions x {heavy[1]} tokens): show-tell {probe['show-tell']['peak']:.2f}, attention "
+            f"{probe['attention']['peak']:.2f} GB (before the steps {probe['show-tell']['before']:.2f} GB); grid "
+            f"memmap pages resident at the end {probe['mapped']:.2f} GB; grid cache {sizes['grid']:.1f} GB"),
     ]
     for family in FAMILIES:
         p = probe[family]
@@ -285,16 +294,17 @@ def table_rows(s: dict, records: list, vocab, vocab_s: float, sizes: dict[str, f
                 f"median of {s['timed']}; loss, backward, clip, Adam"),
             row(SECTION, f"{family}: training FLOPs per caption word", p["b"] / 1e6, "MFLOP",
                 f"forward + backward, FlopCounterMode; {per_word}; {p['epoch_flops'] / 1e15:.3g} PFLOP per epoch"),
-            row(SECTION, f"{family}: projected epoch on one {GPU}", p["epoch_flops"] / gpu, "s",
+            row(SECTION, f"{family}: compute floor of an epoch on one {GPU}", p["epoch_flops"] / gpu, "s",
                 f"{gpu_note}; this CPU's loader at {loader:.2f} batches/s alone needs "
                 f"{probe['batches'] / loader:,.0f} s"),
         ]
     enc = probe["encoder_flops"]
     decode = (f"JPEG decoding at {jpeg:.0f} img/s per process needs {gpu / enc / jpeg:.0f} loader processes to keep "
-              "up" if jpeg else "JPEG decoding rate not measured (no coco-mini photos)")
+              f"up; {LOADER_PROCESSES} give {LOADER_PROCESSES * jpeg:,.0f} img/s, {n:,} images in "
+              f"{n / (LOADER_PROCESSES * jpeg) / 60:.1f} min" if jpeg else "JPEG decoding not measured (no photos)")
     rows += [
         row(SECTION, "encoder FLOPs per image (ResNet-50, 224 px, 7x7 grid)", enc / 1e9, "GFLOP", "FlopCounterMode"),
-        row(SECTION, f"projected extraction on one {GPU}", gpu / enc, "images/s",
+        row(SECTION, f"compute-bound extraction on one {GPU}", gpu / enc, "images/s",
             f"{gpu_note}; {n:,} images in {n / (gpu / enc) / 60:.1f} min; {decode}"),
     ]
     if jpeg:

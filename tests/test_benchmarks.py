@@ -46,6 +46,7 @@ def test_quick_scale_section_measures_every_row(shared: Path) -> None:
     figures = {c[1]: float(c[2].replace(",", "")) for c in rows}
     assert all(v > 0 for v in figures.values()), figures
     for name in ("peak RSS of a training process", "show-tell: epoch on this CPU", "attention: epoch on this CPU",
-                 "show-tell: data loader", "attention: training step demand", "projected extraction on one H100 SXM"):
+                 "show-tell: data loader", "attention: training step demand",
+                 "compute-bound extraction on one H100 SXM"):
         assert name in figures
     assert any(f.startswith("feature cache on disk, 7x7 grid") for f in figures)
