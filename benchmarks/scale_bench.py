@@ -153,7 +153,7 @@ def probe_family(family: str, seed: int, data, vocab, cfg: dict) -> dict:
         if i >= cfg["warmup"]:
             out["fetch"].append(t1 - t0), out["step"].append(time.perf_counter() - t1)
             out["lengths"].append(batch[2].tolist())
-    batches = list(sampler)
+    out["timed_peak"], batches = proc_status("VmHWM")["VmHWM"], list(sampler)
     out["warm"] = [timed(lambda idx=idx: data.__getitems__(idx), repeat=1, warmup=0)
                    for idx in batches[cfg["warmup"]:cfg["warmup"] + cfg["timed"]]]
     heaviest = max(batches, key=lambda idx: len(idx) * data.captions.lengths[idx[0]])
@@ -272,10 +272,12 @@ def table_rows(s: dict, records: list, vocab, vocab_s: float, sizes: dict[str, f
         row(SECTION, "caption ids (CaptionIds) build", probe["ids_s"], "s",
             f"tokenize + encode {probe['captions']:,} captions; RSS +{probe['ids_gb'] * 1024:.0f} MB"),
         row(SECTION, "peak RSS of a training process", max(probe[f]["peak"] for f in FAMILIES), "GB",
-            f"VmHWM of the subprocess over {s['warmup'] + s['timed']} steps and one on the epoch's heaviest batch "
+            f"VmHWM of the subprocess (CPU training: activations count) with a step on the epoch's heaviest batch "
             f"({heavy[0]} captions x {heavy[1]} tokens): show-tell {probe['show-tell']['peak']:.2f}, attention "
-            f"{probe['attention']['peak']:.2f} GB (before the steps {probe['show-tell']['before']:.2f} GB); grid "
-            f"memmap pages resident at the end {probe['mapped']:.2f} GB; grid cache {sizes['grid']:.1f} GB"),
+            f"{probe['attention']['peak']:.2f} GB; over the {s['warmup'] + s['timed']} random batches only "
+            f"{probe['show-tell']['timed_peak']:.2f} / {probe['attention']['timed_peak']:.2f} GB; before any step "
+            f"{probe['show-tell']['before']:.2f} GB; grid memmap pages resident at the end {probe['mapped']:.2f} GB "
+            f"of the {sizes['grid']:.1f} GB cache"),
     ]
     for family in FAMILIES:
         p = probe[family]
