@@ -32,8 +32,8 @@ class Ragged(Sequence[torch.Tensor]):
 class CaptionIds:
     """Every caption of a record list as word ids, plain and with left/right swapped (for mirrored images).
 
-    Ids live in two flat arrays (``Ragged``), not two tensors per caption: about 270 bytes per caption instead of
-    1.5 kB, so COCO's 616k captions fit in ~170 MB.
+    Ids live in two flat arrays (``Ragged``), not two tensors per caption (~1.5 kB each): COCO's 616k captions take
+    ~85 MB.
     """
 
     def __init__(self, records: Sequence[ImageRecord], vocab: Vocabulary, keep: np.ndarray | None = None) -> None:
