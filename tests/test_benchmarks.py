@@ -1,8 +1,11 @@
-"""Smoke test of `python -m benchmarks`: the quick vocab and latency sections print one table (a few seconds)."""
+"""Smoke tests of `python -m benchmarks`: the quick vocab and latency sections print one table (a few seconds); the
+quick scale section measures every row (or skips them all without $CAPTIONER_SHARED)."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,3 +22,31 @@ def test_quick_benchmarks_print_one_table() -> None:
     assert {c[0] for c in cells} == {"vocab", "latency"} and all(len(c) == 5 for c in cells)
     latency = [c for c in cells if c[0] == "latency"]
     assert len(latency) == 6 and all(float(c[2].replace(",", "")) > 0 and c[3] == "ms/image" for c in latency)
+
+
+def _scale_rows(env: dict[str, str]) -> list[list[str]]:
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--only", "scale"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in done.stdout.strip().splitlines()[4:]]
+    assert rows and all(len(c) == 5 and c[0] == "scale" for c in rows)
+    return rows
+
+
+def test_quick_scale_section_skips_without_shared_data() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "CAPTIONER_SHARED"}
+    rows = _scale_rows(env)
+    assert all(c[2] == "n/a" and c[4] == "skipped: CAPTIONER_SHARED is unset" for c in rows)
+
+
+def test_quick_scale_section_measures_every_row(shared: Path) -> None:
+    start = time.perf_counter()
+    rows = _scale_rows(dict(os.environ, CAPTIONER_SHARED=str(shared)))
+    assert time.perf_counter() - start < 60  # ~25 s on 2 busy cores; the section itself aims under 30 s
+    figures = {c[1]: float(c[2].replace(",", "")) for c in rows}
+    assert all(v > 0 for v in figures.values()), figures
+    for name in ("peak RSS of a training process", "show-tell: epoch on this CPU", "attention: epoch on this CPU",
+                 "show-tell: data loader", "attention: training step demand",
+                 "compute-bound extraction on one H100 SXM"):
+        assert name in figures
+    assert any(f.startswith("feature cache on disk, 7x7 grid") for f in figures)

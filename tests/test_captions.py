@@ -1,4 +1,4 @@
-"""Training pairs: caption ids (plain and mirrored), cached-feature views, and image pairs with flips."""
+"""Training pairs: caption ids (plain and mirrored, flat-stored), cached-feature views, and image pairs with flips."""
 from __future__ import annotations
 
 import io
@@ -63,6 +63,14 @@ def test_caption_ids_keep_mask_drops_records(records: list[ImageRecord], vocab: 
     assert len(CaptionIds(records, vocab, keep=np.zeros(3, dtype=bool))) == 0
 
 
+def test_caption_ids_index_like_lists_of_tensors(records: list[ImageRecord], vocab: Vocabulary) -> None:
+    ids = CaptionIds(records, vocab)
+    assert len(ids.plain) == len(ids.mirrored) == 6 and [len(p) for p in ids.plain] == ids.lengths
+    assert torch.equal(ids.plain[-1], ids.plain[5]) and ids.mirrored[-6].tolist() == ids.mirrored[0].tolist()
+    with pytest.raises(IndexError):
+        ids.plain[6]
+
+
 def _features(n: int, views: int) -> np.ndarray:
     """float16 [n, views, DIM]: column 0 is the view number, column 1 the record row."""
     features = np.zeros((n, views, DIM), dtype=np.float16)
@@ -125,6 +133,20 @@ def test_cached_captions_with_the_bucket_sampler(records: list[ImageRecord], voc
         total += len(lengths)
     assert total == len(captions) == 24
     assert len(data[2][2]) == 1 and data[2][2].item() == captions.lengths[2]
+
+
+def test_cached_captions_read_a_memmap_like_an_array(records: list[ImageRecord], vocab: Vocabulary,
+                                                    tmp_path: Path) -> None:
+    captions = CaptionIds(records * 4, vocab)
+    features = np.random.default_rng(0).standard_normal((12, 3, 2, DIM)).astype(np.float16)
+    np.save(tmp_path / "cache.npy", features)
+    mapped = np.load(tmp_path / "cache.npy", mmap_mode="r")
+    indices = [5, 0, 23, 11, 11]
+    expected = CachedCaptions(features, captions, seed=2).__getitems__(indices)
+    for source in (mapped, mapped[:12]):  # the file read, and a sliced memmap (read through the mapping)
+        got = CachedCaptions(source, captions, seed=2).__getitems__(indices)
+        assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+    assert not np.array_equal(expected[0][0], expected[0][1])
 
 
 def test_image_captions_flip_images_with_their_captions(records: list[ImageRecord], vocab: Vocabulary) -> None:

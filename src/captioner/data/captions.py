@@ -1,7 +1,9 @@
 """Training pairs (image, caption ids): from cached encoder features or from image files."""
 from __future__ import annotations
 
+import mmap
 import warnings
+from array import array
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,23 +17,59 @@ from captioner.data.images import IMAGENET_MEAN, IMAGENET_STD, flip, load_rgb, s
 from captioner.data.vocab import Vocabulary, tokenize
 
 
+class Ragged(Sequence[torch.Tensor]):
+    """Variable-length id sequences kept in one flat int32 array with offsets; item ``i`` is an int64 tensor."""
+
+    def __init__(self, values: array, offsets: np.ndarray) -> None:
+        self.values, self.offsets = np.array(values, dtype=np.int32), offsets
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        i = range(len(self))[index]  # negative indices count from the end; out of range raises IndexError
+        return torch.from_numpy(self.values[self.offsets[i]:self.offsets[i + 1]].astype(np.int64))
+
+
 class CaptionIds:
-    """Every caption of a record list as word ids, plain and with left/right swapped (for mirrored images)."""
+    """Every caption of a record list as word ids, plain and with left/right swapped (for mirrored images).
+
+    Ids live in two flat arrays (``Ragged``), not two tensors per caption (~1.5 kB each): COCO's 616k captions take
+    ~85 MB.
+    """
 
     def __init__(self, records: Sequence[ImageRecord], vocab: Vocabulary, keep: np.ndarray | None = None) -> None:
-        self.image, self.plain, self.mirrored = [], [], []
+        self.image, self.lengths = [], []
+        plain, mirrored = array("i"), array("i")
         for i, record in enumerate(records):
             if keep is not None and not keep[i]:
                 continue
             for caption in record.captions:
                 tokens = tokenize(caption)
+                ids = vocab.encode(tokens)
                 self.image.append(i)
-                self.plain.append(torch.tensor(vocab.encode(tokens)))
-                self.mirrored.append(torch.tensor(vocab.encode(swap_left_right(tokens))))
-        self.lengths = [len(ids) for ids in self.plain]
+                self.lengths.append(len(ids))
+                plain.extend(ids)
+                mirrored.extend(vocab.encode(swap_left_right(tokens)))
+        offsets = np.concatenate([[0], np.cumsum(self.lengths, dtype=np.int64)])
+        self.plain, self.mirrored = Ragged(plain, offsets), Ragged(mirrored, offsets)
 
     def __len__(self) -> int:
-        return len(self.plain)
+        return len(self.lengths)
+
+
+def gather_views(features: np.ndarray, rows: Sequence[int], views: Sequence[int]) -> np.ndarray:
+    """``features[rows, views]``. A cache memmap is read with positioned file reads rather than through its mapping,
+    so the pages read are not kept in the process's RSS: a training epoch streams the cache instead of loading it."""
+    if not (isinstance(features, np.memmap) and isinstance(features.base, mmap.mmap) and features.flags.c_contiguous):
+        return features[rows, views]
+    out = np.empty((len(rows), *features.shape[2:]), dtype=features.dtype)
+    with open(features.filename, "rb", buffering=0) as f:
+        for k, (row, view) in enumerate(zip(rows, views, strict=True)):
+            f.seek(features.offset + row * features.strides[0] + view * features.strides[1])
+            if f.readinto(out[k]) != out[k].nbytes:
+                raise OSError(f"feature cache {features.filename} ends before row {row}: rebuild it")
+    return out
 
 
 class CachedCaptions(Dataset):
@@ -56,7 +94,7 @@ class CachedCaptions(Dataset):
     def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rows = [self.captions.image[i] for i in indices]
         views = self.view[list(indices)].tolist()
-        feats = torch.from_numpy(np.asarray(self.features[rows, views], dtype=np.float32))
+        feats = torch.from_numpy(np.asarray(gather_views(self.features, rows, views), dtype=np.float32))
         ids = [(self.captions.mirrored if v % 2 else self.captions.plain)[i]
                for i, v in zip(indices, views, strict=True)]
         return feats, *pad(ids)
