@@ -1,10 +1,12 @@
 """Shared helpers of the benchmark sections: table rows, device choice and timing."""
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -41,3 +43,12 @@ def timed(fn: Callable[[], object], dev: torch.device | str = "cpu", repeat: int
 def say(msg: str) -> None:
     """Progress on stderr, so stdout holds only the table."""
     print(msg, file=sys.stderr, flush=True)
+
+
+def shared_file(relative: str) -> tuple[Path | None, str]:
+    """``$CAPTIONER_SHARED/relative`` when it exists, else (None, why it was skipped)."""
+    root = os.environ.get("CAPTIONER_SHARED")
+    path = Path(root, relative) if root else None
+    if path is None or not path.is_file():
+        return None, "skipped: " + ("CAPTIONER_SHARED is unset" if not root else f"{path} not found")
+    return path, ""

@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import json
-import os
 import time
-from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import row, say, timed
+from benchmarks.common import row, say, shared_file, timed
 
 SECTION = "rewards"
 FILE = "data/coco-val2014-captions/captions_val2014_4refs.json"
@@ -22,11 +20,9 @@ def run(quick: bool) -> list[dict]:
     from captioner.data.vocab import END, Vocabulary
     from captioner.rewards import CiderD, reference_ids
 
-    root = os.environ.get("CAPTIONER_SHARED")
-    path = Path(root, FILE) if root else None
-    if path is None or not path.is_file():
-        why = "CAPTIONER_SHARED is unset" if not root else f"{path} not found"
-        return [row(SECTION, "CIDEr-D reward rate", None, "captions/s", f"skipped: {why}")]
+    path, why = shared_file(FILE)
+    if path is None:
+        return [row(SECTION, "CIDEr-D reward rate", None, "captions/s", why)]
     captions: dict[int, list[str]] = {}
     for a in json.loads(path.read_text())["annotations"]:
         captions.setdefault(a["image_id"], []).append(a["caption"])

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import row, say, timed
+from benchmarks.common import row, say, shared_file, timed
 from benchmarks.vocab_bench import FILE
 
 SECTION = "scale"
@@ -207,15 +207,12 @@ def decode_rate(photos: list[Path]) -> float:
         torch.set_num_threads(threads)
 
 
-def skip_reason(captions: Path | None, cache_gb: float) -> str | None:
-    """Why the section cannot run here (no shared captions, too little free disk), or None."""
-    if captions is None:
-        return "CAPTIONER_SHARED is unset"
-    if not captions.is_file():
-        return f"{captions} not found"
+def skip_reason(cache_gb: float) -> str | None:
+    """Why the section cannot run here (too little free disk for the caches), or None."""
     free_gb = shutil.disk_usage(tempfile.gettempdir()).free / 1e9
     if free_gb < 1.2 * cache_gb + 2:
-        return f"{cache_gb:.1f} GB of caches need more than the {free_gb:.1f} GB free in {tempfile.gettempdir()}"
+        return f"skipped: {cache_gb:.1f} GB of caches need more than the {free_gb:.1f} GB free in " \
+               f"{tempfile.gettempdir()}"
     return None
 
 
@@ -223,12 +220,11 @@ def run(quick: bool) -> list[dict]:
     from captioner.data.vocab import Vocabulary
 
     s = QUICK if quick else FULL
-    root = os.environ.get("CAPTIONER_SHARED")
-    captions = Path(root, FILE) if root else None
     grid_gb, pooled_gb = s["images"] * GRID_CELLS * DIM * 2 / 1e9, s["images"] * DIM * 2 / 1e9
-    why = skip_reason(captions, grid_gb + pooled_gb)
+    captions, why = shared_file(FILE)
+    why = why or skip_reason(grid_gb + pooled_gb)
     if why:
-        return [row(SECTION, figure, None, unit, f"skipped: {why}") for figure, unit in
+        return [row(SECTION, figure, None, unit, why) for figure, unit in
                 (("feature cache on disk", "GB"), ("peak RSS of a training process", "GB"),
                  ("epoch on this CPU", "s"))]
     load = os.getloadavg()[0]
@@ -251,7 +247,7 @@ def run(quick: bool) -> list[dict]:
                                cwd=Path(__file__).parents[1], env=env, stdout=subprocess.PIPE, text=True,
                                timeout=180 if quick else 3600, check=True)
         probe = json.loads(child.stdout.splitlines()[-1])
-    photos = sorted(Path(root, "data/coco-mini/val2017").glob("*.jpg"))[:s["photos"]]
+    photos = sorted(Path(os.environ["CAPTIONER_SHARED"], "data/coco-mini/val2017").glob("*.jpg"))[:s["photos"]]
     jpeg = decode_rate(photos) if photos else None
     return table_rows(s, vocab_s, sizes, write_s, probe, jpeg, (load, os.getloadavg()[0]))
 

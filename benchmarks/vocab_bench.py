@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import json
-import os
 import time
-from pathlib import Path
 
-from benchmarks.common import row
+from benchmarks.common import row, shared_file
 
 SECTION = "vocab"
 FILE = "data/coco-val2014-captions/captions_val2014_4refs.json"
@@ -16,11 +14,9 @@ QUICK_CAPTIONS = 5_000
 def run(quick: bool) -> list[dict]:
     from captioner.data.vocab import Vocabulary
 
-    root = os.environ.get("CAPTIONER_SHARED")
-    path = Path(root, FILE) if root else None
-    if path is None or not path.is_file():
-        why = "CAPTIONER_SHARED is unset" if not root else f"{path} not found"
-        return [row(SECTION, "vocabulary build, COCO val2014 captions", None, "s", f"skipped: {why}")]
+    path, why = shared_file(FILE)
+    if path is None:
+        return [row(SECTION, "vocabulary build, COCO val2014 captions", None, "s", why)]
     captions = [a["caption"] for a in json.loads(path.read_text())["annotations"]]
     total = len(captions)
     if quick:
