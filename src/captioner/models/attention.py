@@ -35,8 +35,7 @@ class ShowAttendTell(nn.Module):
 
     def start(self, features: torch.Tensor) -> State:
         """(h, c, values [B, N, D], keys [B, N, A]) from grid features [B, N, C]."""
-        b, n, c = features.shape
-        x = self.standardize(features.float().reshape(b * n, c)).view(b, n, c)
+        x = self.standardize(features.float().flatten(0, 1)).view_as(features)
         values = self.values(x)
         mean = values.mean(1)
         return torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean)), values, self.keys(values)
