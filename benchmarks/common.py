@@ -5,7 +5,7 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 
 import torch
@@ -38,6 +38,24 @@ def timed(fn: Callable[[], object], dev: torch.device | str = "cpu", repeat: int
         sync(dev)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def timed_together(fns: dict[Hashable, Callable[[], object]], dev: torch.device | str = "cpu", repeat: int = 3,
+                   warmup: int = 1) -> dict[Hashable, float]:
+    """Median wall seconds of each ``fn()``, timed in interleaved rounds so that a change in machine load (other
+    processes) falls on all of them alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[Hashable, list[float]] = {key: [] for key in fns}
+    for _ in range(repeat):
+        for key, fn in fns.items():
+            sync(dev)
+            start = time.perf_counter()
+            fn()
+            sync(dev)
+            times[key].append(time.perf_counter() - start)
+    return {key: statistics.median(t) for key, t in times.items()}
 
 
 def say(msg: str) -> None:

@@ -1,37 +1,59 @@
-"""Caption latency per image: greedy and beam-3 captions against a bare encoder forward, at batch 1 and 16."""
+"""Caption latency per image: the encoder forward, then greedy and beam-3 captions of each decoder family
+(Show-Tell, attention) for 10- and 20-word captions at batch 1 and 16, each with its ratio to the encoder.
+
+Random weights give captions of any length, so <end> is held off (output bias -1e4: the beam still scores an
+ended candidate every step, as with trained weights) and max_len fixes the number of decoder steps: 11 for a
+10-word caption (its <end> costs a step) and 20, the max_len worst case. The searches run on the encoder's
+features; encoder and searches are timed in interleaved rounds (medians) and a caption's time is their sum.
+"""
 from __future__ import annotations
+
+from functools import partial
 
 import torch
 
-from benchmarks.common import device, row, say, timed
+from benchmarks.common import device, row, say, timed_together
 
 SECTION = "latency"
-FULL = dict(backbone="resnet50", size=224, vocab=10_000, batches=(1, 16), repeat=5)
+FULL = dict(backbone="resnet50", size=224, vocab=10_000, batches=(1, 16), repeat=7)
 QUICK = dict(backbone="resnet18", size=64, vocab=1_000, batches=(1, 4), repeat=2)
+FAMILIES = ("show-tell", "attention")
+LENGTHS = ((10, 11), (20, 20))  # (words, decoder steps)
+BEAMS = (1, 3)
 
 
 def run(quick: bool) -> list[dict]:
-    from captioner.data.vocab import SPECIALS, Vocabulary
-    from captioner.models.captioner import Captioner, ModelConfig
+    from captioner.data.vocab import END, SPECIALS, Vocabulary
+    from captioner.inference import Captioner
+    from captioner.models.captioner import ModelConfig
 
     s, dev = QUICK if quick else FULL, device()
     vocab = Vocabulary(list(SPECIALS) + [f"word{i}" for i in range(s["vocab"] - len(SPECIALS))])
-    config = ModelConfig(vocab_size=len(vocab), backbone=s["backbone"], encoder_weights="none", image_size=s["size"])
-    model = Captioner(config, vocab).to(dev).eval()
-    setup = (f"{s['backbone']} at {s['size']} px, random weights, {s['vocab']}-word vocabulary, "
-             f"max {config.max_len} words")
+    models = {}
+    for family in FAMILIES:
+        config = ModelConfig(vocab_size=len(vocab), decoder=family, backbone=s["backbone"], encoder_weights="none",
+                             image_size=s["size"])
+        models[family] = model = Captioner(config, vocab).to(dev).eval()
+        with torch.no_grad():
+            model.decoder.out.bias[END] = -1e4
+    encoder = models[FAMILIES[0]].encoder
+    setup = (f"{s['backbone']} at {s['size']} px, random weights, {s['vocab']}-word vocabulary; median of "
+             f"{s['repeat']} interleaved rounds")
     rows = []
     for b in s["batches"]:
         say(f"latency: batch {b}")
         x = torch.randn(b, 3, s["size"], s["size"], device=dev)
         with torch.inference_mode():
-            lengths = [len(c[0][0].split()) for c in model.generate(model.encoder(x), 1)]
-            encoder = timed(lambda x=x: model.encoder(x), dev, s["repeat"])
-            greedy = timed(lambda x=x: model.generate(model.encoder(x), 1), dev, s["repeat"])
-            beam = timed(lambda x=x: model.generate(model.encoder(x), 3), dev, s["repeat"])
-        note = f"median of {s['repeat']}; {setup}"
-        rows += [row(SECTION, f"batch {b}: encoder forward only", 1000 * encoder / b, "ms/image", note),
-                 row(SECTION, f"batch {b}: encoder + greedy caption", 1000 * greedy / b, "ms/image",
-                     f"{note}; captions of {sum(lengths) / len(lengths):.1f} words on average"),
-                 row(SECTION, f"batch {b}: encoder + beam-3 caption", 1000 * beam / b, "ms/image", note)]
+            features = encoder(x)
+            fns = {"encoder": partial(encoder, x)}
+            fns |= {(family, words, steps, beam): partial(model.generate, features, beam, steps)
+                    for family, model in models.items() for words, steps in LENGTHS for beam in BEAMS}
+            times = timed_together(fns, dev, s["repeat"])
+        encode = times.pop("encoder")
+        rows.append(row(SECTION, f"batch {b}: encoder forward", 1000 * encode / b, "ms/image", setup))
+        for (family, words, steps, beam), search in times.items():
+            name = f"batch {b}: {family} {'greedy' if beam == 1 else f'beam-{beam}'}, {words} words"
+            note = f"encoder + {steps} decoder steps"
+            rows += [row(SECTION, name, 1000 * (encode + search) / b, "ms/image", note),
+                     row(SECTION, f"{name}: ratio to the encoder", (encode + search) / encode, "x", note)]
     return rows

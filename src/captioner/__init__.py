@@ -5,13 +5,21 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from captioner.inference import Captioner
+    from captioner.onnx_runner import OnnxCaptioner
 
 __version__ = "0.1.0"
 
 
-def load(folder: str, device: str | None = None) -> Captioner:
+def load(folder: str, device: str | None = None, runtime: str = "torch") -> Captioner | OnnxCaptioner:
     """Load a trained captioner of either family from its artifact folder (model.safetensors + config.json +
-    vocab.json); ``device`` defaults to the GPU when there is one."""
+    vocab.json); ``device`` defaults to the GPU when there is one. ``runtime="onnx"`` loads a folder written by
+    ``captioner export --onnx`` on onnxruntime instead (no torch); both give ``caption(images, beam, ...)``."""
+    if runtime == "onnx":
+        from captioner.onnx_runner import load_onnx
+
+        return load_onnx(folder)
+    if runtime != "torch":
+        raise ValueError(f"unknown runtime {runtime!r}: choose torch or onnx")
     from captioner.inference import load as _load
 
     return _load(folder, device)

@@ -192,6 +192,8 @@ def train(data: DataArg,
 MaxLenOpt = Annotated[int | None, typer.Option(help="Longest caption, in tokens (default: the model's max_len)")]
 PenaltyOpt = Annotated[float, typer.Option(help="Beam length penalty alpha (GNMT): 0 raw log-probability, "
                                            "larger favours longer captions")]
+RuntimeOpt = Annotated[str, typer.Option(help="torch (--model is a model folder) or onnx (--model is a folder from "
+                                         "`captioner export --onnx`: onnxruntime, no torch)")]
 
 
 @app.command()
@@ -202,13 +204,13 @@ def caption(model: Annotated[Path, typer.Option(help="Model folder (model.safete
             grid: Annotated[Path | None, typer.Option(help="Write a PNG grid of the images with captions")] = None,
             attention: Annotated[Path | None, typer.Option(help="Write a PNG of each word's attention map over its "
                                                        "image (attention models)")] = None,
-            ) -> None:
+            runtime: RuntimeOpt = "torch") -> None:
     """Print one caption per image (and optionally draw them in a grid, or their attention maps)."""
     from captioner import load
-    from captioner.data.images import load_rgb
+    from captioner.data.rgb import load_rgb
 
     try:
-        m = load(str(model))
+        m = load(str(model), runtime=runtime)
         if attention and m.config.decoder != "attention":
             raise ValueError(f"--attention needs an attention model; {model} is {m.config.decoder}")
         readable = []
@@ -218,7 +220,7 @@ def caption(model: Annotated[Path, typer.Option(help="Model folder (model.safete
             except OSError as e:
                 typer.secho(f"skipped: {e}", fg="yellow", err=True)
         results = m.caption([im for _, im in readable], beam, max_len=max_len, length_penalty=length_penalty)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, ImportError) as e:
         raise _fail(e) from None
     for (path, _), hyps in zip(readable, results, strict=True):
         typer.echo(f"{path}\t{hyps[0].text}")
@@ -280,15 +282,28 @@ def serve(model: Annotated[Path, typer.Option(help="Model folder")],
           timeout: Annotated[float, typer.Option(help="Seconds a request may take after its upload; then 504")] = 30.0,
           max_request_pixels: Annotated[int, typer.Option(help="Most pixels decoded for one request (all its "
                                                                "images, after JPEG reduction); then 413")] = 50_000_000,
-          ) -> None:
+          runtime: RuntimeOpt = "torch") -> None:
     """Serve captions over HTTP: a web page at /, the API at /v1/captions."""
     from captioner.serve.app import serve as run
 
     try:
         run(model, host=host, port=port, beam=beam, max_batch=max_batch, max_wait_ms=max_wait_ms,
             max_queue=max_queue, request_timeout_s=timeout, max_request_pixels=max_request_pixels, max_len=max_len,
-            length_penalty=length_penalty)
-    except (OSError, ValueError) as e:
+            length_penalty=length_penalty, runtime=runtime)
+    except (OSError, ValueError, ImportError) as e:
+        raise _fail(e) from None
+
+
+@app.command()
+def export(model: Annotated[Path, typer.Option(help="Model folder (model.safetensors, config.json, vocab.json)")],
+           onnx: Annotated[Path, typer.Option(help="Folder to write the ONNX graphs (encoder, decoder start and step) "
+                                              "and the config, vocabulary and preprocessing to")]) -> None:
+    """Export a model as ONNX graphs for onnxruntime: then `caption` and `serve` with --runtime onnx."""
+    from captioner.export import export_onnx
+
+    try:
+        typer.echo(f"onnx: {export_onnx(model, onnx)}")
+    except (OSError, ValueError, ImportError) as e:
         raise _fail(e) from None
 
 

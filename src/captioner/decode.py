@@ -29,10 +29,18 @@ class Hypothesis(NamedTuple):
     attention: torch.Tensor | None = None
 
 
-def _next(decoder: Decoder, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, torch.Tensor | None]:
-    """Log-probabilities of the next word with <pad>, <start> and <unk> ruled out."""
-    log_probs, state, alpha = decoder.step(tokens, state)
-    return log_probs.index_fill(1, torch.tensor(NEVER, device=log_probs.device), float("-inf")), state, alpha
+CHECK_EVERY = 4  # greedy on a GPU asks whether all captions ended every few steps: each question waits for it
+
+
+class _Step:
+    """``decoder.step`` with <pad>, <start> and <unk> ruled out (their index tensor is made once per search)."""
+
+    def __init__(self, decoder: Decoder, device: torch.device) -> None:
+        self.decoder, self.never = decoder, torch.tensor(NEVER, device=device)
+
+    def __call__(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, torch.Tensor | None]:
+        log_probs, state, alpha = self.decoder.step(tokens, state)
+        return log_probs.index_fill(1, self.never, float("-inf")), state, alpha
 
 
 def _reorder(state: State, rows: torch.Tensor) -> State:
@@ -47,26 +55,27 @@ def normalise(score: float, words: int, alpha: float) -> float:
 @torch.inference_mode()
 def greedy(decoder: Decoder, features: torch.Tensor, max_len: int = 20) -> list[Hypothesis]:
     """The most likely word at each step until <end> or ``max_len`` tokens, for each image's features."""
-    state = decoder.start(features)
-    n = features.size(0)
-    tokens = torch.full((n,), START, dtype=torch.long, device=features.device)
-    done = torch.zeros(n, dtype=torch.bool, device=features.device)
-    score = torch.zeros(n, device=features.device)
-    steps, alphas = [], []
-    for _ in range(max_len):
-        log_probs, state, alpha = _next(decoder, tokens, state)
+    n, device = features.size(0), features.device
+    step, state = _Step(decoder, device), decoder.start(features)
+    tokens = torch.full((n,), START, dtype=torch.long, device=device)
+    ids = torch.full((n, max_len), END, dtype=torch.long, device=device)
+    done = torch.zeros(n, dtype=torch.bool, device=device)
+    score = torch.zeros(n, device=device)
+    alphas = []
+    every = 1 if device.type == "cpu" else CHECK_EVERY  # on CPU a check is cheaper than a wasted step
+    for t in range(max_len):
+        log_probs, state, alpha = step(tokens, state)
         best, tokens = log_probs.max(-1)
         score += best.masked_fill(done, 0.0)
-        steps.append(tokens.masked_fill(done, END))
+        ids[:, t] = tokens.masked_fill(done, END)
         alphas.append(alpha)
         done |= tokens == END
-        if bool(done.all()):
+        if (t + 1) % every == 0 and bool(done.all()):
             break
-    ids = torch.stack(steps, 1).tolist()
     out = []
-    for i, (row, s) in enumerate(zip(ids, score.tolist(), strict=True)):
+    for i, (row, s) in enumerate(zip(ids.tolist(), score.tolist(), strict=True)):
         words = row[:row.index(END)] if END in row else row
-        attention = None if alphas[0] is None else torch.stack([a[i] for a in alphas[:len(words) + (END in row)]])
+        attention = None if alpha is None else torch.stack([a[i] for a in alphas[:len(words) + (END in row)]])
         out.append(Hypothesis(words, s, attention))
     return out
 
@@ -78,60 +87,85 @@ def beam_search(decoder: Decoder, features: torch.Tensor, beam: int = 3, max_len
 
     A caption ends when <end> is chosen or at ``max_len`` tokens. The search stops for an image once it holds
     ``beam`` ended captions and no live beam can still beat the worst of them (a live beam's raw score only
-    falls; its normalised score is bounded by dividing by the longest possible length's penalty).
+    falls; its normalised score is bounded by dividing by the longest possible length's penalty). Beams are
+    kept as back-pointers per step; a caption's words and attention are read back only for the captions returned.
     """
     if beam < 1:
         raise ValueError(f"beam size must be >= 1, got {beam}")
     n, k, device = features.size(0), beam, features.device
+    step = _Step(decoder, device)
     state = _reorder(decoder.start(features), torch.arange(n, device=device).repeat_interleave(k))
     tokens = torch.full((n * k,), START, dtype=torch.long, device=device)
     scores = torch.full((n, k), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start identical: keep one so the first step yields k different words
-    seqs = torch.zeros(n, k, 0, dtype=torch.long, device=device)
-    history: torch.Tensor | None = None  # attention so far [n, k, steps, N]
-    kept: list[list[tuple[float, Hypothesis]]] = [[] for _ in range(n)]
+    first_row = torch.arange(0, n * k, k, device=device).unsqueeze(1)
+    words, parents, alphas = [], [], []  # per step: each beam's new word and the beam it extends [n, k]; attention
+    kept: list[list[tuple[float, float, int, int, bool]]] = [[] for _ in range(n)]  # best first
     done = [False] * n
+    moved = [False] * len(state)  # state tensors a step has replaced (the rest need no reordering, see below)
 
-    def keep(i: int, ids: list[int], raw: float, attention: torch.Tensor | None) -> None:
-        kept[i].append((normalise(raw, len(ids), length_penalty), Hypothesis(ids, raw, attention)))
-        kept[i].sort(key=lambda x: -x[0])
-        del kept[i][k:]
+    def keep(i: int, raw: float, last: int, b: int, end: bool) -> None:
+        """Offer beam ``b`` as it stood after step ``last`` (+ <end> if ``end``) to image ``i``'s best ``k``."""
+        score = normalise(raw, last + 1, length_penalty)
+        if len(kept[i]) < k or score > kept[i][-1][0]:  # a tie with the worst kept one would be dropped
+            kept[i].append((score, raw, last, b, end))
+            kept[i].sort(key=lambda x: -x[0])
+            del kept[i][k:]
 
     for t in range(max_len):
-        log_probs, state, alpha = _next(decoder, tokens, state)
-        if alpha is not None:
-            step = alpha.view(n, k, 1, -1)
-            history = step if history is None else torch.cat([history, step], 2)
+        log_probs, new, alpha = step(tokens, state)
+        moved = [m or a is not b for m, a, b in zip(moved, new, state, strict=True)]
+        state = new
+        alphas.append(alpha)
         total = scores.unsqueeze(-1) + log_probs.view(n, k, -1)
         ended = total[:, :, END].tolist()
         total[:, :, END] = float("-inf")
         vocab = total.size(-1)
-        top, flat = total.view(n, -1).topk(k, dim=1)
+        scores, flat = total.view(n, -1).topk(k, dim=1)
+        beams, tokens = flat // vocab, flat % vocab
+        words.append(tokens)
+        parents.append(beams)
         for i in range(n):
-            if done[i]:
-                continue
             for b in range(k):
-                if ended[i][b] > float("-inf"):
-                    keep(i, seqs[i, b].tolist(), ended[i][b], None if history is None else history[i, b])
-        beams = flat // vocab
-        seqs = torch.cat([seqs.gather(1, beams.unsqueeze(-1).expand(-1, -1, seqs.size(2))),
-                          (flat % vocab).unsqueeze(-1)], 2)
-        if history is not None:
-            history = history.gather(1, beams.view(n, k, 1, 1).expand(-1, -1, *history.shape[2:]))
-        scores, tokens = top, (flat % vocab).view(-1)
+                if not done[i] and ended[i][b] > float("-inf"):
+                    keep(i, ended[i][b], t - 1, b, True)
         if t == max_len - 1:  # the live beams are cut at max_len tokens: they end here, without <end>
-            for i in range(n):
-                for b in range(k):
-                    if not done[i] and scores[i, b] > float("-inf"):
-                        keep(i, seqs[i, b].tolist(), float(scores[i, b]), None if history is None else history[i, b])
+            for i, row in enumerate(scores.tolist()):
+                for b, raw in enumerate(row):
+                    if not done[i] and raw > float("-inf"):
+                        keep(i, raw, t, b, False)
             break
-        bound = (scores / (((5 + max_len) / 6) ** length_penalty) if length_penalty else scores).max(1).values
-        for i in range(n):
-            done[i] = done[i] or (len(kept[i]) == k and kept[i][-1][0] >= float(bound[i]))
+        best = scores.max(1).values.tolist()
+        done = [d or (len(kept[i]) == k and kept[i][-1][0] >= normalise(best[i], max_len, length_penalty))
+                for i, d in enumerate(done)]
         if all(done):
             break
-        state = _reorder(state, (beams + torch.arange(n, device=device).unsqueeze(1) * k).view(-1))
-    return [[h for _, h in row] for row in kept]
+        # a tensor no step replaced still holds k equal rows per image (e.g. the attention's values), so
+        # reordering beams within each image leaves it as it is
+        rows = (beams + first_row).view(-1)
+        state = tuple(s.index_select(0, rows) if m else s for s, m in zip(state, moved, strict=True))
+        tokens = tokens.view(-1)
+    return _read_back(kept, torch.stack(words).tolist(), torch.stack(parents).tolist(), alphas, k)
+
+
+def _read_back(kept: list[list[tuple[float, float, int, int, bool]]], words: list, parents: list,
+               alphas: list[torch.Tensor | None], k: int) -> list[list[Hypothesis]]:
+    """The kept captions' words and attention maps, following the back-pointers from their last step."""
+    maps = None if alphas[0] is None else torch.stack(alphas)  # [steps, n * k, N]
+    out = []
+    for i, row in enumerate(kept):
+        hyps = []
+        for _, raw, last, b, end in row:
+            ids, cells = [], [(last + 1, i * k + b)] if end else []  # <end>'s attention map was taken on beam b
+            for t in range(last, -1, -1):
+                parent = parents[t][i][b]
+                ids.append(words[t][i][b])
+                cells.append((t, i * k + parent))
+                b = parent
+            steps, rows = zip(*reversed(cells), strict=True)
+            hyps.append(Hypothesis(ids[::-1], raw, None if maps is None else maps[list(steps), list(rows)]))
+        out.append(hyps)
+    return out
 
 
 def sample(decoder: Decoder, features: torch.Tensor, n: int = 5,
@@ -141,7 +175,7 @@ def sample(decoder: Decoder, features: torch.Tensor, n: int = 5,
 
     Rows i*n .. i*n+n-1 belong to image i.
     """
-    state = decoder.start(features)
+    step, state = _Step(decoder, features.device), decoder.start(features)
     rows = torch.arange(features.size(0), device=features.device).repeat_interleave(n)
     state = _reorder(state, rows)
     tokens = torch.full((rows.numel(),), START, dtype=torch.long, device=features.device)
@@ -149,7 +183,7 @@ def sample(decoder: Decoder, features: torch.Tensor, n: int = 5,
     total = torch.zeros(rows.numel(), device=features.device)
     steps = []
     for _ in range(max_len):
-        log_probs, state, _ = _next(decoder, tokens, state)
+        log_probs, state, _ = step(tokens, state)
         tokens = torch.multinomial(log_probs.detach().exp(), 1).squeeze(1)
         total = total + torch.where(alive, log_probs.gather(1, tokens.unsqueeze(1)).squeeze(1), 0.0)
         steps.append(tokens.masked_fill(~alive, PAD))

@@ -78,6 +78,7 @@ def attention_maps(images: Sequence[Image.Image], captions: Sequence[Caption], o
                    side: int = 224) -> Path:
     """One row per image, one panel per word: the word's G x G attention, upsampled, over the centre crop."""
     import numpy as np
+    import torch
     import torch.nn.functional as F
     from PIL import ImageOps
 
@@ -90,7 +91,8 @@ def attention_maps(images: Sequence[Image.Image], captions: Sequence[Caption], o
         row[0].imshow(crop)
         row[0].set_title("\n".join(textwrap.wrap(caption.text, 24)), fontsize=7)
         words = caption.text.split() + ["<end>"]
-        maps = F.interpolate(caption.attention[:, None].float(), size=(side, side), mode="bilinear")[:, 0]
+        maps = F.interpolate(torch.as_tensor(caption.attention)[:, None].float(), size=(side, side),
+                             mode="bilinear")[:, 0]
         for ax, word, m in zip(row[1:], words, maps, strict=False):
             ax.imshow(crop)
             ax.imshow(m.numpy(), cmap="jet", alpha=0.5, extent=(0, side, side, 0))

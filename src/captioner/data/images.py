@@ -2,40 +2,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
 from torchvision.transforms import v2
+
+from captioner.data.rgb import load_rgb, to_rgb  # noqa: F401 - re-exported for their callers
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MIRROR = {"left": "right", "right": "left", "leftmost": "rightmost", "rightmost": "leftmost"}
 RESIZE_RATIO = 1.14  # train: resize to 1.14 x crop then random crop (256 -> 224 in the usual recipe)
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Grayscale (8 or 16 bit), CMYK, palette and alpha images become RGB (transparent areas on white)."""
-    image = ImageOps.exif_transpose(image)
-    if image.mode == "I" or image.mode.startswith("I;16"):  # 16-bit gray 0..65535 -> 0..255 (Pillow would clip)
-        gray = np.asarray(image).clip(0, 65535) / 257
-        return Image.fromarray(gray.round().astype(np.uint8)).convert("RGB")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
-def load_rgb(path: str | Path) -> Image.Image:
-    """Decode an image file fully into RGB; raises OSError naming the file when it cannot."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return to_rgb(im)
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise OSError(f"cannot read image {path}: {e}") from e
 
 
 def _tail(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform]:

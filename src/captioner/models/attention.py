@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from captioner.data.vocab import PAD
-from captioner.models.decoder import State
+from captioner.models.decoder import Affine, Affines, State, lstm_cell
 
 
 class ShowAttendTell(nn.Module):
@@ -31,26 +31,30 @@ class ShowAttendTell(nn.Module):
         self.cell = nn.LSTMCell(embed_size + context_size, hidden_size)
         self.drop = nn.Dropout(dropout)
         self.out = nn.Linear(hidden_size, vocab_size)
+        self.affines = Affines(self._affines)
 
     def start(self, features: torch.Tensor) -> State:
         """(h, c, values [B, N, D], keys [B, N, A]) from grid features [B, N, C]."""
-        b, n, c = features.shape
-        x = self.standardize(features.float().reshape(b * n, c)).view(b, n, c)
+        x = self.standardize(features.float().flatten(0, 1)).view_as(features)
         values = self.values(x)
         mean = values.mean(1)
         return torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean)), values, self.keys(values)
 
-    def attend(self, h: torch.Tensor, values: torch.Tensor, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gated context [B, D] and attention weights [B, N] (a softmax over the cells) for state ``h``."""
-        alpha = F.softmax(self.score(torch.tanh(keys + self.query(h).unsqueeze(1))).squeeze(-1), dim=-1)
-        context = torch.bmm(alpha.unsqueeze(1), values).squeeze(1)
-        return torch.sigmoid(self.gate(h)) * context, alpha
-
-    def _advance(self, tokens_embedded: torch.Tensor, state: State) -> tuple[State, torch.Tensor]:
+    def _advance(self, words: torch.Tensor, state: State, affines: tuple[Affine, ...]) -> tuple[State, torch.Tensor]:
+        """One word: Bahdanau attention [B, N] from h, the sigmoid-gated context and the LSTM cell."""
         h, c, values, keys = state
-        context, alpha = self.attend(h, values, keys)
-        h, c = self.cell(torch.cat([tokens_embedded, context], dim=-1), (h, c))
+        query, gate = affines[0](h).split([self.query.out_features, self.gate.out_features], 1)
+        alpha = F.softmax(self.score(torch.tanh(keys + query.unsqueeze(1))).squeeze(-1), dim=-1)
+        context = torch.sigmoid(gate) * torch.bmm(alpha.unsqueeze(1), values).squeeze(1)
+        h, c = lstm_cell(torch.cat([words, context, h], 1), c, affines[1])
         return (h, c, values, keys), alpha
+
+    def _affines(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Query and gate (both read h), the cell's gates of [word; context; h], the output layer."""
+        cell = self.cell
+        return [(torch.cat([self.query.weight, self.gate.weight]), torch.cat([self.query.bias, self.gate.bias])),
+                (torch.cat([cell.weight_ih, cell.weight_hh], 1), cell.bias_ih + cell.bias_hh),
+                (self.out.weight, self.out.bias)]
 
     def forward(self, features: torch.Tensor, captions: torch.Tensor,
                 lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,18 +62,19 @@ class ShowAttendTell(nn.Module):
 
         Padded positions (after a caption's end) are computed but ignored by the loss and the regulariser.
         """
-        state, words = self.start(features), self.embed(captions[:, :-1])
+        state, words, affines = self.start(features), self.embed(captions[:, :-1]), self.affines(self.parameters())
         hidden, alphas = [], []
         for t in range(words.size(1)):
-            state, alpha = self._advance(words[:, t], state)
+            state, alpha = self._advance(words[:, t], state, affines)
             hidden.append(state[0])
             alphas.append(alpha)
         return self.out(self.drop(torch.stack(hidden, 1))), torch.stack(alphas, 1)
 
     def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, torch.Tensor]:
         """Log-probabilities [B, V] of the word after ``tokens`` [B], the next state, the attention [B, N]."""
-        state, alpha = self._advance(self.embed(tokens), state)
-        return F.log_softmax(self.out(state[0]), dim=-1), state, alpha
+        affines = self.affines(self.parameters())
+        state, alpha = self._advance(self.embed(tokens), state, affines)
+        return F.log_softmax(affines[2](state[0]), dim=-1), state, alpha
 
 
 def attention_penalty(alphas: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:

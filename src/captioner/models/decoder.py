@@ -3,8 +3,14 @@
 Every decoder family speaks one interface, on which decode.py searches and export.py traces:
 ``start(features) -> state`` and ``step(tokens, state) -> (log-probs, state, attention or None)``; a state is a
 tuple of tensors whose first dimension is the batch, so a search reorders it with ``index_select(0, rows)``.
+
+A step is nearly all matrix products of a few rows (one per caption or beam) with the weights. Without autograd
+(search) they use weights packed once by oneDNN (``Affines``): on CPU 2-3x faster than PyTorch's default for
+the 3 rows of a beam, and as fast for one row.
 """
 from __future__ import annotations
+
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +20,49 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from captioner.data.vocab import PAD
 
 State = tuple[torch.Tensor, ...]
+
+
+class Affine:
+    """``x @ weight.T + bias``; ``pack`` reorders the weight once for oneDNN's CPU matrix product."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, pack: bool = False) -> None:
+        self.weight, self.bias = weight, bias
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, 3) if pack else None  # 3: tuned for beams
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is None:
+            return F.linear(x, self.weight, self.bias)
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+
+class Affines:
+    """A step's affine maps, from ``build`` as (weight, bias) pairs: under autograd (or tracing) on the live
+    parameters; otherwise built once, packed on CPU, and cached until a parameter changes (an in-place update
+    bumps its ``_version``, ``to()`` makes new tensors)."""
+
+    def __init__(self, build: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]) -> None:
+        self.build, self.key, self.cache = build, None, ()
+
+    def __call__(self, params: Iterable[torch.Tensor]) -> tuple[Affine, ...]:
+        if torch.is_grad_enabled() or torch.jit.is_tracing():
+            return tuple(Affine(w, b) for w, b in self.build())
+        key = tuple((p.data_ptr(), p._version) for p in params)
+        if key != self.key:
+            pack = torch.backends.mkldnn.is_available()
+            self.key, self.cache = key, tuple(Affine(w, b, pack and w.is_cpu and w.dtype == torch.float32)
+                                              for w, b in self.build())
+        return self.cache
+
+    def __getstate__(self) -> dict:
+        """Copies (``copy.deepcopy`` of a model) start with an empty cache: packed tensors cannot be copied."""
+        return {"build": self.build, "key": None, "cache": ()}
+
+
+def lstm_cell(xh: torch.Tensor, c: torch.Tensor, gates: Affine) -> tuple[torch.Tensor, torch.Tensor]:
+    """One LSTM step: (h, c) from [x; h] and c, gates in PyTorch's order (input, forget, cell, output)."""
+    i, f, g, o = gates(xh).chunk(4, 1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
 
 
 def batch_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -42,6 +91,7 @@ class ShowTell(nn.Module):
                             dropout=dropout if num_layers > 1 else 0.0)
         self.drop = nn.Dropout(dropout)
         self.out = nn.Linear(hidden_size, vocab_size)
+        self.affines = Affines(self._affines)
 
     def image(self, features: torch.Tensor) -> torch.Tensor:
         """Image embedding [B, E] of grid features [B, N, C] (their mean is the CNN's average pool)."""
@@ -63,15 +113,32 @@ class ShowTell(nn.Module):
         return self.out(self.drop(h[:, 1:])), None
 
     def start(self, features: torch.Tensor) -> State:
-        """(h, c) [B, layers, H] after reading the image embedding."""
-        h, c = self.lstm(self.image(features).unsqueeze(1))[1]
-        return h.transpose(0, 1), c.transpose(0, 1)
+        """(h_1, c_1, ..., h_L, c_L), each [B, H]: the LSTM's layers after reading the image embedding."""
+        x = self.image(features)
+        zeros = x.new_zeros(x.size(0), self.lstm.hidden_size)
+        return self._cells(x, (zeros,) * (2 * self.lstm.num_layers), self.affines(self.parameters()))
 
     def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, None]:
         """Log-probabilities [B, V] of the word after ``tokens`` [B], the next state, no attention."""
-        h, c = (s.transpose(0, 1).contiguous() for s in state)
-        out, (h, c) = self.lstm(self.embed(tokens).unsqueeze(1), (h, c))
-        return F.log_softmax(self.out(out[:, 0]), dim=-1), (h.transpose(0, 1), c.transpose(0, 1)), None
+        affines = self.affines(self.parameters())
+        state = self._cells(self.embed(tokens), state, affines)
+        return F.log_softmax(affines[-1](state[-2]), dim=-1), state, None
+
+    def _cells(self, x: torch.Tensor, state: State, affines: tuple[Affine, ...]) -> State:
+        """One time step through the LSTM's layers as cells (a one-step nn.LSTM call costs several times more)."""
+        out: list[torch.Tensor] = []
+        for layer in range(self.lstm.num_layers):
+            if layer:
+                x = F.dropout(x, self.lstm.dropout, self.training)
+            x, c = lstm_cell(torch.cat([x, state[2 * layer]], 1), state[2 * layer + 1], affines[layer])
+            out += [x, c]
+        return tuple(out)
+
+    def _affines(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer the gates of [x; h] ([W_ih W_hh], b_ih + b_hh), then the output layer."""
+        layers = [self.lstm.all_weights[layer] for layer in range(self.lstm.num_layers)]
+        return [(torch.cat([w_ih, w_hh], 1), b_ih + b_hh) for w_ih, w_hh, b_ih, b_hh in layers] + [
+            (self.out.weight, self.out.bias)]
 
 
 def caption_loss(logits: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:

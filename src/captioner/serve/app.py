@@ -242,7 +242,7 @@ def create_app(model_dir: str | Path, beam: int = 1, max_batch: int = 16, max_wa
                max_bytes: int = 10 * 2**20, max_pixels: int = 40_000_000, batching: bool = True,
                max_files: int = 16, max_queue: int = 64, request_timeout_s: float = 30.0,
                max_request_pixels: int = 50_000_000, max_len: int | None = None,
-               length_penalty: float = 0.0) -> FastAPI:
+               length_penalty: float = 0.0, runtime: str = "torch") -> FastAPI:
     """Load the model in ``model_dir`` and build the app; ``batching=False`` runs each request alone.
 
     The server holds at most ``max_queue`` images at once (more: 503), answers each request within
@@ -251,7 +251,7 @@ def create_app(model_dir: str | Path, beam: int = 1, max_batch: int = 16, max_wa
         raise ValueError(f"max_queue ({max_queue}) is below max_files ({max_files}): "
                          "a request with the most files would never be accepted")
     model_dir = Path(model_dir)
-    model = load(str(model_dir))
+    model = load(str(model_dir), runtime=runtime)  # torch, or onnx (an exported folder on onnxruntime)
     metrics_file = model_dir / "metrics_test.json"
     info = ModelInfo(name=model_dir.resolve().name, decoder=model.config.decoder, grid=model.config.grid,
                      backbone=model.config.backbone,

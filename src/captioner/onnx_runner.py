@@ -1,0 +1,211 @@
+"""Caption with the ONNX graphs of ``captioner export --onnx`` on onnxruntime, without torch: ``load_onnx(folder)``
+gives a model with inference.Captioner's ``caption(images, beam, ...)``, ``config`` and ``vocab``.
+
+Greedy and beam search are written again here in numpy, because torch is absent: this is the one place search is
+duplicated, and it mirrors decode.py's conventions exactly (at most ``max_len`` tokens; a caption's score counts its
+words and <end> when produced; GNMT length penalty; the beam keeps the best k ended captions and stops once no live
+beam can beat them). Preprocessing replicates data/images.eval_transform on PIL images: PIL's antialiased
+bilinear resize of the short side, centre crop, scale to [0, 1], normalise with the backbone's mean and std.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from captioner.data.rgb import to_rgb
+from captioner.data.vocab import END, PAD, START, UNK, Vocabulary
+from captioner.io import read_json
+from captioner.models.config import ModelConfig
+
+NEVER = [PAD, START, UNK]  # tokens no search ever generates (decode.NEVER)
+FILES = ("encoder.onnx", "start.onnx", "step.onnx", "config.json", "vocab.json", "preprocess.json")
+State = list[np.ndarray]
+Step = Callable[[np.ndarray, State], tuple[np.ndarray, State, np.ndarray | None]]
+Kept = tuple[float, float, int, int, bool]  # normalised score, raw score, last step, beam, ended with <end>
+
+
+@dataclass
+class Caption:
+    """One caption: its text, log-probability (or length-normalised beam score) and per-word attention."""
+
+    text: str
+    score: float
+    attention: np.ndarray | None = None  # [tokens, G, G]: a map per word (+ <end> when produced)
+
+
+def preprocess(image: Image.Image, size: int, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """[3, size, size] float32: eval_transform's resize of the short side, centre crop and normalisation."""
+    image = to_rgb(image)
+    w, h = image.size
+    short, long = min(w, h), max(w, h)
+    new = (size, int(size * long / short)) if w <= h else (int(size * long / short), size)
+    if new != (w, h):
+        image = image.resize(new, Image.Resampling.BILINEAR)
+    top, left = int(round((new[1] - size) / 2.0)), int(round((new[0] - size) / 2.0))
+    x = np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.float32) * np.float32(1 / 255)
+    return ((x - np.float32(mean)) / np.float32(std)).transpose(2, 0, 1)
+
+
+def normalise(score: float, words: int, alpha: float) -> float:
+    """GNMT length penalty (decode.normalise)."""
+    return score / (((5 + words) / 6) ** alpha) if alpha else score
+
+
+def greedy(step: Step, state: State, n: int, max_len: int) -> list[tuple[list[int], float, np.ndarray | None]]:
+    """decode.greedy: the likeliest word at each step until <end> or ``max_len`` tokens."""
+    tokens = np.full(n, START, np.int64)
+    ids = np.full((n, max_len), END, np.int64)
+    done, score, alphas = np.zeros(n, bool), np.zeros(n, np.float32), []
+    for t in range(max_len):
+        log_probs, state, alpha = step(tokens, state)
+        tokens = log_probs.argmax(-1)
+        score += np.where(done, np.float32(0), log_probs[np.arange(n), tokens])
+        ids[:, t] = np.where(done, END, tokens)
+        alphas.append(alpha)
+        done |= tokens == END
+        if done.all():
+            break
+    out = []
+    for i, row in enumerate(ids.tolist()):
+        words = row[:row.index(END)] if END in row else row
+        maps = None if alphas[0] is None else np.stack([a[i] for a in alphas[:len(words) + (END in row)]])
+        out.append((words, float(score[i]), maps))
+    return out
+
+
+def beam_search(step: Step, state: State, replaced: list[int], n: int, k: int, max_len: int,
+                length_penalty: float) -> list[list[tuple[list[int], float, np.ndarray | None]]]:
+    """decode.beam_search: the ``k`` best captions per image by normalised score, with its exact stopping rule.
+
+    Only the ``replaced`` state entries are reordered: the others hold k equal rows per image from the start.
+    """
+    state = [s.repeat(k, axis=0) for s in state]
+    tokens = np.full(n * k, START, np.int64)
+    scores = np.full((n, k), -np.inf, np.float32)
+    scores[:, 0] = 0.0
+    first_row = np.arange(0, n * k, k)[:, None]
+    words, parents, alphas = [], [], []
+    kept: list[list[Kept]] = [[] for _ in range(n)]
+    done = [False] * n
+
+    def keep(i: int, raw: float, last: int, b: int, end: bool) -> None:
+        score = normalise(raw, last + 1, length_penalty)
+        if len(kept[i]) < k or score > kept[i][-1][0]:
+            kept[i].append((score, raw, last, b, end))
+            kept[i].sort(key=lambda x: -x[0])
+            del kept[i][k:]
+
+    for t in range(max_len):
+        log_probs, state, alpha = step(tokens, state)
+        alphas.append(alpha)
+        total = scores[:, :, None] + log_probs.reshape(n, k, -1)
+        ended = total[:, :, END].tolist()
+        total[:, :, END] = -np.inf
+        vocab = total.shape[-1]
+        flat = total.reshape(n, -1)
+        top = np.argpartition(-flat, k - 1, axis=1)[:, :k]
+        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(flat, top, 1), 1, kind="stable"), 1)
+        scores = np.take_along_axis(flat, top, 1)
+        beams, tokens = top // vocab, top % vocab
+        words.append(tokens)
+        parents.append(beams)
+        for i in range(n):
+            for b in range(k):
+                if not done[i] and ended[i][b] > -np.inf:
+                    keep(i, ended[i][b], t - 1, b, True)
+        if t == max_len - 1:
+            for i, row in enumerate(scores.tolist()):
+                for b, raw in enumerate(row):
+                    if not done[i] and raw > -np.inf:
+                        keep(i, raw, t, b, False)
+            break
+        best = scores.max(1).tolist()
+        done = [d or (len(kept[i]) == k and kept[i][-1][0] >= normalise(best[i], max_len, length_penalty))
+                for i, d in enumerate(done)]
+        if all(done):
+            break
+        rows = (beams + first_row).reshape(-1)
+        state = [s[rows] if j in replaced else s for j, s in enumerate(state)]
+        tokens = tokens.reshape(-1)
+    maps = None if alphas[0] is None else np.stack(alphas)
+    out = []
+    for i, row in enumerate(kept):
+        hyps = []
+        for _, raw, last, b, end in row:
+            ids, cells = [], [(last + 1, i * k + b)] if end else []
+            for t in range(last, -1, -1):
+                parent = int(parents[t][i, b])
+                ids.append(int(words[t][i, b]))
+                cells.append((t, i * k + parent))
+                b = parent
+            steps, rows = zip(*reversed(cells), strict=True)
+            hyps.append((ids[::-1], raw, None if maps is None else maps[list(steps), list(rows)]))
+        out.append(hyps)
+    return out
+
+
+class OnnxCaptioner:
+    """A captioner on onnxruntime: ``caption(images)`` as inference.Captioner's, from an exported folder;
+    ``threads`` bounds each graph's intra-op threads (0: onnxruntime's default)."""
+
+    def __init__(self, folder: str | Path, providers: Sequence[str] | None = None, threads: int = 0) -> None:
+        folder = Path(folder)
+        missing = [f for f in FILES if not (folder / f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"ONNX folder {folder} lacks {', '.join(missing)} (write it with "
+                                    f"`captioner export --onnx {folder} --model RUN`)")
+        self.config = ModelConfig.from_dict(read_json(folder / "config.json", "model config"),
+                                            str(folder / "config.json"))
+        self.vocab = Vocabulary.load(folder / "vocab.json")
+        self.preprocess = read_json(folder / "preprocess.json", "preprocessing settings")
+        providers = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+                                  if p in ort.get_available_providers()]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads  # 0: onnxruntime's default (the physical cores)
+        session = {name: ort.InferenceSession(str(folder / f"{name}.onnx"), options, providers=providers)
+                   for name in ("encoder", "start", "step")}
+        self.encoder, self.start, self.step_graph = session["encoder"], session["start"], session["step"]
+        self.state_names = [i.name for i in self.start.get_outputs()]
+        outputs = [o.name for o in self.step_graph.get_outputs()]
+        self.replaced = [j for j, name in enumerate(self.state_names) if f"next_{name}" in outputs]
+        self.attention = "attention" in outputs
+
+    def step(self, tokens: np.ndarray, state: State) -> tuple[np.ndarray, State, np.ndarray | None]:
+        """Log-probabilities [B, V] with <pad>, <start>, <unk> ruled out, the next state, the attention."""
+        log_probs, *out = self.step_graph.run(None, {"tokens": tokens, **dict(zip(self.state_names, state,
+                                                                                    strict=True))})
+        state = list(state)
+        for j, new in zip(self.replaced, out, strict=False):
+            state[j] = new
+        log_probs[:, NEVER] = -np.inf
+        return log_probs, state, out[-1] if self.attention else None
+
+    def caption(self, images: Sequence[Image.Image], beam: int = 1, batch_size: int = 32, max_len: int | None = None,
+                length_penalty: float = 0.0) -> list[list[Caption]]:
+        """Caption PIL images (as inference.Captioner.caption): per image a best-first list."""
+        if beam < 1:
+            raise ValueError(f"beam size must be >= 1, got {beam}")
+        p, g, max_len = self.preprocess, self.config.grid, max_len or self.config.max_len
+        out: list[list[Caption]] = []
+        for first in range(0, len(images), batch_size):
+            x = np.stack([preprocess(im, p["image_size"], p["mean"], p["std"])
+                          for im in images[first:first + batch_size]])
+            features = self.encoder.run(None, {"images": x})[0]
+            state = self.start.run(None, {"features": features})
+            if beam == 1:
+                rows = [[h] for h in greedy(self.step, state, len(x), max_len)]
+            else:
+                rows = beam_search(self.step, state, self.replaced, len(x), beam, max_len, length_penalty)
+            out += [[Caption(self.vocab.decode(ids), score, None if maps is None else maps.reshape(-1, g, g))
+                     for ids, score, maps in row] for row in rows]
+        return out
+
+
+def load_onnx(folder: str | Path, threads: int = 0) -> OnnxCaptioner:
+    """The exported captioner in ``folder`` (encoder.onnx, start.onnx, step.onnx, config, vocabulary, preprocessing)."""
+    return OnnxCaptioner(folder, threads=threads)
