@@ -18,7 +18,7 @@ VOCAB, FEATURES = 10, 6  # 4 specials + 6 words
 def decoder(family: str, end_bias: float = 0.0, seed: int = 0, layers: int = 1) -> torch.nn.Module:
     torch.manual_seed(seed)
     d = (ShowTell(VOCAB, FEATURES, 8, 16, num_layers=layers) if family == "show-tell"
-         else ShowAttendTell(VOCAB, FEATURES, 8, 16, 8, 8)).eval()
+         else ShowAttendTell(VOCAB, FEATURES, 8, 16, 8, 8, cells=4)).eval()
     with torch.no_grad():
         d.out.weight.mul_(4)  # peaked distributions: no near-ties between candidates
         d.out.bias[END] += end_bias

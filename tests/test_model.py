@@ -33,10 +33,11 @@ def tiny(vocab: Vocabulary, decoder: str) -> Captioner:
     return Captioner(config, vocab).eval()
 
 
-def decoder_of(family: str, vocab_size: int, seed: int, features: int = 6) -> torch.nn.Module:
+def decoder_of(family: str, vocab_size: int, seed: int, features: int = 6, cells: int = 4) -> torch.nn.Module:
     torch.manual_seed(seed)
     if family == "attention":
-        dec = ShowAttendTell(vocab_size, features, embed_size=5, hidden_size=7, attention_size=4, context_size=3)
+        dec = ShowAttendTell(vocab_size, features, embed_size=5, hidden_size=7, attention_size=4, context_size=3,
+                             cells=cells)
     else:
         dec = ShowTell(vocab_size, features, embed_size=5, hidden_size=7)
     with torch.no_grad():  # sharper distributions than the init, so search choices matter
@@ -94,7 +95,7 @@ def test_step_matches_teacher_forcing(family: str) -> None:
 
 
 def test_attention_rows_sum_to_one_and_the_penalty_is_doubly_stochastic() -> None:
-    dec = decoder_of("attention", 12, seed=2)
+    dec = decoder_of("attention", 12, seed=2, cells=9)
     captions = torch.tensor([[START, 5, 6, END, PAD], [START, 7, 8, 9, END]])
     _, alphas = dec(torch.randn(2, 9, 6), captions)
     assert torch.allclose(alphas.sum(-1), torch.ones(2, 4), atol=1e-6) and (alphas >= 0).all()

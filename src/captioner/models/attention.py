@@ -13,14 +13,17 @@ class ShowAttendTell(nn.Module):
     """Grid -> values (Linear); per step: Bahdanau attention from h, sigmoid-gated context, LSTMCell, Linear.
 
     The initial h/c come from the mean of the values. The values are a projection of the standardised grid
-    (``context_size`` wide), which keeps each step cheap whatever the trunk's channel count.
+    (``context_size`` wide), which keeps each step cheap whatever the trunk's channel count, plus a learned
+    embedding of each cell's place: a CNN's cell features hardly say where they are, so without it the context
+    could not tell "left" from "right".
     """
 
     def __init__(self, vocab_size: int, feature_size: int, embed_size: int = 256, hidden_size: int = 512,
-                 attention_size: int = 256, context_size: int = 256, dropout: float = 0.0) -> None:
+                 attention_size: int = 256, context_size: int = 256, dropout: float = 0.0, cells: int = 49) -> None:
         super().__init__()
         self.standardize = nn.BatchNorm1d(feature_size, affine=False)
         self.values = nn.Linear(feature_size, context_size)
+        self.where = nn.Parameter(0.1 * torch.randn(cells, context_size))
         self.keys = nn.Linear(context_size, attention_size)
         self.query = nn.Linear(hidden_size, attention_size)
         self.score = nn.Linear(attention_size, 1)
@@ -36,7 +39,7 @@ class ShowAttendTell(nn.Module):
     def start(self, features: torch.Tensor) -> State:
         """(h, c, values [B, N, D], keys [B, N, A]) from grid features [B, N, C]."""
         x = self.standardize(features.float().flatten(0, 1)).view_as(features)
-        values = self.values(x)
+        values = self.values(x) + self.where
         mean = values.mean(1)
         return torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean)), values, self.keys(values)
 

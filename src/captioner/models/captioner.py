@@ -28,7 +28,8 @@ class CaptionModel(nn.Module):
                                c.seed, c.output_stride)
         if c.decoder == "attention":
             self.decoder: nn.Module = ShowAttendTell(c.vocab_size, self.encoder.feature_size, c.embed_size,
-                                                     c.hidden_size, c.attention_size, c.context_size, c.dropout)
+                                                     c.hidden_size, c.attention_size, c.context_size, c.dropout,
+                                                     cells=c.grid * c.grid)
         else:
             self.decoder = ShowTell(c.vocab_size, self.encoder.feature_size, c.embed_size, c.hidden_size,
                                     c.num_layers, c.dropout, c.batch_norm)
