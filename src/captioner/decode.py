@@ -14,6 +14,7 @@ from captioner.data.vocab import END, PAD, START, UNK
 from captioner.models.decoder import State
 
 NEVER = (PAD, START, UNK)  # tokens no search ever generates
+Kept = tuple[float, float, int, int, bool]  # a beam's ended caption: normalised and raw score, last step, beam, <end>
 
 
 class Decoder(Protocol):
@@ -100,7 +101,7 @@ def beam_search(decoder: Decoder, features: torch.Tensor, beam: int = 3, max_len
     scores[:, 0] = 0.0  # all beams start identical: keep one so the first step yields k different words
     first_row = torch.arange(0, n * k, k, device=device).unsqueeze(1)
     words, parents, alphas = [], [], []  # per step: each beam's new word and the beam it extends [n, k]; attention
-    kept: list[list[tuple[float, float, int, int, bool]]] = [[] for _ in range(n)]  # best first
+    kept: list[list[Kept]] = [[] for _ in range(n)]  # best first
     done = [False] * n
     moved = [False] * len(state)  # state tensors a step has replaced (the rest need no reordering, see below)
 
@@ -148,8 +149,8 @@ def beam_search(decoder: Decoder, features: torch.Tensor, beam: int = 3, max_len
     return _read_back(kept, torch.stack(words).tolist(), torch.stack(parents).tolist(), alphas, k)
 
 
-def _read_back(kept: list[list[tuple[float, float, int, int, bool]]], words: list, parents: list,
-               alphas: list[torch.Tensor | None], k: int) -> list[list[Hypothesis]]:
+def _read_back(kept: list[list[Kept]], words: list, parents: list, alphas: list[torch.Tensor | None],
+               k: int) -> list[list[Hypothesis]]:
     """The kept captions' words and attention maps, following the back-pointers from their last step."""
     maps = None if alphas[0] is None else torch.stack(alphas)  # [steps, n * k, N]
     out = []

@@ -23,7 +23,6 @@ from captioner.inference import Captioner, load
 from captioner.io import atomic_write, write_json
 
 OPSET = 17
-EXPORT_FILES = ("encoder.onnx", "start.onnx", "step.onnx", "config.json", "vocab.json", "preprocess.json")
 
 
 class Encode(nn.Module):

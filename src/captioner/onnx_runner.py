@@ -26,7 +26,7 @@ NEVER = [PAD, START, UNK]  # tokens no search ever generates (decode.NEVER)
 FILES = ("encoder.onnx", "start.onnx", "step.onnx", "config.json", "vocab.json", "preprocess.json")
 State = list[np.ndarray]
 Step = Callable[[np.ndarray, State], tuple[np.ndarray, State, np.ndarray | None]]
-Kept = tuple[float, float, int, int, bool]  # normalised score, raw score, last step, beam, ended with <end>
+Kept = tuple[float, float, int, int, bool]  # decode.Kept: normalised and raw score, last step, beam, <end>
 
 
 @dataclass
@@ -177,8 +177,8 @@ class OnnxCaptioner:
 
     def step(self, tokens: np.ndarray, state: State) -> tuple[np.ndarray, State, np.ndarray | None]:
         """Log-probabilities [B, V] with <pad>, <start>, <unk> ruled out, the next state, the attention."""
-        log_probs, *out = self.step_graph.run(None, {"tokens": tokens, **dict(zip(self.state_names, state,
-                                                                                    strict=True))})
+        feeds = {"tokens": tokens, **dict(zip(self.state_names, state, strict=True))}
+        log_probs, *out = self.step_graph.run(None, feeds)
         state = list(state)
         for j, new in zip(self.replaced, out, strict=False):
             state[j] = new
