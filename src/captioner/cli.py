@@ -311,7 +311,7 @@ def export(model: Annotated[Path, typer.Option(help="Model folder (model.safeten
 def demo(out: Annotated[Path, typer.Option(help="Folder for the data set, the runs and the served model")] = Path(
               "runs/demo"),
          train_images: Annotated[int, typer.Option(help="Synthetic training images")] = 2000,
-         epochs: Annotated[int, typer.Option(help="Show-Tell epochs")] = 12,
+         epochs: Annotated[int, typer.Option(help="Show-Tell epochs")] = 8,
          attention_epochs: Annotated[int, typer.Option(help="Attention epochs")] = 8,
          scst_epochs: Annotated[int, typer.Option(help="Self-critical epochs for the better family (0: none)")] = 3,
          image_size: Annotated[int, typer.Option(help="Encoder input side")] = 128,
