@@ -75,7 +75,8 @@ def run_demo(out: str | Path = "runs/demo", train_images: int = 2000, epochs: in
         run = out / decoder
         print(f"\n== training the {decoder} decoder ({n} epochs) ==", flush=True)
         cfg = TrainConfig(data=str(data), out=str(run), epochs=n, batch_size=XE_BATCH, threshold=1,
-                          cache_dir=str(cache), progress=progress, eval_every=2, resume=(run / "checkpoints" / "last.ckpt").is_file(), val_images=250)
+                          cache_dir=str(cache), progress=progress, eval_every=2, val_images=250,
+                          resume=(run / "checkpoints" / "last.ckpt").is_file())
         train(cfg, dict(decoder=decoder, backbone=backbone, encoder_weights="imagenet", image_size=image_size,
                         grid=grid, embed_size=128, hidden_size=256, attention_size=128, context_size=128, dropout=0.3))
         runs[decoder] = run
