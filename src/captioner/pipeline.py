@@ -55,7 +55,7 @@ def _best_val_cider(run: Path) -> float:
 
 
 def run_demo(out: str | Path = "runs/demo", train_images: int = 2000, epochs: int = 8, attention_epochs: int = 8,
-             scst_epochs: int = 3, image_size: int = 128, grid: int = 4, backbone: str = "efficientnet_lite0",
+             scst_epochs: int = 5, image_size: int = 128, grid: int = 4, backbone: str = "efficientnet_lite0",
              progress: bool = True) -> dict[str, dict[str, float]]:
     """Synthetic scenes -> one feature cache -> Show-Tell and attention models -> self-critical training of the
     better one -> test-split table (+ blind baseline)."""
