@@ -13,7 +13,7 @@ import os
 import shutil
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -85,6 +85,16 @@ def score_captions(
         scores["SPICE"] = 100 * float(Spice().compute_score(gts, res)[0])
     return scores
 
+
+
+def score_any(results: dict[int, str], references: dict[int, list[str]], metrics: tuple[str, ...] | None = None,
+              log: Callable[[str], None] = lambda _: None) -> dict[str, float]:
+    """``score_captions`` with java when there is one, else the Python tokenizer (``log`` says so)."""
+    try:
+        return score_captions(results, references, metrics=metrics)
+    except JavaMissingError as e:
+        log(f"{e}\nfalling back to the Python tokenizer: BLEU/ROUGE-L/CIDEr only, not comparable with papers")
+        return score_captions(results, references, java=False, metrics=metrics)
 
 @contextmanager
 def _java_stderr_silenced() -> Iterator[None]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from captioner.data.datasets import find_annotation, open_split
-from captioner.evaluate import JavaMissingError, format_table, score_captions, write_results
+from captioner.evaluate import format_table, score_any, score_captions, write_results
 from captioner.inference import load
 from captioner.io import read_csv, write_json
 from captioner.predict import caption_features, record_features
@@ -36,14 +36,6 @@ def evaluate_split(model_dir: str | Path, data: str | Path, split: str = "test",
     print(format_table({f"{Path(model_dir).name} ({split}, beam {beam})": metrics}))
     print(f"results: {out / f'results_{split}.json'}\nmetrics: {out / f'metrics_{split}.json'}")
     return metrics
-
-
-def _score(results: dict[int, str], refs: dict[int, list[str]]) -> dict[str, float]:
-    try:
-        return score_captions(results, refs)
-    except JavaMissingError as e:
-        print(f"{e}\nfalling back to the Python tokenizer: BLEU/ROUGE-L/CIDEr only, not comparable with papers")
-        return score_captions(results, refs, java=False)
 
 
 XE_BATCH = 128  # captions per cross-entropy batch: on 2,000 images, more steps an epoch learn faster than 512
@@ -105,7 +97,7 @@ def run_demo(out: str | Path = "runs/demo", train_images: int = 2000, epochs: in
     texts["blind (same input for every image)"] = [c.text for c in caption_features(
         models["show-tell"], blind, np.zeros(len(records), dtype=int), progress=False)]
     for label, caps in texts.items():
-        columns[label] = _score(dict(zip(refs, caps, strict=True)), refs)
+        columns[label] = score_any(dict(zip(refs, caps, strict=True)), refs, log=print)
         named = [names_all_objects(c, images[r.image_id]["objects"]) for c, r in zip(caps, records, strict=True)]
         placed = [position_right(c, images[r.image_id]["objects"], images[r.image_id]["width"])
                   for c, r in zip(caps, records, strict=True)]
@@ -124,8 +116,9 @@ def run_demo(out: str | Path = "runs/demo", train_images: int = 2000, epochs: in
     sample = records[:6]
     from captioner.data.images import load_rgb
 
-    att_captions = models.get("attention + SCST", models["attention"]).caption([load_rgb(r.path) for r in sample])
-    att_png = attention_maps([load_rgb(r.path) for r in sample], [c[0] for c in att_captions],
+    photos = [load_rgb(r.path) for r in sample]
+    att_captions = models.get("attention + SCST", models["attention"]).caption(photos)
+    att_png = attention_maps(photos, [c[0] for c in att_captions],
                              out / "attention_test.png")
     print("\n" + demo_table(columns, shares))
     print(f"\nserved model: {served} (best val CIDEr {_best_val_cider(runs[served]):.1f} vs "

@@ -12,6 +12,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from captioner.data.captions import CachedCaptions, CachedImages, CaptionIds, Im
 from captioner.data.datasets import ImageRecord, has_splits, open_split
 from captioner.data.vocab import PAD, Vocabulary
 from captioner.decode import greedy, sample
-from captioner.evaluate import JavaMissingError, score_captions
+from captioner.evaluate import score_any
 from captioner.features import ImageViews, encode_images
 from captioner.io import atomic_write, read_csv, read_json, write_json
 from captioner.models.attention import attention_penalty
@@ -130,9 +131,11 @@ class CaptionData(L.LightningDataModule):
             self.eval_records = [record for record, _, good in loaded if good]
             return
         train_feats, ok = self._features(self.train_records, self.cfg.cache_views)
-        self.train_set = CachedCaptions(train_feats, CaptionIds(self.train_records, self.vocab, ok), self.cfg.seed)
         if self.cfg.scst:  # self-critical: batches of images, each sampled n times and scored against its refs
             self.train_set = CachedImages(train_feats, ok)
+        else:
+            self.train_set = CachedCaptions(train_feats, CaptionIds(self.train_records, self.vocab, ok),
+                                            self.cfg.seed)
         val_feats, val_ok = self._features(self.val_records, 1)
         self.val_set = CachedCaptions(val_feats, CaptionIds(self.val_records, self.vocab, val_ok), random_view=False)
         n = len(self.eval_records)
@@ -140,26 +143,20 @@ class CaptionData(L.LightningDataModule):
         self.eval_records = [r for r, good in zip(self.eval_records, val_ok[:n], strict=True) if good]
 
     def _loader(self, dataset, shuffle: bool) -> DataLoader:
-        cached, epoch = isinstance(dataset, CachedCaptions), self.trainer.current_epoch
+        cached, epoch = isinstance(dataset, CachedCaptions | CachedImages), self.trainer.current_epoch
         common = dict(collate_fn=(lambda batch: batch) if cached else pad_collate, pin_memory=torch.cuda.is_available(),
                       num_workers=0 if cached else self.cfg.num_workers)
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if shuffle else (0, 1)
-        if self.cfg.batching == "bucket" or not shuffle:
+        if not isinstance(dataset, CachedImages) and (self.cfg.batching == "bucket" or not shuffle):
             sampler = LengthBucketSampler(dataset.captions.lengths, self.cfg.batch_size, shuffle, self.cfg.seed,
                                           rank, world)
             sampler.set_epoch(epoch)  # loaders are rebuilt every epoch: each epoch its own shuffle
             return DataLoader(dataset, batch_sampler=sampler, **common)
-        sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=self.cfg.seed)  # padded batches
+        sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=self.cfg.seed)  # padded, or images
         sampler.set_epoch(epoch)
         return DataLoader(dataset, batch_size=self.cfg.batch_size, sampler=sampler, **common)
 
     def train_dataloader(self) -> DataLoader:
-        if isinstance(self.train_set, CachedImages):
-            sampler = DistributedSampler(self.train_set, self.trainer.world_size, self.trainer.global_rank,
-                                         seed=self.cfg.seed)
-            sampler.set_epoch(self.trainer.current_epoch)
-            return DataLoader(self.train_set, batch_size=self.cfg.batch_size, sampler=sampler,
-                              collate_fn=lambda batch: batch)
         if isinstance(self.train_set, CachedCaptions):
             self.train_set.set_epoch(self.trainer.current_epoch)
         return self._loader(self.train_set, shuffle=True)
@@ -294,19 +291,13 @@ def generation_scores(model: CaptionModel, vocab: Vocabulary, inputs: torch.Tens
         shares: list[dict[int, str]] = [{} for _ in range(world_size)]
         torch.distributed.all_gather_object(shares, local)
         results = {k: v for share in shares for k, v in share.items()}
-    scores = (scorer or _bleu_cider)(results, {r.image_id: list(r.captions) for r in records}) if rank == 0 else {}
+    refs = {r.image_id: list(r.captions) for r in records}
+    scores = (scorer or partial(score_any, metrics=("Bleu", "CIDEr")))(results, refs) if rank == 0 else {}
     if world_size > 1:
         box = [scores]
         torch.distributed.broadcast_object_list(box, src=0)
         scores = box[0]
     return scores
-
-
-def _bleu_cider(results: dict[int, str], refs: dict[int, list[str]]) -> dict[str, float]:
-    try:
-        return score_captions(results, refs, metrics=("Bleu", "CIDEr"))
-    except JavaMissingError:
-        return score_captions(results, refs, java=False, metrics=("Bleu", "CIDEr"))
 
 
 class EvalEarlyStopping(EarlyStopping):
