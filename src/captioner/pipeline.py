@@ -139,6 +139,7 @@ def demo_table(columns: dict[str, dict[str, float]], shares: dict[str, dict[str,
     for label, m in columns.items():
         s = shares[label]
         cells = [f"{m[k]:.1f}" if k in m else "-" for k in ("Bleu_4", "METEOR", "CIDEr")]
+        placed = "-" if np.isnan(s["position_right"]) else f"{s['position_right']:.1f}%"
         lines.append(f"| {label} | {' | '.join(cells)} | {s['names_every_object']:.1f}% | "
-                     f"{s['position_right']:.1f}% (of {s['names_a_position']:.0f}% naming one) |")
+                     f"{placed} (of {s['names_a_position']:.0f}% naming one) |")
     return "\n".join(lines)
