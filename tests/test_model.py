@@ -72,13 +72,30 @@ def test_teacher_forcing_padded_matches_alone_and_loss_ignores_padding(family: s
     short = torch.tensor([[START, 5, 6, END]])
     padded = torch.tensor([[START, 5, 6, END, PAD, PAD], [START, 7, 8, 9, 10, END]])
     dec.eval()
-    logits, alphas = dec(features, padded, torch.tensor([4, 6]))
-    assert logits.shape == (2, 5, 12)
+    hidden, alphas = dec(features, padded, torch.tensor([4, 6]))
+    assert dec.out(hidden).shape == (2, 5, 12)
     alone, _ = dec(features[:1], short)
-    assert torch.allclose(logits[0, :3], alone[0], atol=1e-5)
-    assert torch.allclose(caption_loss(logits[:1, :3], short), caption_loss(logits[:1], padded[:1]))
+    assert torch.allclose(hidden[0, :3], alone[0], atol=1e-5)
+    assert torch.allclose(caption_loss(dec.out, alone, short), caption_loss(dec.out, hidden[:1], padded[:1]))
     if family == "attention":
         assert alphas.shape == (2, 5, 4)
+
+
+def test_chunked_loss_equals_the_whole_loss_and_its_gradients() -> None:
+    """Logits made a few rows at a time (and remade for the backward pass) give the same loss and gradients."""
+    torch.manual_seed(0)
+    out, hidden = torch.nn.Linear(8, 12), torch.randn(3, 6, 8, requires_grad=True)
+    captions = torch.randint(4, 12, (3, 7))
+    captions[1, 4:], captions[2, 2:] = PAD, PAD
+    grads = []
+    for budget in (10**6, 12, 36):  # one piece, one row a piece, 3 rows a piece
+        loss = caption_loss(out, hidden, captions, budget=budget)
+        grads.append((loss, *torch.autograd.grad(loss, [hidden, out.weight, out.bias])))
+    whole = F.cross_entropy(out(hidden).flatten(0, 1), captions[:, 1:].flatten(), ignore_index=PAD)
+    for got in grads:
+        assert torch.allclose(got[0], whole, atol=1e-6)
+        for a, b in zip(got[1:], grads[0][1:], strict=True):
+            assert torch.allclose(a, b, atol=1e-6)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -86,12 +103,12 @@ def test_step_matches_teacher_forcing(family: str) -> None:
     """The search's step-by-step path computes what training computes."""
     dec = decoder_of(family, 12, seed=1)
     features, caption = torch.randn(1, 4, 6), torch.tensor([[START, 5, 6, 7, END]])
-    logits, _ = dec(features, caption)
+    hidden, _ = dec(features, caption)
     state, steps = dec.start(features), []
     for t in range(caption.size(1) - 1):
         log_probs, state, _ = dec.step(caption[:, t], state)
         steps.append(log_probs)
-    assert torch.allclose(torch.stack(steps, 1), F.log_softmax(logits, -1), atol=1e-5)
+    assert torch.allclose(torch.stack(steps, 1), F.log_softmax(dec.out(hidden), -1), atol=1e-5)
 
 
 def test_attention_rows_sum_to_one_and_the_penalty_is_doubly_stochastic() -> None:

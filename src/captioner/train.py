@@ -180,8 +180,8 @@ class CaptionModule(L.LightningModule):
     def _loss(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(cross-entropy, training objective): the attention regulariser is added to the latter only."""
         x, captions, lengths = batch
-        logits, alphas = self.model(x, captions, lengths)
-        loss = caption_loss(logits, captions)
+        hidden, alphas = self.model(x, captions, lengths)
+        loss = caption_loss(self.model.decoder.out, hidden, captions)
         if alphas is None or not self.cfg.attention_penalty:
             return loss, loss
         return loss, loss + self.cfg.attention_penalty * attention_penalty(alphas, captions)

@@ -61,7 +61,8 @@ class ShowAttendTell(nn.Module):
 
     def forward(self, features: torch.Tensor, captions: torch.Tensor,
                 lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher forcing: logits [B, T-1, V] predicting captions[:, 1:] and attention [B, T-1, N].
+        """Teacher forcing: the output layer's inputs [B, T-1, H] predicting captions[:, 1:] (``caption_loss`` applies
+        ``self.out``) and the attention [B, T-1, N].
 
         Padded positions (after a caption's end) are computed but ignored by the loss and the regulariser.
         """
@@ -71,7 +72,7 @@ class ShowAttendTell(nn.Module):
             state, alpha = self._advance(words[:, t], state, affines)
             hidden.append(state[0])
             alphas.append(alpha)
-        return self.out(self.drop(torch.stack(hidden, 1))), torch.stack(alphas, 1)
+        return self.drop(torch.stack(hidden, 1)), torch.stack(alphas, 1)
 
     def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, torch.Tensor]:
         """Log-probabilities [B, V] of the word after ``tokens`` [B], the next state, the attention [B, N]."""

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.utils.checkpoint import checkpoint
 
 from captioner.data.vocab import PAD
 
@@ -104,7 +105,8 @@ class ShowTell(nn.Module):
 
     def forward(self, features: torch.Tensor, captions: torch.Tensor,
                 lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
-        """Teacher forcing: logits [B, T-1, V] predicting captions[:, 1:] (captions start with <start>).
+        """Teacher forcing: the output layer's inputs [B, T-1, H] predicting captions[:, 1:] (captions start with
+        <start>); ``caption_loss`` applies ``self.out`` to them.
 
         ``lengths`` (with padded captions) packs the sequence so padding is never run through the LSTM.
         """
@@ -114,7 +116,7 @@ class ShowTell(nn.Module):
         else:
             packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
             h, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=x.size(1))
-        return self.out(self.drop(h[:, 1:])), None
+        return self.drop(h[:, 1:]), None
 
     def start(self, features: torch.Tensor) -> State:
         """(h_1, c_1, ..., h_L, c_L), each [B, H]: the LSTM's layers after reading the image embedding."""
@@ -145,6 +147,22 @@ class ShowTell(nn.Module):
             (self.out.weight, self.out.bias)]
 
 
-def caption_loss(logits: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of the next-word predictions, ignoring padding."""
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), captions[:, 1:].reshape(-1), ignore_index=PAD)
+def caption_loss(out: nn.Linear, hidden: torch.Tensor, captions: torch.Tensor, budget: int = 2**23) -> torch.Tensor:
+    """Mean cross-entropy of the next-word predictions ``out(hidden)`` over the real words (padding ignored).
+
+    The logits are made at most ``budget`` numbers at a time and remade in the backward pass, so their memory is
+    bounded whatever the batch, length and vocabulary (COCO at batch 512: 0.5 GB a copy, several copies, otherwise).
+    """
+    targets = captions[:, 1:]
+    real = targets != PAD
+    hidden, targets = hidden[real], targets[real]
+    rows = max(1, budget // out.out_features)
+    if len(targets) <= rows:
+        return F.cross_entropy(out(hidden), targets)
+    summed = [checkpoint(_summed_cross_entropy, out, hidden[i:i + rows], targets[i:i + rows], use_reentrant=False)
+              for i in range(0, len(targets), rows)]
+    return torch.stack(summed).sum() / len(targets)
+
+
+def _summed_cross_entropy(out: nn.Linear, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(out(hidden), targets, reduction="sum")
