@@ -73,10 +73,10 @@ def test_lite0_keys_are_renamed_by_name() -> None:
 @torch.no_grad()
 def test_every_backbone_gives_its_feature_map(name: str) -> None:
     trunk, spec = build_trunk(name, "none")
-    assert spec.name == name and spec.stride == 32
+    assert spec.name == name
     for size in (64, 128):
         features = trunk.eval()(torch.randn(2, 3, size, size))
-        assert features.shape == (2, spec.channels, size // 32, size // 32)
+        assert features.shape == (2, spec.channels[32], size // 32, size // 32)
         assert features.is_contiguous(memory_format=torch.channels_last)
 
 
@@ -105,8 +105,10 @@ def test_output_stride() -> None:
     assert trunk(torch.randn(1, 3, 64, 64)).shape == (1, 2048, 4, 4)
     with pytest.raises(ValueError, match="bottleneck"):
         build_trunk("resnet18", "none", output_stride=8)
-    with pytest.raises(ValueError, match="32 only"):
-        build_trunk("efficientnet_lite0", "none", output_stride=16)
+    lite0, spec = build_trunk("efficientnet_lite0", "none", output_stride=16)
+    assert lite0(torch.randn(1, 3, 64, 64)).shape == (1, spec.channels[16], 4, 4) == (1, 112, 4, 4)
+    with pytest.raises(ValueError, match="32 or 16"):
+        build_trunk("efficientnet_lite0", "none", output_stride=8)
 
 
 def test_lite0_imagenet_weights_load_offline(monkeypatch) -> None:
@@ -118,7 +120,7 @@ def test_lite0_imagenet_weights_load_offline(monkeypatch) -> None:
     trunk, spec = build_trunk("efficientnet_lite0")
     random, _ = build_trunk("efficientnet_lite0", "none")
     key = "blocks.6.0.conv_pwl.weight"
-    assert spec.channels == 1280 and not torch.equal(trunk.state_dict()[key], random.state_dict()[key])
+    assert spec.channels[32] == 1280 and not torch.equal(trunk.state_dict()[key], random.state_dict()[key])
 
 
 def test_missing_resnet_weights_name_the_offline_backbone(tmp_path, monkeypatch) -> None:

@@ -318,13 +318,16 @@ def demo(out: Annotated[Path, typer.Option(help="Folder for the data set, the ru
          grid: Annotated[int, typer.Option(help="Feature grid side G")] = 4,
          backbone: Annotated[str, typer.Option(help="Frozen encoder (efficientnet_lite0: pretrained, offline)")]
          = "efficientnet_lite0",
+         output_stride: Annotated[int, typer.Option(help="Stride of the encoder's feature map (16: Lite0's "
+                                                    "stride-16 stage, whose cells keep colour and place)")] = 16,
          progress: bool = True) -> None:
     """The main job, offline: synthetic data -> one feature cache -> Show-Tell and attention models -> test table."""
     from captioner.models.backbones import WeightsUnavailableError
     from captioner.pipeline import run_demo
 
     try:
-        run_demo(out, train_images, epochs, attention_epochs, scst_epochs, image_size, grid, backbone, progress)
+        run_demo(out, train_images, epochs, attention_epochs, scst_epochs, image_size, grid, backbone, output_stride,
+                 progress)
     except (OSError, ValueError, WeightsUnavailableError) as e:
         raise _fail(e) from None
 

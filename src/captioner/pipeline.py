@@ -48,7 +48,7 @@ def _best_val_cider(run: Path) -> float:
 
 def run_demo(out: str | Path = "runs/demo", train_images: int = 2000, epochs: int = 8, attention_epochs: int = 8,
              scst_epochs: int = 5, image_size: int = 128, grid: int = 4, backbone: str = "efficientnet_lite0",
-             progress: bool = True) -> dict[str, dict[str, float]]:
+             output_stride: int = 16, progress: bool = True) -> dict[str, dict[str, float]]:
     """Synthetic scenes -> one feature cache -> Show-Tell and attention models -> self-critical training of the
     better one -> test-split table (+ blind baseline)."""
     from captioner.plots import attention_maps, caption_grid
@@ -70,7 +70,7 @@ def run_demo(out: str | Path = "runs/demo", train_images: int = 2000, epochs: in
                           cache_dir=str(cache), progress=progress, eval_every=2, val_images=250,
                           resume=(run / "checkpoints" / "last.ckpt").is_file())
         train(cfg, dict(decoder=decoder, backbone=backbone, encoder_weights="imagenet", image_size=image_size,
-                        grid=grid, embed_size=128, hidden_size=256, attention_size=128, context_size=128, dropout=0.3))
+                        output_stride=output_stride, grid=grid, embed_size=128, hidden_size=256, attention_size=128, context_size=128, dropout=0.3))
         runs[decoder] = run
     served = max(runs, key=lambda d: _best_val_cider(runs[d]))
     if scst_epochs:

@@ -15,9 +15,9 @@ class Encoder(nn.Module):
                  seed: int = 0, output_stride: int = 32) -> None:
         super().__init__()
         self.backbone, self.spec = build_trunk(backbone, weights, seed, output_stride)
-        self.feature_size, self.grid, self.fine_tune = self.spec.channels, grid, fine_tune
+        self.feature_size, self.grid, self.fine_tune = self.spec.channels[output_stride], grid, fine_tune
         for name, p in self.backbone.named_parameters():
-            p.requires_grad = fine_tune and name.startswith(self.spec.last_stage)
+            p.requires_grad = fine_tune and name.startswith(self.spec.last_stage[output_stride])
 
     def train(self, mode: bool = True) -> Encoder:
         """The trunk's BatchNorm statistics stay frozen even when fine-tuning (small caption batches)."""
