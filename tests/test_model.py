@@ -12,6 +12,7 @@ from PIL import Image
 from captioner.data.vocab import END, PAD, START, UNK, Vocabulary
 from captioner.decode import NEVER, beam_search, greedy, normalise, sample
 from captioner.inference import Captioner, load
+from captioner.models import attention
 from captioner.models.attention import ShowAttendTell, attention_penalty
 from captioner.models.captioner import ModelConfig
 from captioner.models.decoder import ShowTell, caption_loss
@@ -96,6 +97,22 @@ def test_chunked_loss_equals_the_whole_loss_and_its_gradients() -> None:
         assert torch.allclose(got[0], whole, atol=1e-6)
         for a, b in zip(got[1:], grads[0][1:], strict=True):
             assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_recomputed_attention_gives_the_same_gradients(monkeypatch) -> None:
+    """Training recomputes each word's attention in the backward pass (checkpoint); the gradients are unchanged."""
+    monkeypatch.setattr(attention, "RECOMPUTE_ABOVE", 0)
+    dec = decoder_of("attention", 12, seed=2)
+    features, captions = torch.randn(2, 4, 6), torch.tensor([[START, 5, 6, 7, END], [START, 8, 9, END, PAD]])
+    grads = []
+    for training in (True, False):
+        dec.train(training)
+        dec.standardize.eval()  # the same statistics either way: only the recomputation differs
+        hidden, alphas = dec(features, captions)
+        loss = caption_loss(dec.out, hidden, captions) + attention_penalty(alphas, captions)
+        grads.append(torch.autograd.grad(loss, list(dec.parameters()), allow_unused=True))
+    for a, b in zip(*grads, strict=True):
+        assert (a is None and b is None) or torch.allclose(a, b, atol=1e-6)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -39,7 +39,8 @@ def evaluate_split(model_dir: str | Path, data: str | Path, split: str = "test",
 
 
 XE_BATCH = 128  # captions per cross-entropy batch: on 2,000 images, more steps an epoch learn faster than 512
-SCST_BATCH, SCST_LR = 50, 2e-4  # images per batch (x 5 samples each), learning rate of the self-critical phase
+SCST_BATCH, SCST_LR = 50, 5e-4  # images per batch (x 5 samples each), learning rate of the self-critical phase
+# (measured on the demo: 5e-4 reaches a higher val CIDEr in 8 epochs than 2e-4 in 10)
 
 
 def _best_val_cider(run: Path) -> float:
@@ -47,7 +48,7 @@ def _best_val_cider(run: Path) -> float:
 
 
 def run_demo(out: str | Path = "runs/demo", train_images: int = 2000, epochs: int = 8, attention_epochs: int = 8,
-             scst_epochs: int = 5, image_size: int = 128, grid: int = 4, backbone: str = "efficientnet_lite0",
+             scst_epochs: int = 10, image_size: int = 128, grid: int = 4, backbone: str = "efficientnet_lite0",
              output_stride: int = 16, progress: bool = True) -> dict[str, dict[str, float]]:
     """Synthetic scenes -> one feature cache -> Show-Tell and attention models -> self-critical training of the
     better one -> test-split table (+ blind baseline)."""
