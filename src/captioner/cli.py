@@ -313,9 +313,9 @@ def demo(out: Annotated[Path, typer.Option(help="Folder for the data set, the ru
          train_images: Annotated[int, typer.Option(help="Synthetic training images")] = 2000,
          epochs: Annotated[int, typer.Option(help="Show-Tell epochs")] = 8,
          attention_epochs: Annotated[int, typer.Option(help="Attention epochs")] = 8,
-         scst_epochs: Annotated[int, typer.Option(help="Self-critical epochs for the better family (0: none)")] = 10,
+         scst_epochs: Annotated[int, typer.Option(help="Self-critical epochs for the better family (0: none)")] = 9,
          image_size: Annotated[int, typer.Option(help="Encoder input side")] = 128,
-         grid: Annotated[int, typer.Option(help="Feature grid side G")] = 4,
+         grid: Annotated[int, typer.Option(help="Feature grid side G (odd: a centre cell for the middle)")] = 5,
          backbone: Annotated[str, typer.Option(help="Frozen encoder (efficientnet_lite0: pretrained, offline)")]
          = "efficientnet_lite0",
          output_stride: Annotated[int, typer.Option(help="Stride of the encoder's feature map (16: Lite0's "

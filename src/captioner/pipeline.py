@@ -52,7 +52,7 @@ def _best_val_cider(run: Path) -> float:
 
 
 def run_demo(out: str | Path = "runs/demo", train_images: int = 2000, epochs: int = 8, attention_epochs: int = 8,
-             scst_epochs: int = 10, image_size: int = 128, grid: int = 4, backbone: str = "efficientnet_lite0",
+             scst_epochs: int = 9, image_size: int = 128, grid: int = 5, backbone: str = "efficientnet_lite0",
              output_stride: int = 16, progress: bool = True) -> dict[str, dict[str, float]]:
     """Synthetic scenes -> one feature cache -> Show-Tell and attention models -> self-critical training of the
     better one -> test-split table (+ blind baseline)."""
@@ -76,7 +76,8 @@ def run_demo(out: str | Path = "runs/demo", train_images: int = 2000, epochs: in
                           attention_penalty=DEMO_ATTENTION_PENALTY,
                           resume=(run / "checkpoints" / "last.ckpt").is_file())
         train(cfg, dict(decoder=decoder, backbone=backbone, encoder_weights="imagenet", image_size=image_size,
-                        output_stride=output_stride, grid=grid, embed_size=128, hidden_size=256, attention_size=128, context_size=128, dropout=0.3))
+                        output_stride=output_stride, grid=grid, embed_size=128, hidden_size=256, attention_size=128,
+                        context_size=128, dropout=0.3))
         runs[decoder] = run
     served = max(runs, key=lambda d: _best_val_cider(runs[d]))
     if scst_epochs:

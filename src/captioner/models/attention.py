@@ -9,7 +9,6 @@ from torch.utils.checkpoint import checkpoint
 from captioner.data.vocab import PAD
 from captioner.models.decoder import Affine, Affines, State, lstm_cell
 
-
 RECOMPUTE_ABOVE = 2**20  # a training step's attention over more numbers than this ([B, N, A]) is recomputed in the
 # backward pass rather than kept for every word: COCO at batch 512 (7x7 x 256) keeps 0.6 GB less, the demo none
 

@@ -40,7 +40,8 @@ class CaptionModel(nn.Module):
 
     def forward(self, inputs: torch.Tensor, captions: torch.Tensor,
                 lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Teacher forcing: the output layer's inputs [B, T-1, H] (see ``caption_loss``) and attention [B, T-1, N] (None for Show-Tell)."""
+        """Teacher forcing: the output layer's inputs [B, T-1, H] (see ``caption_loss``) and attention [B, T-1, N]
+        (None for Show-Tell)."""
         return self.decoder(self.features(inputs), captions, lengths)
 
 
