@@ -19,6 +19,7 @@ from captioner.evaluate import (
     load_references,
     load_results,
     score_captions,
+    score_columns,
     score_files,
     write_results,
 )
@@ -91,6 +92,26 @@ def test_score_files_equals_pycocoevalcap_scorers(
     assert scores == pytest.approx({k: 100 * v for k, v in expected.items()}, abs=1e-4)  # the 0-100 scale
     assert len(started) == 1 and started[0].meteor_p.returncode is not None  # its java process has ended
     assert 10 < scores["Bleu_4"] < 25 and 40 < scores["CIDEr"] < 80
+
+
+@needs_java
+def test_score_columns_equals_one_call_per_column_with_one_meteor(monkeypatch: pytest.MonkeyPatch) -> None:
+    columns = {"same": CAPTIONS, "other": OTHER, "mixed": {**OTHER, 1: CAPTIONS[1]}}
+    alone = {label: score_captions(results, SAME) for label, results in columns.items()}
+    started: list[Meteor] = []
+
+    class RecordingMeteor(Meteor):
+        def __init__(self) -> None:
+            super().__init__()
+            started.append(self)
+
+    monkeypatch.setattr(evaluate, "Meteor", RecordingMeteor)
+    together = score_columns(columns, SAME)
+    assert list(together) == list(columns)
+    for label in columns:
+        assert together[label] == pytest.approx(alone[label], abs=1e-9)
+    assert together["same"]["METEOR"] > together["mixed"]["METEOR"] > together["other"]["METEOR"]
+    assert len(started) == 1 and started[0].meteor_p.returncode is not None  # one java process, ended
 
 
 def test_python_tokenizer_path_needs_no_java(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -50,12 +50,13 @@ def score_captions(
     java: bool = True,
     spice: bool = False,
     metrics: tuple[str, ...] | None = None,
+    meteor: Meteor | None = None,
 ) -> dict[str, float]:
     """Score candidate captions against references; keys Bleu_1..Bleu_4, METEOR, ROUGE_L, CIDEr (0-100 scale).
 
     Scores the image ids of ``results`` (CIDEr's IDF is computed over them); ``metrics`` restricts the scorers
     to some of ``SCORERS``; ``java=False`` warns and skips METEOR; SPICE is skipped with a warning if
-    pycocoevalcap's Stanford CoreNLP jars are absent.
+    pycocoevalcap's Stanford CoreNLP jars are absent; ``meteor`` reuses a running METEOR scorer (see score_columns).
     """
     names = _check_metrics(metrics, java, spice)
     if not results:
@@ -80,7 +81,7 @@ def score_captions(
         res = {i: [_python_tokenize(results[i])] for i in ids}
     scores: dict[str, float] = {}
     for name in names:
-        scores.update(_run_scorer(name, gts, res))
+        scores.update(_run_scorer(name, gts, res, meteor))
     if spice and _spice_ready():
         scores["SPICE"] = 100 * float(Spice().compute_score(gts, res)[0])
     return scores
@@ -88,13 +89,24 @@ def score_captions(
 
 
 def score_any(results: dict[int, str], references: dict[int, list[str]], metrics: tuple[str, ...] | None = None,
-              log: Callable[[str], None] = lambda _: None) -> dict[str, float]:
+              log: Callable[[str], None] = lambda _: None, meteor: Meteor | None = None) -> dict[str, float]:
     """``score_captions`` with java when there is one, else the Python tokenizer (``log`` says so)."""
     try:
-        return score_captions(results, references, metrics=metrics)
+        return score_captions(results, references, metrics=metrics, meteor=meteor)
     except JavaMissingError as e:
         log(f"{e}\nfalling back to the Python tokenizer: BLEU/ROUGE-L/CIDEr only, not comparable with papers")
         return score_captions(results, references, java=False, metrics=metrics)
+
+
+def score_columns(columns: dict[str, dict[int, str]], references: dict[int, list[str]],
+                  log: Callable[[str], None] = lambda _: None) -> dict[str, dict[str, float]]:
+    """``score_any`` of several result sets (e.g. one per model and search), sharing one METEOR java process:
+    starting one takes ~6 s, more than the rest of the scoring."""
+    if shutil.which("java") is None:
+        return {label: score_any(results, references, log=log) for label, results in columns.items()}
+    with _meteor() as meteor:
+        return {label: score_any(results, references, log=log, meteor=meteor) for label, results in columns.items()}
+
 
 @contextmanager
 def _java_stderr_silenced() -> Iterator[None]:
@@ -133,11 +145,14 @@ def _python_tokenize(caption: str) -> str:
     return " ".join(t for t in tokens if t not in PUNCTUATIONS)
 
 
-def _run_scorer(name: str, gts: dict[int, list[str]], res: dict[int, list[str]]) -> dict[str, float]:
+def _run_scorer(name: str, gts: dict[int, list[str]], res: dict[int, list[str]],
+                meteor: Meteor | None = None) -> dict[str, float]:
     """Run one pycocoevalcap scorer on tokenized captions; returns its corpus-level score(s)."""
     if name == "Bleu":
         bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
         return {f"Bleu_{n}": 100 * float(b) for n, b in enumerate(bleu, 1)}
+    if name == "METEOR" and meteor is not None:
+        return {"METEOR": 100 * float(meteor.compute_score(gts, res)[0])}
     if name == "METEOR":
         with _meteor() as meteor:
             return {"METEOR": 100 * float(meteor.compute_score(gts, res)[0])}

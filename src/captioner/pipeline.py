@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from captioner.data.datasets import find_annotation, open_split
-from captioner.evaluate import format_table, score_any, score_captions, write_results
+from captioner.evaluate import format_table, score_captions, score_columns, write_results
 from captioner.inference import load
 from captioner.io import read_csv, write_json
 from captioner.predict import caption_features, record_features
@@ -94,7 +94,7 @@ def run_demo(out: str | Path = "runs/demo", train_images: int = 2000, epochs: in
     records, _ = open_split(data, "test")
     images = {im["id"]: im for im in json.loads(find_annotation(data, "test").read_text())["images"]}
     refs = {r.image_id: list(r.captions) for r in records}
-    columns, shares, texts, models = {}, {}, {}, {d: load(run) for d, run in runs.items()}
+    shares, texts, models = {}, {}, {d: load(run) for d, run in runs.items()}
     features, _ = record_features(models["show-tell"], records, cache, progress=progress)
     for decoder, model in models.items():
         for beam in (1, 3):
@@ -103,8 +103,8 @@ def run_demo(out: str | Path = "runs/demo", train_images: int = 2000, epochs: in
     blind = np.zeros((1, *features.shape[1:]), dtype=np.float32)
     texts["blind (same input for every image)"] = [c.text for c in caption_features(
         models["show-tell"], blind, np.zeros(len(records), dtype=int), progress=False)]
+    columns = score_columns({label: dict(zip(refs, caps, strict=True)) for label, caps in texts.items()}, refs, print)
     for label, caps in texts.items():
-        columns[label] = score_any(dict(zip(refs, caps, strict=True)), refs, log=print)
         named = [names_all_objects(c, images[r.image_id]["objects"]) for c, r in zip(caps, records, strict=True)]
         placed = [position_right(c, images[r.image_id]["objects"], images[r.image_id]["width"])
                   for c, r in zip(caps, records, strict=True)]
