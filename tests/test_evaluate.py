@@ -53,6 +53,20 @@ def test_no_overlap_scores_zero_and_metrics_restrict_scorers() -> None:
         score_captions(OTHER, SAME, metrics=("BLEU",))
 
 
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch) -> list[Meteor]:
+    """The METEOR scorers that captioner.evaluate starts during the test."""
+    meteors: list[Meteor] = []
+
+    class RecordingMeteor(Meteor):
+        def __init__(self) -> None:
+            super().__init__()
+            meteors.append(self)
+
+    monkeypatch.setattr(evaluate, "Meteor", RecordingMeteor)
+    return meteors
+
+
 @pytest.fixture(scope="module")
 def fakecap(shared: Path) -> tuple[Path, Path]:
     root = shared / "data" / "coco-val2014-captions"
@@ -60,9 +74,7 @@ def fakecap(shared: Path) -> tuple[Path, Path]:
 
 
 @needs_java
-def test_score_files_equals_pycocoevalcap_scorers(
-    fakecap: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_score_files_equals_pycocoevalcap_scorers(fakecap: tuple[Path, Path], started: list[Meteor]) -> None:
     results_path, annotations_path = fakecap
     results = json.loads(results_path.read_text())
     ids = {r["image_id"] for r in results}
@@ -80,14 +92,6 @@ def test_score_files_equals_pycocoevalcap_scorers(
     expected["ROUGE_L"] = Rouge().compute_score(gts, res)[0]
     expected["CIDEr"] = Cider().compute_score(gts, res)[0]
 
-    started: list[Meteor] = []
-
-    class RecordingMeteor(Meteor):
-        def __init__(self) -> None:
-            super().__init__()
-            started.append(self)
-
-    monkeypatch.setattr(evaluate, "Meteor", RecordingMeteor)
     scores = score_files(results_path, annotations_path)
     assert scores == pytest.approx({k: 100 * v for k, v in expected.items()}, abs=1e-4)  # the 0-100 scale
     assert len(started) == 1 and started[0].meteor_p.returncode is not None  # its java process has ended
@@ -95,17 +99,10 @@ def test_score_files_equals_pycocoevalcap_scorers(
 
 
 @needs_java
-def test_score_columns_equals_one_call_per_column_with_one_meteor(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_score_columns_equals_one_call_per_column_with_one_meteor(started: list[Meteor]) -> None:
     columns = {"same": CAPTIONS, "other": OTHER, "mixed": {**OTHER, 1: CAPTIONS[1]}}
     alone = {label: score_captions(results, SAME) for label, results in columns.items()}
-    started: list[Meteor] = []
-
-    class RecordingMeteor(Meteor):
-        def __init__(self) -> None:
-            super().__init__()
-            started.append(self)
-
-    monkeypatch.setattr(evaluate, "Meteor", RecordingMeteor)
+    started.clear()
     together = score_columns(columns, SAME)
     assert list(together) == list(columns)
     for label in columns:
