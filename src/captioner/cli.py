@@ -326,8 +326,9 @@ def demo(out: Annotated[Path, typer.Option(help="Folder for the data set, the ru
     from captioner.pipeline import run_demo
 
     try:
-        run_demo(out, train_images, epochs, attention_epochs, scst_epochs, image_size, grid, backbone, output_stride,
-                 progress)
+        run_demo(out, train_images=train_images, epochs=epochs, attention_epochs=attention_epochs,
+                 scst_epochs=scst_epochs, image_size=image_size, grid=grid, backbone=backbone,
+                 output_stride=output_stride, progress=progress)
     except (OSError, ValueError, WeightsUnavailableError) as e:
         raise _fail(e) from None
 

@@ -14,7 +14,7 @@ import shutil
 import sys
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from nltk.tokenize import TreebankWordTokenizer
@@ -102,9 +102,7 @@ def score_columns(columns: dict[str, dict[int, str]], references: dict[int, list
                   log: Callable[[str], None] = lambda _: None) -> dict[str, dict[str, float]]:
     """``score_any`` of several result sets (e.g. one per model and search), sharing one METEOR java process:
     starting one takes ~6 s, more than the rest of the scoring."""
-    if shutil.which("java") is None:
-        return {label: score_any(results, references, log=log) for label, results in columns.items()}
-    with _meteor() as meteor:
+    with _meteor() if shutil.which("java") else nullcontext() as meteor:
         return {label: score_any(results, references, log=log, meteor=meteor) for label, results in columns.items()}
 
 
@@ -151,10 +149,8 @@ def _run_scorer(name: str, gts: dict[int, list[str]], res: dict[int, list[str]],
     if name == "Bleu":
         bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
         return {f"Bleu_{n}": 100 * float(b) for n, b in enumerate(bleu, 1)}
-    if name == "METEOR" and meteor is not None:
-        return {"METEOR": 100 * float(meteor.compute_score(gts, res)[0])}
     if name == "METEOR":
-        with _meteor() as meteor:
+        with nullcontext(meteor) if meteor is not None else _meteor() as meteor:
             return {"METEOR": 100 * float(meteor.compute_score(gts, res)[0])}
     scorer = Rouge() if name == "ROUGE_L" else Cider()
     return {name: 100 * float(scorer.compute_score(gts, res)[0])}

