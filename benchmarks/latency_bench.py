@@ -1,5 +1,6 @@
 """Caption latency per image: the encoder forward, then greedy and beam-3 captions of each decoder family
-(Show-Tell, attention) for 10- and 20-word captions at batch 1 and 16, each with its ratio to the encoder.
+(Show-Tell, attention) for 10- and 20-word captions at batch 1 and 16, each with its ratio to the encoder; the
+decoder's weights in float32 (``--runtime torch``) and in int8 (``--runtime int8``, CPU only).
 
 Random weights give captions of any length, so <end> is held off (output bias -1e4: the beam still scores an
 ended candidate every step, as with trained weights) and max_len fixes the number of decoder steps: 11 for a
@@ -8,6 +9,7 @@ features; encoder and searches are timed in interleaved rounds (medians) and a c
 """
 from __future__ import annotations
 
+import copy
 from functools import partial
 
 import torch
@@ -36,6 +38,9 @@ def run(quick: bool) -> list[dict]:
         models[family] = model = Captioner(config, vocab).to(dev).eval()
         with torch.no_grad():
             model.decoder.out.bias[END] = -1e4
+        if dev.type == "cpu":
+            models[f"{family} int8"] = model = copy.deepcopy(model)
+            model.decoder.affines.int8 = True
     encoder = models[FAMILIES[0]].encoder
     setup = (f"{s['backbone']} at {s['size']} px, random weights, {s['vocab']}-word vocabulary; median of "
              f"{s['repeat']} interleaved rounds")

@@ -95,6 +95,15 @@ def test_caption_search_flags_and_attention_maps(model, synth, tmp_path) -> None
     assert "attention maps" in result.output and (tmp_path / "maps.png").stat().st_size > 5000
 
 
+def test_int8_runtime_captions_and_a_wrong_runtime_names_the_choices(model, synth) -> None:
+    images = sorted((synth / "test").glob("*.png"))[:3]
+    result = invoke("caption", "--model", model, *images, "--runtime", "int8", "--beam", 2)
+    assert result.exit_code == 0, result.output
+    assert [line.split("\t")[0] for line in result.output.splitlines()] == [str(p) for p in images]
+    result = invoke("caption", "--model", model, *images, "--runtime", "int4")
+    assert result.exit_code == 2 and "choose torch, int8 or onnx" in result.output
+
+
 def test_evaluate_with_a_foreign_vocabulary_names_the_file(model, synth, tmp_path) -> None:
     broken = tmp_path / "broken"
     broken.mkdir()

@@ -80,3 +80,27 @@ def test_search_step_matches_the_training_step(family: str, layers: int, rows: i
         twin = copy.deepcopy(d)  # a copy packs its own
         assert torch.equal(steps(twin), fast)
     assert torch.allclose(fast, steps(d), atol=1e-5)  # with autograd: the live parameters
+
+
+@pytest.mark.parametrize("family", ["show-tell", "attention"])
+def test_int8_search_stays_close_to_float32_and_switches_back(family: str) -> None:
+    d = decoder(family)
+    features, captions = torch.randn(8, 4, FEATURES), torch.randint(4, VOCAB, (8, 6))
+    captions[:, 0] = START
+
+    def run() -> tuple[torch.Tensor, list[list[int]]]:
+        state, out = d.start(features), []
+        for t in range(5):
+            lp, state, _ = d.step(captions[:, t], state)
+            out.append(lp)
+        return torch.stack(out, 1), [h.ids for row in beam_search(d, features, 3, 6, 0.0) for h in row]
+
+    with torch.no_grad():
+        exact, beams = run()
+        d.affines.int8 = True
+        int8, int8_beams = run()
+        d.affines.int8 = False
+        assert torch.equal(run()[0], exact)  # switched back: the float32 layout again
+    assert not torch.equal(int8, exact)  # the int8 products did run
+    assert (int8 - exact).abs().max() < 0.02 * (exact.max() - exact.min())  # within int8's rounding
+    assert int8_beams == beams  # peaked distributions: the same captions

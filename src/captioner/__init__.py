@@ -12,14 +12,15 @@ __version__ = "0.1.0"
 
 def load(folder: str, device: str | None = None, runtime: str = "torch") -> Captioner | OnnxCaptioner:
     """Load a trained captioner of either family from its artifact folder (model.safetensors + config.json +
-    vocab.json); ``device`` defaults to the GPU when there is one. ``runtime="onnx"`` loads a folder written by
-    ``captioner export --onnx`` on onnxruntime instead (no torch); both give ``caption(images, beam, ...)``."""
+    vocab.json); ``device`` defaults to the GPU when there is one. ``runtime="int8"`` decodes on the CPU with int8
+    copies of the decoder's weights (~3x faster steps); ``runtime="onnx"`` loads a folder written by
+    ``captioner export --onnx`` on onnxruntime instead (no torch); all give ``caption(images, beam, ...)``."""
     if runtime == "onnx":
         from captioner.onnx_runner import load_onnx
 
         return load_onnx(folder)
-    if runtime != "torch":
-        raise ValueError(f"unknown runtime {runtime!r}: choose torch or onnx")
+    if runtime not in ("torch", "int8"):
+        raise ValueError(f"unknown runtime {runtime!r}: choose torch, int8 or onnx")
     from captioner.inference import load as _load
 
-    return _load(folder, device)
+    return _load(folder, device, int8=runtime == "int8")

@@ -64,9 +64,16 @@ class Captioner(CaptionModel):
         return save_artifact(self, self.vocab, folder)
 
 
-def load(folder: str | Path, device: str | torch.device | None = None) -> Captioner:
-    """Rebuild a captioner of either family from its artifact folder; ``device`` defaults to the GPU if any."""
+def load(folder: str | Path, device: str | torch.device | None = None, int8: bool = False) -> Captioner:
+    """Rebuild a captioner of either family from its artifact folder; ``device`` defaults to the GPU if any.
+
+    ``int8``: searches on the CPU with int8 copies of the decoder's weights (~3x faster steps; a near tie between
+    two words may go the other way)."""
     config, vocab, state = read_artifact(folder)
     model = Captioner(config, vocab, load_weights=False)
     load_state(model, state, str(Path(folder) / "model.safetensors"))
-    return model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
+    device = torch.device(device or ("cpu" if int8 or not torch.cuda.is_available() else "cuda"))
+    if int8 and device.type != "cpu":
+        raise ValueError(f"int8 decoding runs on the CPU, not {device}: leave the device out or use --runtime torch")
+    model.decoder.affines.int8 = int8
+    return model.to(device).eval()

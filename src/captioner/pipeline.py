@@ -17,9 +17,10 @@ from captioner.predict import caption_features, record_features
 def evaluate_split(model_dir: str | Path, data: str | Path, split: str = "test", images: str | Path | None = None,
                    beam: int = 1, out: str | Path | None = None, java: bool = True, spice: bool = False,
                    cache_dir: str | Path | None = None, max_len: int | None = None,
-                   length_penalty: float = 0.0) -> dict[str, float]:
-    """Decode a split, write results_<split>.json and metrics_<split>.json, print the table (0-100)."""
-    model = load(model_dir)
+                   length_penalty: float = 0.0, int8: bool = False) -> dict[str, float]:
+    """Decode a split, write results_<split>.json and metrics_<split>.json, print the table (0-100); ``int8``
+    decodes with int8 copies of the decoder's weights (``--runtime int8``)."""
+    model = load(model_dir, int8=int8)
     records, report = open_split(data, split, images)
     print(report.summary())
     if not records:
