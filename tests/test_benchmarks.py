@@ -22,11 +22,14 @@ def test_quick_benchmarks_print_one_table() -> None:
     assert {c[0] for c in cells} == {"vocab", "latency"} and all(len(c) == 5 for c in cells)
     latency = [c for c in cells if c[0] == "latency"]
     assert all(float(c[2].replace(",", "")) > 0 for c in latency)
-    # per batch (1 and 4): the encoder, then greedy and beam-3 of two families for 10 and 20 words, with ratios
+    # per batch (1 and 4): the encoder, then greedy and beam-3 of two families, float32 and int8 (CPU), for 10
+    # and 20 words, with ratios
     assert [c[1] for c in latency if c[3] == "ms/image" and "encoder forward" in c[1]] == [
         "batch 1: encoder forward", "batch 4: encoder forward"]
-    assert len([c for c in latency if c[3] == "ms/image"]) == 2 * (1 + 2 * 2 * 2)
-    assert len([c for c in latency if c[3] == "x" and c[1].endswith("ratio to the encoder")]) == 2 * 2 * 2 * 2
+    searches = 2 * 2 * 2 * 2 * 2
+    assert len([c for c in latency if c[3] == "ms/image"]) == 2 + searches
+    assert len([c for c in latency if c[3] == "x" and c[1].endswith("ratio to the encoder")]) == searches
+    assert len([c for c in latency if c[3] == "x" and " int8 " in c[1]]) == searches // 2
 
 
 def _scale_rows(env: dict[str, str]) -> list[list[str]]:

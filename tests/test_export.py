@@ -158,7 +158,7 @@ def test_cli_exports_and_captions_and_the_server_serves_onnx(exported: tuple[Cap
     assert done.exit_code == 0, done.output
     assert done.output.strip().endswith("\t" + model.caption([images[0]])[0][0].text)
     done = runner.invoke(app, ["caption", "--model", str(run), "--runtime", "tensorflow", str(tmp_path / "a.png")])
-    assert done.exit_code == 2 and "torch or onnx" in done.output
+    assert done.exit_code == 2 and "torch, int8 or onnx" in done.output
     with TestClient(create_app(tmp_path / "onnx", runtime="onnx")) as client:
         r = client.post("/v1/captions", files=[("files", ("a.png", (tmp_path / "a.png").read_bytes(), "image/png"))])
     assert r.status_code == 200, r.text

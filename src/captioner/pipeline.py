@@ -72,6 +72,7 @@ def run_demo(out: str | Path = "runs/demo", train_images: int = 2000, epochs: in
     for decoder, n in (("show-tell", epochs), ("attention", attention_epochs)):
         run = out / decoder
         print(f"\n== training the {decoder} decoder ({n} epochs) ==", flush=True)
+        phase_start = time.perf_counter()
         cfg = TrainConfig(data=str(data), out=str(run), epochs=n, batch_size=XE_BATCH, threshold=1,
                           cache_dir=str(cache), progress=progress, eval_every=2, val_images=250,
                           attention_penalty=DEMO_ATTENTION_PENALTY,
@@ -79,17 +80,18 @@ def run_demo(out: str | Path = "runs/demo", train_images: int = 2000, epochs: in
         train(cfg, dict(decoder=decoder, backbone=backbone, encoder_weights="imagenet", image_size=image_size,
                         output_stride=output_stride, grid=grid, embed_size=128, hidden_size=256, attention_size=128,
                         context_size=128, dropout=0.3))
+        print(f"{decoder} phase: {time.perf_counter() - phase_start:.0f} s", flush=True)
         runs[decoder] = run
     served = max(runs, key=lambda d: _best_val_cider(runs[d]))
     if scst_epochs:
         run = out / f"{served}-scst"
         print(f"\n== self-critical training of the {served} model on CIDEr-D ({scst_epochs} epochs) ==", flush=True)
-        scst_start = time.perf_counter()
+        phase_start = time.perf_counter()
         train(TrainConfig(data=str(data), out=str(run), epochs=scst_epochs, threshold=1, cache_dir=str(cache),
                           progress=progress, eval_every=1, val_images=250, batch_size=SCST_BATCH, lr=SCST_LR,
                           min_lr=SCST_LR, scheduler="none", scst=True, init=str(runs[served]),
                           resume=(run / "checkpoints" / "last.ckpt").is_file()))
-        print(f"self-critical phase: {time.perf_counter() - scst_start:.0f} s", flush=True)
+        print(f"self-critical phase: {time.perf_counter() - phase_start:.0f} s", flush=True)
         runs[f"{served} + SCST"] = run
         served = max(runs, key=lambda d: _best_val_cider(runs[d]))
     records, _ = open_split(data, "test")
