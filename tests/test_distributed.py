@@ -83,13 +83,15 @@ def global_step(run: Path) -> int:
     return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["global_step"]
 
 
-def train(tiny_synth: Path, out: Path, cache: Path, devices: int, batching: str) -> str:
+def start_training(tiny_synth: Path, out: Path, cache: Path, devices: int, batching: str) -> tuple[subprocess.Popen,
+                                                                                                   Path]:
+    """Launch ``captioner train`` on ``devices`` processes (one thread each); ``finish`` waits for it."""
     cmd = [sys.executable, "-m", "captioner", "train", "--data", str(tiny_synth), "--out", str(out), "--epochs",
            str(EPOCHS), "--batch-size", str(GLOBAL_BATCH // devices), "--threshold", "1", "--batching", batching,
            "--cache-dir", str(cache), "--val-images", "8", "--accelerator", "cpu", "--devices", str(devices),
            "--no-progress", *TINY]
     log = out.parent / f"{out.name}.log"
-    return finish([launch(cmd, log)], [log])
+    return launch(cmd, log), log
 
 
 def steps_per_epoch(tiny_synth: Path, devices: int, batching: str) -> list[int]:
@@ -110,10 +112,11 @@ def steps_per_epoch(tiny_synth: Path, devices: int, batching: str) -> list[int]:
 @pytest.mark.slow
 @pytest.mark.parametrize("batching", ["bucket", "pad"])
 def test_two_process_ddp_matches_one_process(tiny_synth, tmp_path, batching) -> None:
-    one = tmp_path / "one"
-    train(tiny_synth, one, tmp_path / "cache", 1, batching)
-    two = tmp_path / "two"
-    out = train(tiny_synth, two, tmp_path / "cache2", 2, batching)
+    one, two = tmp_path / "one", tmp_path / "two"  # both at once: one thread per process, the same arithmetic
+    one_proc, one_log = start_training(tiny_synth, one, tmp_path / "cache", 1, batching)
+    two_proc, two_log = start_training(tiny_synth, two, tmp_path / "cache2", 2, batching)
+    finish([one_proc, two_proc], [one_log, two_log])  # kills both if either overruns
+    out = two_log.read_text(errors="replace")
     assert "MEMBER: 2/2" in out, out[-3000:]  # rank 1 really ran
 
     # one artifact, in --out, exported once (by rank 0); TensorBoard written once
