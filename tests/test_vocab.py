@@ -8,8 +8,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from nltk.tokenize import TreebankWordTokenizer
 
-from captioner.data.vocab import END, PAD, SPECIALS, START, UNK, Vocabulary, tokenize
+from captioner.data.vocab import _PUNCT, END, PAD, SPECIALS, START, UNK, Vocabulary, tokenize
 
 CAPTIONS = ["A dog runs.", "A dog sleeps on the sofa!", "a cat, a dog", "The cat sleeps", "A bird"]
 # counts: a 5, dog 3, cat 2, sleeps 2, the 2, runs/on/sofa/bird 1
@@ -20,6 +21,18 @@ def test_tokenize_lower_cases_splits_like_treebank_and_drops_punctuation() -> No
     assert tokenize('A man -- "smiling"... (left)') == ["a", "man", "smiling", "left"]
     assert tokenize("It costs 3.5 dollars.") == ["it", "costs", "3.5", "dollars"]
     assert tokenize("  ") == [] and tokenize("?!") == []
+
+
+def treebank(caption: str) -> list[str]:
+    """The long way: NLTK's Treebank tokens of the lower-cased caption, punctuation dropped."""
+    return [t for t in TreebankWordTokenizer().tokenize(caption.lower()) if t not in _PUNCT]
+
+
+def test_plain_captions_take_a_shortcut_to_the_same_tokens() -> None:
+    tricky = ["A dog.", "a dog . ", "two  dogs   run", "3 cats 2.", "it is 3.5 m", "a.b c", ".", "", "I cannot",
+              "CANNOT see", "gonna go", "they wanna", "wanna go", "gotta gimme lemme", "more'n", "cannot.", "a dog..",
+              "cat\tdog", "x-ray", "Don't"]
+    assert [tokenize(c) for c in tricky] == [treebank(c) for c in tricky]
 
 
 def test_build_keeps_frequent_words_most_frequent_first() -> None:
@@ -83,8 +96,10 @@ def test_real_val2014_vocabulary(shared: Path) -> None:
     seconds = time.perf_counter() - start
     print(f"vocabulary of {len(captions)} captions, threshold 5: {len(v)} words in {seconds:.1f} s")
     assert 5000 <= len(v) <= 12000 and v.itos[4] == "a"
-    part = captions[::4]  # the threshold and the order against an independent count (tokenising is the cost)
-    counts = Counter(w for c in part for w in tokenize(c))
+    part = captions[::4]  # the tokens, threshold and order against NLTK's own count (tokenising is the cost)
+    tokens = [treebank(c) for c in part]
+    assert [tokenize(c) for c in part] == tokens
+    counts = Counter(w for t in tokens for w in t)
     frequent = sorted((w for w, n in counts.items() if n >= 5), key=lambda w: (-counts[w], w))
     assert Vocabulary.build(part, threshold=5).itos[4:] == frequent  # no frequent word missing, most frequent first
     assert set(frequent) < set(v.itos)
