@@ -126,6 +126,12 @@ def test_onnx_captions_equal_pytorch_captions(exported: tuple[Captioner, Path], 
                 assert np.abs(c_got.attention - c_expected.attention.numpy()).max() < 1e-4
 
 
+def test_the_runners_graphs_do_not_spin_while_another_runs(exported: tuple[Captioner, Path]) -> None:
+    runner = load_onnx(exported[1])
+    for session in (runner.encoder, runner.start, runner.step_graph):  # spinning pools slowed a caption 2.4x
+        assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
 def test_the_runner_needs_no_torch(exported: tuple[Captioner, Path], images: list[Image.Image], tmp_path) -> None:
     model, folder = exported
     paths = []
