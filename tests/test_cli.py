@@ -95,6 +95,23 @@ def test_caption_search_flags_and_attention_maps(model, synth, tmp_path) -> None
     assert "attention maps" in result.output and (tmp_path / "maps.png").stat().st_size > 5000
 
 
+def test_caption_reads_the_images_in_a_folder_and_reports_an_empty_one(model, synth, tmp_path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    sources = sorted((synth / "test").glob("*.png"))[:3]
+    for i, src in enumerate(sources):
+        (folder / f"{i}.{('png', 'JPG', 'webp')[i]}").write_bytes(src.read_bytes())  # any extension Pillow knows
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "sub").mkdir()  # not recursive
+    result = invoke("caption", "--model", model, folder)
+    assert result.exit_code == 0, result.output
+    assert [line.split("\t")[0] for line in result.output.splitlines()] == [
+        str(folder / n) for n in ("0.png", "1.JPG", "2.webp")]
+    result = invoke("caption", "--model", model, folder / "sub", sources[0])
+    assert result.exit_code == 1 and "sub: a folder without image files" in result.output
+    assert f"{sources[0]}\t" in result.output
+
+
 def test_int8_runtime_captions_and_a_wrong_runtime_names_the_choices(model, synth) -> None:
     images = sorted((synth / "test").glob("*.png"))[:3]
     result = invoke("caption", "--model", model, *images, "--runtime", "int8", "--beam", 2)

@@ -199,7 +199,7 @@ RuntimeOpt = Annotated[str, typer.Option(help="torch (--model is a model folder)
 
 @app.command()
 def caption(model: Annotated[Path, typer.Option(help="Model folder (model.safetensors, config.json, vocab.json)")],
-            images: Annotated[list[Path], typer.Argument(help="Image files")],
+            images: Annotated[list[Path], typer.Argument(help="Image files, or folders: their images (not recursive)")],
             beam: Annotated[int, typer.Option(help="Beam size (1: greedy)")] = 1,
             max_len: MaxLenOpt = None, length_penalty: PenaltyOpt = 0.0,
             grid: Annotated[Path | None, typer.Option(help="Write a PNG grid of the images with captions")] = None,
@@ -214,12 +214,15 @@ def caption(model: Annotated[Path, typer.Option(help="Model folder (model.safete
         m = load(str(model), runtime=runtime)
         if attention and m.config.decoder != "attention":
             raise ValueError(f"--attention needs an attention model; {model} is {m.config.decoder}")
-        readable = []
-        for path in images:
+        readable, skipped = [], 0
+        for path in _image_files(images):
             try:
+                if path.is_dir():
+                    raise OSError(f"{path}: a folder without image files (.jpg, .png, .webp, ... as Pillow reads)")
                 readable.append((path, load_rgb(path)))
             except OSError as e:
                 typer.secho(f"skipped: {e}", fg="yellow", err=True)
+                skipped += 1
         results = m.caption([im for _, im in readable], beam, max_len=max_len, length_penalty=length_penalty)
     except (OSError, ValueError, ImportError) as e:
         raise _fail(e) from None
@@ -235,8 +238,19 @@ def caption(model: Annotated[Path, typer.Option(help="Model folder (model.safete
 
         attention_maps([im for _, im in readable], [h[0] for h in results], attention)
         typer.echo(f"attention maps: {attention}")
-    if len(readable) < len(images):
+    if skipped:
         raise typer.Exit(1)
+
+
+def _image_files(paths: list[Path]) -> list[Path]:
+    """The paths, each folder replaced by its files with an image extension that Pillow knows, sorted."""
+    from PIL import Image
+
+    known, out = set(Image.registered_extensions()), []
+    for path in paths:
+        found = sorted(p for p in path.iterdir() if p.suffix.lower() in known and p.is_file()) if path.is_dir() else []
+        out += found or [path]  # a folder without images stays, to be reported
+    return out
 
 
 @app.command()
