@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from captioner.data.vocab import END, PAD, START, UNK, Vocabulary
 from captioner.decode import NEVER, beam_search, greedy, normalise, sample
@@ -99,19 +100,18 @@ def test_chunked_loss_equals_the_whole_loss_and_its_gradients() -> None:
             assert torch.allclose(a, b, atol=1e-6)
 
 
-def test_recomputed_attention_gives_the_same_gradients(monkeypatch) -> None:
-    """Training recomputes each word's attention in the backward pass (checkpoint); the gradients are unchanged."""
-    monkeypatch.setattr(attention, "RECOMPUTE_ABOVE", 0)
+def test_attention_in_recomputed_chunks_gives_the_same_result(monkeypatch) -> None:
+    """Teacher forcing may attend a batch's words in chunks, recomputed in the backward pass (checkpoint): the
+    outputs, maps and gradients are those of one pass over all words."""
     dec = decoder_of("attention", 12, seed=2)
     features, captions = torch.randn(2, 4, 6), torch.tensor([[START, 5, 6, 7, END], [START, 8, 9, END, PAD]])
-    grads = []
-    for training in (True, False):
-        dec.train(training)
-        dec.standardize.eval()  # the same statistics either way: only the recomputation differs
+    results = []
+    for chunk in (attention.CHUNK, 0):  # 0: a word a chunk
+        monkeypatch.setattr(attention, "CHUNK", chunk)
         hidden, alphas = dec(features, captions)
         loss = caption_loss(dec.out, hidden, captions) + attention_penalty(alphas, captions)
-        grads.append(torch.autograd.grad(loss, list(dec.parameters()), allow_unused=True))
-    for a, b in zip(*grads, strict=True):
+        results.append((hidden, alphas, *torch.autograd.grad(loss, list(dec.parameters()), allow_unused=True)))
+    for a, b in zip(*results, strict=True):
         assert (a is None and b is None) or torch.allclose(a, b, atol=1e-6)
 
 
@@ -140,6 +140,16 @@ def test_attention_rows_sum_to_one_and_the_penalty_is_doubly_stochastic() -> Non
     peaked = torch.zeros(1, 9, 9)
     peaked[..., 0] = 1  # all on one cell: (1 - 9)^2 + 8 * 1
     assert attention_penalty(peaked, torch.tensor([[START] + [5] * 9])) == pytest.approx(72.0)
+
+
+def test_attention_for_the_next_word_looks_after_reading_the_last_one() -> None:
+    """The map used to predict the word after "blue" depends on "blue" (the state after reading it): querying the
+    state before it (Xu et al.'s order) gives one map whatever word was read, so colour and shape can come from
+    two objects."""
+    dec = decoder_of("attention", 12, seed=3, cells=9)
+    state = dec.start(torch.randn(1, 9, 6).repeat(2, 1, 1))
+    _, _, alpha = dec.step(torch.tensor([5, 6]), state)  # the same image and state, two different words read
+    assert (alpha[0] - alpha[1]).abs().max() > 1e-6
 
 
 def brute_force(dec: torch.nn.Module, features: torch.Tensor, vocab_size: int, max_len: int,
@@ -293,6 +303,12 @@ def test_artifact_errors_name_the_file(vocab: Vocabulary, tmp_path) -> None:
     (folder / "config.json").write_text(json.dumps(config | {"hidden_size": 64}))
     with pytest.raises(ValueError, match="model.safetensors"):
         load(folder)
+    attention = tiny(vocab, "attention").save(tmp_path / "att")  # laid out as before the LSTM read ahead of attention
+    old = {k.replace("decoder.lstm.", "decoder.cell.").removesuffix("_l0"): v
+           for k, v in load_file(str(attention / "model.safetensors")).items()}
+    save_file(old, str(attention / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"missing \['decoder.lstm.*retrain"):
+        load(attention)
     (folder / "config.json").write_text(json.dumps(config | {"decoder": "transformer"}))
     with pytest.raises(ValueError, match="show-tell, attention"):
         load(folder)

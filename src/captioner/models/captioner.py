@@ -80,6 +80,7 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) ->
         detail = (f"shape of {wrong[0]} is {tuple(state[wrong[0]].shape)}, config gives "
                   f"{tuple(expected[wrong[0]].shape)}" if wrong else
                   f"tensors differ: missing {sorted(expected.keys() - state.keys())[:3]}, "
-                  f"unexpected {sorted(state.keys() - expected.keys())[:3]}")
+                  f"unexpected {sorted(state.keys() - expected.keys())[:3]} (a model saved by an earlier captioner "
+                  f"whose decoder had other layers: retrain it with this version)")
         raise ValueError(f"{source} does not match its config.json / vocab.json: {detail}")
     model.load_state_dict(state)
