@@ -1,6 +1,7 @@
 """Encoder, both decoder families, the search module and the model artifact, on tiny models."""
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 
@@ -322,6 +323,20 @@ def test_artifact_errors_name_the_file(vocab: Vocabulary, tmp_path) -> None:
 def test_grid_features_are_standardised_before_the_embedding() -> None:
     dec = ShowTell(12, 8, embed_size=4, hidden_size=6).train()
     features = 50 + 0.1 * torch.randn(64, 3, 8)
-    dec.image(features)
-    assert torch.allclose(dec.standardize.running_mean, 0.1 * 50 * torch.ones(8), atol=0.1)
+    dec.image(features)  # the first training batch sets the running statistics
+    assert torch.allclose(dec.standardize.running_mean, features.mean(1).mean(0), atol=1e-4)
+    standardised = F.batch_norm(features.mean(1), dec.standardize.running_mean, dec.standardize.running_var)
+    assert standardised.mean().abs() < 1e-3 and standardised.std() == pytest.approx(1, abs=0.05)
     assert dec.image(features[:1]).shape == (1, 4)  # a one-caption batch still works
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_training_batch_is_not_normalised_by_its_own_statistics(family: str) -> None:
+    """Length-bucketed batches group images by caption length: normalised by the batch's own statistics, an
+    image's features would depend on its batch mates and so tell the decoder the length to predict."""
+    dec = decoder_of(family, 12, seed=4).train()
+    features, captions = 3 + torch.randn(5, 4, 6), torch.tensor([[START, 5, 6, END]] * 3)
+    dec(features[:3], captions)  # a first batch sets the running statistics
+    alone = copy.deepcopy(dec)(features[[0, 1, 2]], captions)[0][0]
+    mates = copy.deepcopy(dec)(features[[0, 3, 4]], captions)[0][0]
+    assert torch.allclose(alone, mates, atol=1e-6)

@@ -330,10 +330,10 @@ def export(model: Annotated[Path, typer.Option(help="Model folder (model.safeten
 @app.command()
 def demo(out: Annotated[Path, typer.Option(help="Folder for the data set, the runs and the served model")] = Path(
               "runs/demo"),
-         train_images: Annotated[int, typer.Option(help="Synthetic training images")] = 2000,
-         epochs: Annotated[int, typer.Option(help="Show-Tell epochs")] = 8,
-         attention_epochs: Annotated[int, typer.Option(help="Attention epochs")] = 16,
-         scst_epochs: Annotated[int, typer.Option(help="Self-critical epochs for the better family (0: none)")] = 5,
+         train_images: Annotated[int, typer.Option(help="Synthetic training images")] = 4000,
+         epochs: Annotated[int, typer.Option(help="Show-Tell epochs")] = 6,
+         attention_epochs: Annotated[int, typer.Option(help="Attention epochs")] = 8,
+         scst_epochs: Annotated[int, typer.Option(help="Self-critical epochs for the better family (0: none)")] = 2,
          image_size: Annotated[int, typer.Option(help="Encoder input side")] = 128,
          grid: Annotated[int, typer.Option(help="Feature grid side G (odd: a centre cell for the middle)")] = 5,
          backbone: Annotated[str, typer.Option(help="Frozen encoder (efficientnet_lite0: pretrained, offline)")]

@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from captioner.data.vocab import PAD
-from captioner.models.decoder import Affines, State, lstm_cell
+from captioner.models.decoder import Affines, State, batch_norm, lstm_cell
 
 CHUNK = 2**24  # teacher forcing attends a batch's words in chunks of at most this many numbers ([B, words, N, A]),
 # each recomputed in the backward pass: COCO at batch 512 (7x7 x 256, 25 words) peaks at +1.6 GB, not +2.9 GB
@@ -48,7 +48,7 @@ class ShowAttendTell(nn.Module):
 
     def start(self, features: torch.Tensor) -> State:
         """(h, c, mean value [B, D], values [B, N, D], keys [B, N, A]) from grid features [B, N, C]."""
-        x = self.standardize(features.float().flatten(0, 1)).view_as(features)
+        x = batch_norm(self.standardize, features.float().flatten(0, 1)).view_as(features)
         values = self.values(x) + self.where
         mean = values.mean(1)
         return torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean)), mean, values, self.keys(values)

@@ -96,11 +96,33 @@ def lstm_cell(xh: torch.Tensor, c: torch.Tensor, gates: Affine) -> tuple[torch.T
 
 
 def batch_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Apply a BatchNorm1d; a one-caption training batch has no batch statistics, so it uses the running ones."""
-    if isinstance(norm, nn.BatchNorm1d) and norm.training and x.size(0) == 1:
-        return F.batch_norm(x, norm.running_mean, norm.running_var, norm.weight, norm.bias, training=False,
-                            eps=norm.eps)
-    return norm(x)
+    """Apply a BatchNorm1d with running statistics, in training too: a training batch is normalised by those of the
+    batches before it (the first one sets them), then updates them.
+
+    A length-bucketed batch holds the images of captions of one length: normalised by its own statistics, the
+    features would tell the decoder the length it is to predict, which no test image does (measured on the demo: the
+    attention model began every 3-object caption with "the", p = 1.0, where 21% of them do). The running averages
+    start as the exact mean of the batches seen, then follow the module's momentum.
+    """
+    if not isinstance(norm, nn.BatchNorm1d):
+        return norm(x)
+    update = norm.training and x.size(0) > 1  # one caption has no statistics
+    first = update and not norm.num_batches_tracked
+    if first:
+        _update_statistics(norm, x)
+    out = F.batch_norm(x, norm.running_mean.clone(), norm.running_var.clone(), norm.weight, norm.bias,
+                       training=False, eps=norm.eps)
+    if update and not first:
+        _update_statistics(norm, x)
+    return out
+
+
+def _update_statistics(norm: nn.BatchNorm1d, x: torch.Tensor) -> None:
+    """Fold a batch into the running mean and variance."""
+    with torch.no_grad():
+        norm.num_batches_tracked += 1
+        momentum = max(1 / float(norm.num_batches_tracked), norm.momentum or 0.0)
+        F.batch_norm(x.detach(), norm.running_mean, norm.running_var, training=True, momentum=momentum, eps=norm.eps)
 
 
 class ShowTell(nn.Module):
