@@ -107,12 +107,13 @@ def batch_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if not isinstance(norm, nn.BatchNorm1d):
         return norm(x)
     update = norm.training and x.size(0) > 1  # one caption has no statistics
-    first = update and not norm.num_batches_tracked
-    if first:
+    if update and not norm.num_batches_tracked:  # the first batch sets them
         _update_statistics(norm, x)
+        update = False
+    # copies: autograd keeps the statistics used here, and the update below changes them in place
     out = F.batch_norm(x, norm.running_mean.clone(), norm.running_var.clone(), norm.weight, norm.bias,
                        training=False, eps=norm.eps)
-    if update and not first:
+    if update:
         _update_statistics(norm, x)
     return out
 
