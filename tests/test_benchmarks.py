@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -58,3 +60,22 @@ def test_quick_scale_section_measures_every_row(shared: Path) -> None:
                  "compute-bound extraction on one H100 SXM"):
         assert name in figures
     assert any(f.startswith("feature cache on disk, 7x7 grid") for f in figures)
+
+
+def test_cider_ceiling_scores_like_pycocoevalcap_and_climbs_only_up() -> None:
+    from benchmarks.cider_ceiling import Scorer, climb
+    from pycocoevalcap.cider.cider import Cider
+
+    refs = {1: ["a red circle on the left", "there is a big red circle on the left", "a red circle at the left side"],
+            2: ["a blue square above a green triangle", "the green triangle is under the blue square"],
+            3: ["a small yellow diamond in the centre", "a yellow diamond in the middle of the image"]}
+    candidates = {1: "a red circle on the right", 2: "a green triangle below a blue square", 3: "a yellow diamond"}
+    references = {i: [r.split() for r in rs] for i, rs in refs.items()}
+    _, official = Cider().compute_score(refs, {i: [c] for i, c in candidates.items()})
+    score = Scorer(references)
+    mine = [score(candidates[i].split(), i) for i in refs]
+    np.testing.assert_allclose(mine, official, rtol=0, atol=1e-9)
+    for i, words in ((1, candidates[1].split()), (3, ["the"])):
+        best, caption = climb(score, words, i, sorted({w for r in references[i] for w in r}))
+        assert best == score(caption, i) and best > score(words, i)
+    assert score("a red circle on the left".split(), 1) > score("a blue square".split(), 1)
