@@ -4,7 +4,8 @@ Sections: train (feature cache vs encoder per batch), latency (greedy/beam vs en
 workers), vocab (162k real captions; needs $CAPTIONER_SHARED), rewards (CIDEr-D reward vs pycocoevalcap;
 needs $CAPTIONER_SHARED), serve (micro-batching on/off, benchmarks/serve_bench), scale (COCO-2014 size simulated:
 cache sizes, training RSS, epoch times, loader vs step rate, FLOPs; needs $CAPTIONER_SHARED and ~30 GB of temp
-disk, all deleted after), onnx (ONNX Runtime vs PyTorch greedy captions).
+disk, all deleted after), gpu (COCO-shaped training steps with the cache in GPU memory; skipped without CUDA),
+onnx (ONNX Runtime vs PyTorch greedy captions).
 Each comparison is measured side by side in the same run. Progress goes to stderr, the table to stdout.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 
 from benchmarks.common import device, row, say
 
-SECTIONS = ("train", "latency", "extract", "vocab", "rewards", "serve", "scale", "onnx")
+SECTIONS = ("train", "latency", "extract", "vocab", "rewards", "serve", "scale", "gpu", "onnx")
 SERVE_CLIENTS = 8
 
 

@@ -14,14 +14,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_quick_benchmarks_print_one_table() -> None:
-    done = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--only", "vocab", "--only", "latency"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--only", "vocab", "--only", "latency",
+                           "--only", "gpu"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.strip().splitlines()
     assert "CPU cores" in lines[0] and "torch threads" in lines[0]
     assert lines[2:4] == ["| section | figure | value | unit | notes |", "|---|---|---:|---|---|"]
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[4:]]
-    assert {c[0] for c in cells} == {"vocab", "latency"} and all(len(c) == 5 for c in cells)
+    assert {c[0] for c in cells} == {"vocab", "latency", "gpu"} and all(len(c) == 5 for c in cells)
+    gpu = [c for c in cells if c[0] == "gpu"]  # --quick: tiny sizes on whatever device there is
+    assert len(gpu) == 1 + 2 * 2 * 2 and all(float(c[2].replace(",", "")) > 0 for c in gpu)
     latency = [c for c in cells if c[0] == "latency"]
     assert all(float(c[2].replace(",", "")) > 0 for c in latency)
     # per batch (1 and 4): the encoder, then greedy and beam-3 of two families, float32 and int8 (CPU), for 10
