@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from captioner.data.vocab import END, START
-from captioner.decode import NEVER, beam_search, normalise
+from captioner.decode import NEVER, beam_search, greedy, normalise, sample
 from captioner.models.attention import ShowAttendTell
 from captioner.models.decoder import ShowTell
 
@@ -40,7 +40,8 @@ def plain_beam(d: torch.nn.Module, features: torch.Tensor, k: int, max_len: int,
         grown = []
         for ids, score, state in beams:
             lp, state = log_probs(d, state, ids[-1] if ids else START)
-            ended.append((ids, score + lp[END]))
+            if ids:  # a caption has at least one word
+                ended.append((ids, score + lp[END]))
             grown += [(ids + [w], score + lp[w], state) for w in range(VOCAB) if w != END and lp[w] > float("-inf")]
         beams = sorted(grown, key=lambda b: -b[1])[:k]
     ended += [(ids, score) for ids, score, _ in beams]
@@ -104,3 +105,20 @@ def test_int8_search_stays_close_to_float32_and_switches_back(family: str) -> No
     assert not torch.equal(int8, exact)  # the int8 products did run
     assert (int8 - exact).abs().max() < 0.02 * (exact.max() - exact.min())  # within int8's rounding
     assert int8_beams == beams  # peaked distributions: the same captions
+
+
+@pytest.mark.parametrize("family", ["show-tell", "attention"])
+def test_a_caption_has_a_word_even_when_the_model_would_end_at_once(family: str) -> None:
+    """An undertrained model may rank <end> first at the first step: every search still returns one word (the best
+    first word), then ends."""
+    d = decoder(family, end_bias=30.0)
+    features = torch.randn(3, 4, FEATURES)
+    with torch.no_grad():
+        lp, _, _ = d.step(torch.full((3,), START), d.start(features))
+    assert (lp.argmax(1) == END).all()
+    lp[:, [*NEVER, END]] = float("-inf")
+    best_first = lp.argmax(1).tolist()
+    assert [h.ids for h in greedy(d, features, 6)] == [[w] for w in best_first]
+    assert [row[0].ids for row in beam_search(d, features, 3, 6)] == [[w] for w in best_first]
+    ids, _ = sample(d, features, 4, 6)
+    assert (ids[:, 0] != END).all() and (ids[:, 1] == END).all()

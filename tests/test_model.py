@@ -158,7 +158,7 @@ def brute_force(dec: torch.nn.Module, features: torch.Tensor, vocab_size: int, m
     """The best caption by normalised score among every caption of at most ``max_len`` tokens."""
     words = [w for w in range(vocab_size) if w not in (*NEVER, END)]
     best: tuple[list[int], float, float] = ([], float("-inf"), float("-inf"))
-    for length in range(max_len + 1):
+    for length in range(1, max_len + 1):  # a caption has at least one word
         for seq in itertools.product(words, repeat=length):
             ended = length < max_len
             tokens = [START, *seq, END][: length + 1 + ended]

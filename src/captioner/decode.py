@@ -1,8 +1,9 @@
 """Caption search on the decoder interface (start / step), for every model family: greedy, beam, sampling.
 
-Conventions shared by all three: a caption is at most ``max_len`` tokens; its score is the log-probability of
-the words it returns plus that of ``<end>`` when ``<end>`` was produced (a caption cut at ``max_len`` has no
-``<end>``); the length penalty divides by ``((5 + words) / 6) ** alpha`` (GNMT), words counted without ``<end>``.
+Conventions shared by all three: a caption has at least one word and at most ``max_len`` tokens; its score is the
+log-probability of the words it returns plus that of ``<end>`` when ``<end>`` was produced (a caption cut at
+``max_len`` has no ``<end>``); the length penalty divides by ``((5 + words) / 6) ** alpha`` (GNMT), words counted
+without ``<end>``.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 from captioner.data.vocab import END, PAD, START, UNK
 from captioner.models.decoder import State
 
-NEVER = (PAD, START, UNK)  # tokens no search ever generates
+NEVER = (PAD, START, UNK)  # tokens no search ever generates; nor <end> first: a caption has a word
 Kept = tuple[float, float, int, int, bool]  # a beam's ended caption: normalised and raw score, last step, beam, <end>
 
 
@@ -34,14 +35,16 @@ CHECK_EVERY = 4  # greedy on a GPU asks whether all captions ended every few ste
 
 
 class _Step:
-    """``decoder.step`` with <pad>, <start> and <unk> ruled out (their index tensor is made once per search)."""
+    """``decoder.step`` with <pad>, <start> and <unk> ruled out, and <end> at the first step (one per search)."""
 
     def __init__(self, decoder: Decoder, device: torch.device) -> None:
-        self.decoder, self.never = decoder, torch.tensor(NEVER, device=device)
+        self.decoder, self.first = decoder, True
+        self.never, self.never_first = torch.tensor(NEVER, device=device), torch.tensor((*NEVER, END), device=device)
 
     def __call__(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, torch.Tensor | None]:
         log_probs, state, alpha = self.decoder.step(tokens, state)
-        return log_probs.index_fill(1, self.never, float("-inf")), state, alpha
+        never, self.first = self.never_first if self.first else self.never, False
+        return log_probs.index_fill(1, never, float("-inf")), state, alpha
 
 
 def _reorder(state: State, rows: torch.Tensor) -> State:

@@ -22,7 +22,7 @@ from captioner.data.vocab import END, PAD, START, UNK, Vocabulary
 from captioner.io import read_json
 from captioner.models.config import ModelConfig
 
-NEVER = [PAD, START, UNK]  # tokens no search ever generates (decode.NEVER)
+NEVER = [PAD, START, UNK]  # tokens no search ever generates, nor <end> after <start> (decode.NEVER)
 FILES = ("encoder.onnx", "start.onnx", "step.onnx", "config.json", "vocab.json", "preprocess.json")
 State = list[np.ndarray]
 Step = Callable[[np.ndarray, State], tuple[np.ndarray, State, np.ndarray | None]]
@@ -179,13 +179,15 @@ class OnnxCaptioner:
         self.attention = "attention" in outputs
 
     def step(self, tokens: np.ndarray, state: State) -> tuple[np.ndarray, State, np.ndarray | None]:
-        """Log-probabilities [B, V] with <pad>, <start>, <unk> ruled out, the next state, the attention."""
+        """Log-probabilities [B, V] with <pad>, <start>, <unk> (and <end> after <start>) ruled out, the next
+        state, the attention."""
         feeds = {"tokens": tokens, **dict(zip(self.state_names, state, strict=True))}
         log_probs, *out = self.step_graph.run(None, feeds)
         state = list(state)
         for j, new in zip(self.replaced, out, strict=False):
             state[j] = new
         log_probs[:, NEVER] = -np.inf
+        log_probs[tokens == START, END] = -np.inf
         return log_probs, state, out[-1] if self.attention else None
 
     def caption(self, images: Sequence[Image.Image], beam: int = 1, batch_size: int = 32, max_len: int | None = None,
