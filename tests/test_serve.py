@@ -118,7 +118,24 @@ def test_many_files_and_modes(client: TestClient) -> None:
     status, body = post(client, *files)
     assert status == 200, body
     assert [r["filename"] for r in body["results"]] == [name for name, _ in files]
-    assert all(len(r["captions"]) == 1 for r in body["results"])
+    assert all(len(r["captions"]) == 1 and r["error"] is None for r in body["results"])
+
+
+def test_a_bad_file_is_skipped_and_reported_the_others_captioned(client: TestClient,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    good, alone = image_bytes(), post(client, ("alone.jpg", image_bytes()))[1]["results"][0]["captions"]
+    with caplog.at_level("WARNING", logger="captioner.serve"):
+        status, body = post(client, ("empty.jpg", b""), ("ok.jpg", good), ("cut.jpg", good[:2000]),
+                            ("notes.jpg", b"hello"))
+    assert status == 200, body
+    results = {r["filename"]: r for r in body["results"]}
+    assert list(results) == ["empty.jpg", "ok.jpg", "cut.jpg", "notes.jpg"]
+    assert results["ok.jpg"]["error"] is None and results["ok.jpg"]["captions"] == alone
+    for name, words in (("empty.jpg", "empty"), ("cut.jpg", "truncated"), ("notes.jpg", "JPEG, PNG, WebP")):
+        assert results[name]["captions"] == [] and words in results[name]["error"]
+        assert any(name in m and words in m for m in caplog.messages)
+    status, body = post(client, ("empty.jpg", b""), ("notes.jpg", b"hello"))  # nothing to caption: the first error
+    assert status == 422 and "empty" in body["detail"]
 
 
 def test_beam_gives_sorted_alternatives(client: TestClient) -> None:

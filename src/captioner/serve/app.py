@@ -46,7 +46,9 @@ class Caption(BaseModel):
 
 class Result(BaseModel):
     filename: str
-    captions: list[Caption] = Field(description="best first")
+    captions: list[Caption] = Field(description="best first (none for a file that was skipped)")
+    error: str | None = Field(None, description="why this file was skipped; the request's other files are captioned "
+                                                "(a request whose files are all bad is answered with that error)")
 
 
 class CaptionResponse(BaseModel):
@@ -322,19 +324,33 @@ def create_app(model_dir: str | Path, beam: int = 1, max_batch: int = 16, max_wa
         504: {"model": Error, "description": f"no answer within {request_timeout_s:g} s"},
     }
 
-    async def caption(files: list[UploadFile], names: list[str], beam: int) -> Captions:
-        """Read and check the uploads, decode them within the pixel budget, caption them."""
-        images = []
-        for upload, name in zip(files, names, strict=True):
-            data = await read_limited(upload, max_bytes)
-            images.append(await asyncio.to_thread(open_image, data, name, max_pixels, min_side))
-        pixels = sum(im.width * im.height for im in images)
+    async def caption(files: list[UploadFile], names: list[str], beam: int) -> list[list[Any] | HTTPException]:
+        """Read and check the uploads, decode them within the pixel budget, caption them: per file its captions, or
+        the error that skipped it (when every file fails, the first file's error is raised)."""
+        images: dict[int, Image.Image] = {}
+        skipped: dict[int, HTTPException] = {}
+        for i, (upload, name) in enumerate(zip(files, names, strict=True)):
+            try:
+                data = await read_limited(upload, max_bytes)
+                images[i] = await asyncio.to_thread(open_image, data, name, max_pixels, min_side)
+            except HTTPException as e:
+                skipped[i] = e
+        pixels = sum(im.width * im.height for im in images.values())
         if pixels > max_request_pixels:
             raise HTTPException(413, f"{pixels:,} pixels to decode in one request, over the budget of "
                                      f"{max_request_pixels:,}: send fewer or smaller images")
-        for image, name in zip(images, names, strict=True):
-            await asyncio.to_thread(decode, image, name)
-        return await app.state.caption(images, beam)
+        for i in list(images):
+            try:
+                await asyncio.to_thread(decode, images[i], names[i])
+            except HTTPException as e:
+                skipped[i] = e
+                del images[i]
+        for i, e in sorted(skipped.items()):
+            log.warning("skipped %s: %s", names[i], e.detail)
+        if not images:
+            raise skipped[0]
+        captioned = iter(await app.state.caption(list(images.values()), beam))
+        return [skipped[i] if i in skipped else next(captioned) for i in range(len(files))]
 
     @app.post("/v1/captions", responses=errors)
     async def captions(
@@ -344,7 +360,8 @@ def create_app(model_dir: str | Path, beam: int = 1, max_batch: int = 16, max_wa
         attention: Annotated[bool, Query(description="include each word's attention map (attention models)")]
         = False,
     ) -> CaptionResponse:
-        """Caption the uploaded images; with beam > 1 each gets ``beam`` alternatives, best first."""
+        """Caption the uploaded images; with beam > 1 each gets ``beam`` alternatives, best first. A file that cannot
+        be read is skipped with its error in its result, unless all are bad (then: that error's status)."""
         start = time.perf_counter()
         if len(files) > max_files:
             raise HTTPException(413, f"{len(files)} files sent: at most {max_files} per request")
@@ -356,10 +373,12 @@ def create_app(model_dir: str | Path, beam: int = 1, max_batch: int = 16, max_wa
             except (TimeoutError, asyncio.TimeoutError):  # two classes on Python 3.10, one since 3.11
                 raise HTTPException(504, f"no answer within {request_timeout_s:g} s: the server is busy, "
                                          "try again later") from None
-        results = [Result(filename=name, captions=[
-            Caption(text=c.text, score=c.score,
-                    attention=c.attention.tolist() if attention and c.attention is not None else None) for c in caps])
-            for name, caps in zip(names, out, strict=True)]
+        results = [Result(filename=name, captions=[], error=caps.detail) if isinstance(caps, HTTPException) else
+                   Result(filename=name, captions=[
+                       Caption(text=c.text, score=c.score,
+                               attention=c.attention.tolist() if attention and c.attention is not None else None)
+                       for c in caps])
+                   for name, caps in zip(names, out, strict=True)]
         return CaptionResponse(results=results, model=info.name,
                                latency_ms=round((time.perf_counter() - start) * 1000, 2))
 
