@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from captioner import load
+from captioner import train as train_module
 from captioner.data.captions import CachedCaptions
 from captioner.data.vocab import Vocabulary
 from captioner.io import read_csv
@@ -185,3 +186,32 @@ def test_self_critical_training_raises_the_reward(tiny_synth, tmp_path, baseline
     assert sum(rewards[-2:]) > 1.05 * sum(rewards[:2]), rewards
     assert all(0 < float(r["sample_len"]) <= 20 for r in table) and table[-1]["val_cider"]
     assert (run / "cider_df.npz").is_file() and load(run).config == load(xe).config
+
+
+def test_with_ema_the_average_is_validated_and_saved(tiny_synth, tmp_path, monkeypatch) -> None:
+    """--ema: the captions scored for val CIDEr (which picks the saved checkpoint) come from the weights' moving
+    average, and that average is what the artifact holds, not the last step's weights."""
+    scored: list[torch.Tensor] = []
+    score = train_module.generation_scores
+
+    def spy(model, *args, **kwargs):
+        scored.append(model.decoder.out.weight.detach().clone())
+        return score(model, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "generation_scores", spy)
+    run = train(TrainConfig(data=str(tiny_synth), out=str(tmp_path / "run"), epochs=2, batch_size=8, threshold=1,
+                            eval_every=2, val_images=8, ema=0.9, cache_dir=str(tmp_path / "cache"), progress=False),
+                TINY)
+    saved = load(run).decoder.out.weight
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert len(scored) == 1 and torch.equal(scored[0], saved)
+    assert not torch.allclose(last["current_model_state"]["model.decoder.out.weight"], saved)
+
+
+def test_resume_with_ema_gives_the_same_model_as_one_run(tiny_synth, tmp_path) -> None:
+    cfg = dict(data=str(tiny_synth), batch_size=8, threshold=1, scheduler="none", eval_every=2, val_images=8,
+               ema=0.9, cache_dir=str(tmp_path / "cache"), progress=False)  # saved: the second epoch's average
+    straight = train(TrainConfig(out=str(tmp_path / "straight"), epochs=2, **cfg), TINY)
+    train(TrainConfig(out=str(tmp_path / "resumed"), epochs=1, **cfg), TINY)
+    resumed = train(TrainConfig(out=str(tmp_path / "resumed"), epochs=2, resume=True, force=True, **cfg), TINY)
+    assert (straight / "model.safetensors").read_bytes() == (resumed / "model.safetensors").read_bytes()

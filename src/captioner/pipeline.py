@@ -44,8 +44,11 @@ XE_BATCH = 128  # captions per cross-entropy batch: on a few thousand images, mo
 # cells are empty background, and lambda = 1 (Xu et al.'s COCO value) pulls the attention onto them: measured on the
 # demo's test split (Xu et al.'s query order, 8 epochs), attention naming every object 58% at 1, 70% at 0.1, 78% at 0.
 DEMO_ATTENTION_PENALTY = 0.0
-SCST_BATCH, SCST_LR = 50, 5e-4  # images per batch (x 5 samples each), learning rate of the self-critical phase
-# (measured on the demo: 5e-4 reaches a higher val CIDEr in 8 epochs than 2e-4 in 10)
+XE_EMA = 0.99  # cross-entropy runs keep a moving average of their weights (a ~100-step horizon): attention naming
+# every object, 8 epochs, seeds 0-3: 94.8 / 93.2 / 97.2 / 97.2% without, 96.4 / 96.4 / 98.4 / 96.8% with
+SCST_BATCH, SCST_LR = 50, 1e-3  # images per batch (x 5 samples each), learning rate of the self-critical phase
+# (measured on the demo from the averaged cross-entropy model, 2 epochs: val CIDEr 480.0 / 482.6 / 484.7 at
+# 2.5e-4 / 5e-4 / 1e-3)
 
 
 def _best_val_cider(run: Path) -> float:
@@ -75,7 +78,7 @@ def run_demo(out: str | Path = "runs/demo", train_images: int = 4000, epochs: in
         phase_start = time.perf_counter()
         cfg = TrainConfig(data=str(data), out=str(run), epochs=n, batch_size=XE_BATCH, threshold=1,
                           cache_dir=str(cache), progress=progress, eval_every=2, val_images=250,
-                          attention_penalty=DEMO_ATTENTION_PENALTY,
+                          attention_penalty=DEMO_ATTENTION_PENALTY, ema=XE_EMA,
                           resume=(run / "checkpoints" / "last.ckpt").is_file())
         train(cfg, dict(decoder=decoder, backbone=backbone, encoder_weights="imagenet", image_size=image_size,
                         output_stride=output_stride, grid=grid, embed_size=128, hidden_size=256, attention_size=128,

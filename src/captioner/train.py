@@ -19,9 +19,10 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar, WeightAveraging
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from captioner.data.batching import LengthBucketSampler, pad_collate
@@ -59,6 +60,7 @@ class TrainConfig:
     scheduler: str = "cosine"
     weight_decay: float = 0.0
     clip: float = 5.0
+    ema: float = 0.0  # decay of the weights' moving average, which is validated and saved (0: none)
     attention_penalty: float = 1.0
     threshold: int = 5
     batching: str = "bucket"
@@ -223,7 +225,9 @@ class CaptionModule(L.LightningModule):
         self.log("val_loss", self._loss(batch)[0], on_epoch=True, prog_bar=True, sync_dist=True,
                  batch_size=batch[1].size(0))
 
-    def on_validation_epoch_end(self) -> None:
+    def on_validation_epoch_start(self) -> None:
+        """Every ``eval_every`` epochs, greedy captions of the eval images scored (BLEU-4, CIDEr): at the start, so
+        with ``--ema`` they score the averaged weights, which the callback swaps in before and out before the end."""
         if self.trainer.sanity_checking or (self.current_epoch + 1) % self.cfg.eval_every:
             return
         data: CaptionData = self.trainer.datamodule
@@ -462,6 +466,8 @@ def train(cfg: TrainConfig, model_kwargs: dict[str, Any] | None = None) -> Path:
                                  EpochCSV(out / "metrics.csv", echo=not cfg.progress)]
     if cfg.early_stop:
         callbacks.append(EvalEarlyStopping(cfg.early_stop, cfg.eval_every))
+    if cfg.ema:  # validated, checkpointed and exported: the exponential moving average of the weights
+        callbacks.append(WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(cfg.ema)))
     if cfg.progress:  # tqdm: Lightning's default rich bar redraws from a thread and cost ~30% of an epoch on 2 cores
         callbacks.append(TQDMProgressBar())
     cuda = torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda")

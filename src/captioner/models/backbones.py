@@ -43,6 +43,10 @@ class BackboneSpec:
     last_stage: Mapping[int, tuple[str, ...]]
     cut: Callable[[nn.Sequential, int], nn.Sequential] | None = None
 
+    def __deepcopy__(self, memo: dict) -> BackboneSpec:
+        """Immutable: a copy of a model (e.g. the weight average's) shares its spec."""
+        return self
+
 
 def weights_file(backbone: str) -> Path:
     """Where torchvision's weights API keeps the ImageNet weights of ``backbone`` ($TORCH_HOME/hub/checkpoints)."""
