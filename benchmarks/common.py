@@ -26,6 +26,17 @@ def sync(dev: torch.device | str) -> None:
         torch.cuda.synchronize()
 
 
+def train_step(module, optimizer: torch.optim.Optimizer, batch: tuple, bf16: bool = False) -> None:
+    """CaptionModule's cross-entropy step on ``batch``: loss (bf16 autocast on CUDA if asked), backward, gradient
+    clipping, Adam."""
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+        loss = module._loss(batch)[1]
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], module.cfg.clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def timed(fn: Callable[[], object], dev: torch.device | str = "cpu", repeat: int = 3, warmup: int = 1) -> float:
     """Median wall seconds of ``fn()`` over ``repeat`` runs after ``warmup`` untimed ones."""
     for _ in range(warmup):

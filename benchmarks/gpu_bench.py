@@ -5,13 +5,12 @@ Without CUDA the full section is skipped; ``--quick`` runs tiny sizes on any dev
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict
 from functools import partial
 
 import torch
 
-from benchmarks.common import device, row, say, timed
+from benchmarks.common import device, row, say, timed, train_step
 
 SECTION = "gpu"
 COCO_CAPTIONS = 616_435  # train2014 + val2014
@@ -35,8 +34,8 @@ def run(quick: bool) -> list[dict]:
     def gather() -> torch.Tensor:
         return cache.index_select(0, torch.randint(0, s["cached"], (s["batch"],), device=dev)).float()
 
-    def batch_of(captions: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return gather(), captions, lengths
+    def step(module, optimizer: torch.optim.Optimizer, captions: torch.Tensor, lengths: torch.Tensor) -> None:
+        train_step(module, optimizer, (gather(), captions, lengths), bf16=cuda)  # a fresh batch each step
 
     rows = [row(SECTION, "gather a batch of grids from the device cache", 1000 * timed(gather, dev, s["repeat"]),
                 "ms", note)]
@@ -50,22 +49,10 @@ def run(quick: bool) -> list[dict]:
             captions = torch.randint(len(SPECIALS), len(itos), (s["batch"], length), device=dev)
             captions[:, 0], captions[:, -1] = SPECIALS.index("<start>"), SPECIALS.index("<end>")
             lengths = torch.full((s["batch"],), length, device=dev)
-            batch = partial(batch_of, captions, lengths)
-            seconds = timed(partial(train_step, module, optimizer, batch, cuda), dev, s["repeat"], warmup=3)
+            seconds = timed(partial(step, module, optimizer, captions, lengths), dev, s["repeat"], warmup=3)
             peak = f"; peak GPU memory {torch.cuda.max_memory_allocated() / 1e9:.1f} GB" if cuda else ""
             rows += [row(SECTION, f"training step, {family}, {length} tokens", 1000 * seconds, "ms",
                          f"{note}, gather included, median of {s['repeat']}{peak}"),
                      row(SECTION, f"epoch of COCO-2014's captions, {family}, all {length} tokens",
                          COCO_CAPTIONS / s["batch"] * seconds, "s", "steps x the step above; no loader, no logging")]
     return rows
-
-
-def train_step(module, optimizer: torch.optim.Optimizer, batch: Callable[[], tuple], cuda: bool) -> None:
-    """CaptionModule's cross-entropy step (loss, clipping, Adam) on a fresh batch, bf16-mixed on CUDA."""
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-        loss = module._loss(batch())[1]
-    loss.backward()
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    torch.nn.utils.clip_grad_norm_(params, module.cfg.clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)

@@ -19,12 +19,13 @@ import tempfile
 import time
 import warnings
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmarks.common import row, say, shared_file, timed
+from benchmarks.common import row, say, shared_file, timed, train_step
 from benchmarks.vocab_bench import FILE
 
 SECTION = "scale"
@@ -133,16 +134,10 @@ def probe_family(family: str, seed: int, data, vocab, cfg: dict) -> dict:
     Path("/proc/self/clear_refs").write_text("5")  # restart VmHWM: this family's peak
     module = CaptionModule(asdict(ModelConfig(vocab_size=len(vocab), decoder=family, encoder_weights="none")),
                            vocab.itos, asdict(TrainConfig(data=".", batch_size=cfg["batch"]))).train()
-    params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=module.cfg.lr)
+    optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=module.cfg.lr)
     sampler = LengthBucketSampler(data.captions.lengths, cfg["batch"], seed=seed)
     evict(Path(cfg["grid"]))  # cold reads, as in a first epoch
-
-    def step(batch) -> None:
-        module._loss(batch)[1].backward()
-        torch.nn.utils.clip_grad_norm_(params, module.cfg.clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    step = partial(train_step, module, optimizer)
 
     loader = iter(DataLoader(data, batch_sampler=sampler, collate_fn=lambda b: b))
     out = {"fetch": [], "step": [], "lengths": [], "before": proc_status("VmRSS")["VmRSS"]}
