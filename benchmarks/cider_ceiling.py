@@ -68,6 +68,9 @@ def main() -> None:
     parser.add_argument("demo", type=Path, help="a `captioner demo` output folder (data/, model/results_test.json)")
     parser.add_argument("--images", type=int, default=None, help="only the first N test images")
     args = parser.parse_args()
+    for needed in ("data/annotations/captions_test.json", "model/results_test.json"):
+        if not (args.demo / needed).is_file():
+            parser.error(f"{args.demo / needed} not found: give the folder of a finished `captioner demo --out DIR`")
     annotations = json.loads((args.demo / "data/annotations/captions_test.json").read_text())["annotations"]
     references: dict[int, list[Words]] = {}
     for a in annotations:
