@@ -119,7 +119,7 @@ def test_open_split_errors_name_the_problem(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"other\.json: not a COCO caption file .*'images' and 'annotations'"):
         open_split(other, "train", images=tmp_path)
     no_name = _write(tmp_path / "noname.json", _coco([{"id": 3}], {3: ["x"]}))
-    with pytest.raises(ValueError, match="image 3 has no 'file_name'"):
+    with pytest.raises(ValueError, match=r"images\[0\] must be an object with 'id' and 'file_name'"):
         open_split(no_name, "train", images=tmp_path)
 
 

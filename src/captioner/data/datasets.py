@@ -1,74 +1,38 @@
-"""Caption data sets behind one record type: COCO annotation files (pycocotools) and Karpathy split JSON."""
+"""Caption data sets behind one record type: COCO annotation files (pycocotools), Karpathy split JSON and
+Flickr-style files (data/flickr.py); ``open_split`` reads the format from the file."""
 from __future__ import annotations
 
 import contextlib
 import io
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
 from pycocotools.coco import COCO
 
+from captioner.data.flickr import read_flickr, sniff
+from captioner.data.records import ImageRecord, SkipReport, usable
 from captioner.io import read_json
+
+__all__ = ["ImageRecord", "SkipReport", "find_annotation", "has_splits", "open_split", "read_coco", "read_karpathy"]
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 
-@dataclass(frozen=True)
-class ImageRecord:
-    """One image with its reference captions."""
-
-    image_id: int
-    path: Path
-    captions: tuple[str, ...]
-    split: str
-
-
-@dataclass
-class SkipReport:
-    """Images left out of a data set, each with the reason."""
-
-    source: str
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-
-    def add(self, what: str, reason: str) -> None:
-        self.skipped.append((what, reason))
-
-    def reasons(self) -> Counter[str]:
-        return Counter(reason for _, reason in self.skipped)
-
-    def summary(self) -> str:
-        """One line: how many were skipped and why, with an example of each reason."""
-        if not self.skipped:
-            return f"{self.source}: nothing skipped"
-        parts = []
-        for reason, n in self.reasons().most_common():
-            example = next(what for what, r in self.skipped if r == reason)
-            parts.append(f"{n} {reason} (e.g. {example})")
-        return f"{self.source}: skipped " + "; ".join(parts)
-
-
-def _image_problem(path: Path) -> str | None:
-    """Why an image file cannot be used, or None when its header reads as an image."""
-    if not path.is_file():
-        return "missing file"
-    try:
-        with Image.open(path) as im:
-            im.size  # noqa: B018 - reading the header is the check
-    except (OSError, ValueError, Image.DecompressionBombError):
-        return "unreadable image"
-    return None
-
-
-def _usable(path: Path, captions: list, what: str, report: SkipReport, check_images: bool) -> tuple[str, ...]:
-    """The image's non-empty captions, or () after reporting why the image is skipped."""
-    kept = tuple(c.strip() for c in captions if isinstance(c, str) and c.strip())
-    problem = "no captions" if not kept else _image_problem(path) if check_images else None
-    if problem:
-        report.add(what, problem)
-        return ()
-    return kept
+def _checked_coco(data: dict, path: Path) -> dict:
+    """The file's content, once every image has an id and a file_name and every annotation an image_id;
+    annotations without their own id (hand-made files) are numbered, which pycocotools needs."""
+    for key in ("images", "annotations"):
+        if not isinstance(data[key], list):
+            raise ValueError(f"{path}: '{key}' must be a list, got {type(data[key]).__name__}")
+    for i, img in enumerate(data["images"]):
+        if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
+            raise ValueError(f"{path}: images[{i}] must be an object with 'id' and 'file_name', got {str(img)[:80]}")
+    annotations = []
+    for i, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict) or "image_id" not in ann:
+            raise ValueError(f"{path}: annotations[{i}] must be an object with 'image_id' and 'caption', "
+                             f"got {str(ann)[:80]}")
+        annotations.append(ann if "id" in ann else {**ann, "id": f"#{i}"})
+    return {**data, "annotations": annotations}
 
 
 def read_coco(annotations: str | Path, images: str | Path, split: str = "train",
@@ -81,17 +45,15 @@ def read_coco(annotations: str | Path, images: str | Path, split: str = "train",
     if not images.is_dir():
         raise FileNotFoundError(f"image folder not found: {images} (give the folder of {annotations.name}'s images)")
     coco = COCO()
-    coco.dataset = data
+    coco.dataset = _checked_coco(data, annotations)
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     report, records = SkipReport(str(annotations)), []
     for image_id in sorted(coco.imgs):
         info = coco.imgs[image_id]
-        if "file_name" not in info:
-            raise ValueError(f"{annotations}: image {image_id} has no 'file_name'")
         captions = [a.get("caption") for a in coco.imgToAnns.get(image_id, [])]
         path = images / info["file_name"]
-        if kept := _usable(path, captions, info["file_name"], report, check_images):
+        if kept := usable(path, captions, info["file_name"], report, check_images):
             records.append(ImageRecord(int(image_id), path, kept, split))
     if check_images:  # image files in the folder that the annotation file never mentions have no captions either
         named = {info["file_name"] for info in coco.imgs.values()}
@@ -120,7 +82,7 @@ def read_karpathy(path: str | Path, image_root: str | Path, split: str | None = 
             continue
         file = image_root / img.get("filepath", "") / name
         image_id = int(img.get("cocoid", img.get("imgid", i)))
-        if kept := _usable(file, captions, str(Path(img.get("filepath", "")) / name), report, check_images):
+        if kept := usable(file, captions, str(Path(img.get("filepath", "")) / name), report, check_images):
             records.append(ImageRecord(image_id, file, kept, img_split))
     return records, report
 
@@ -136,31 +98,45 @@ def find_annotation(folder: Path, split: str) -> Path:
     return found[0]
 
 
+def _kind(data: Path) -> str:
+    """What a data file is, from its content: 'karpathy', 'coco' (JSON), 'token' or 'csv' (Flickr-style text)."""
+    with open(data, "rb") as f:
+        head = f.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
+    if head[:1] in (b"{", b"["):
+        content = read_json(data, "annotation file")
+        first = (content.get("images") or [{}])[0] if isinstance(content, dict) else {}
+        return "karpathy" if isinstance(first, dict) and "sentences" in first else "coco"
+    kind = sniff(data)
+    if kind is None:
+        raise ValueError(f"{data}: unknown annotation format: expected a COCO or Karpathy JSON, a Flickr token file "
+                         f"('<file>#<k><TAB><caption>' lines, e.g. Flickr8k.token.txt) or a CSV with the header "
+                         f"'image,caption'")
+    return kind
+
+
 def has_splits(data: str | Path) -> bool:
-    """Whether a data source names its splits: a COCO-layout folder or a Karpathy JSON (one COCO file does not)."""
+    """Whether a data source names its splits: a folder, a Karpathy JSON or a Flickr file (one COCO file does not)."""
     data = Path(data)
-    if data.is_dir():
-        return True
-    head = read_json(data, "annotation file") if data.is_file() else None
-    first = (head.get("images") or [{}])[0] if isinstance(head, dict) else {}
-    return isinstance(first, dict) and "sentences" in first
+    return data.is_dir() or (data.is_file() and _kind(data) != "coco")
 
 
 def open_split(data: str | Path, split: str, images: str | Path | None = None,
                check_images: bool = True) -> tuple[list[ImageRecord], SkipReport]:
-    """One split of a data source: a COCO-layout folder, a Karpathy JSON or one COCO annotation file."""
+    """One split of a data source: a COCO-layout folder, a Karpathy JSON, one COCO annotation file, a Flickr
+    token file (splits from the lists beside it) or an ``image,caption`` CSV; the format is read from the file."""
     data = Path(data)
     if data.is_dir():
         ann = find_annotation(data, split)
         image_dir = Path(images) if images else data / ann.stem.removeprefix("captions_")
         return read_coco(ann, image_dir, split, check_images)
     if not data.is_file():
-        raise FileNotFoundError(f"data not found: {data} (give a data set folder, a Karpathy JSON or a COCO "
-                                f"annotation file; `captioner synth --out DIR` makes one)")
-    head = read_json(data, "annotation file")
-    first = (head.get("images") or [{}])[0] if isinstance(head, dict) else {}
-    if isinstance(first, dict) and "sentences" in first:
+        raise FileNotFoundError(f"data not found: {data} (give a data set folder, a Karpathy JSON, a COCO annotation "
+                                f"file or a Flickr token file; `captioner synth --out DIR` makes one)")
+    kind = _kind(data)
+    if kind == "karpathy":
         return read_karpathy(data, images or data.parent, split, check_images)
+    if kind in ("token", "csv"):
+        return read_flickr(data, images, split, check_images)
     if images is None and check_images:
         raise ValueError(f"{data} is a COCO annotation file: also give its image folder (--images DIR)")
     images = images if images is not None else data.parent

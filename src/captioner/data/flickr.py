@@ -1,0 +1,132 @@
+"""Flickr-style caption files: Flickr8k/30k token files (``<file>#<k>\\t<caption>``, Flickr8k-CN's
+``<file>#zhc#<k> <caption>``) with the archive's split lists, and the common ``image,caption`` CSV (captions.txt)."""
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import numpy as np
+
+from captioner.data.records import ImageRecord, SkipReport, usable
+
+TOKEN_LINE = re.compile(r"^(?P<file>[^#\t]+)#(?:[A-Za-z]+#)?(?P<k>\d+)[\t ](?P<caption>.*)$")
+CSV_HEADER = ("image", "caption")
+SPLIT_LISTS = {"train": "trainImages.txt", "val": "devImages.txt", "test": "testImages.txt"}  # Flickr_8k.<x>
+IMAGE_FOLDERS = ("Flicker8k_Dataset", "Flickr8k_Dataset", "flickr30k-images", "flickr30k_images", "Images", "images")
+HELD_OUT = 0.1  # share of images in val and in test each when a file comes without split lists (at most 1,000)
+SEED = 0
+
+
+def sniff(path: Path) -> str | None:
+    """'token' or 'csv' when the file's first non-empty line reads as that format, else None."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        first = next((line.strip("\ufeff\r\n") for line in f if line.strip()), "")
+    if TOKEN_LINE.match(first):
+        return "token"
+    if tuple(c.strip().lower() for c in first.split(",")) == CSV_HEADER:
+        return "csv"
+    return None
+
+
+def read_token_file(path: Path) -> dict[str, list[str]]:
+    """{file name: captions in file order}; a line that is not ``<file>#<k><tab or space><caption>`` is an error."""
+    captions: dict[str, list[str]] = {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip("\ufeff\r\n")
+            if not line.strip():
+                continue
+            m = TOKEN_LINE.match(line)
+            if not m:
+                raise ValueError(f"{path}:{n}: not a Flickr token line '<file>#<k><TAB><caption>': {line[:80]!r}")
+            captions.setdefault(m["file"].strip(), []).append(m["caption"])
+    return captions
+
+
+def read_captions_csv(path: Path) -> dict[str, list[str]]:
+    """{file name: captions} from a CSV with the header ``image,caption`` (commas inside a caption are kept)."""
+    captions: dict[str, list[str]] = {}
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = csv.reader(f)
+        next(rows)
+        for n, row in enumerate(rows, 2):
+            if not row or not "".join(row).strip():
+                continue
+            if len(row) < 2 or not row[0].strip():
+                raise ValueError(f"{path}:{n}: expected 'image,caption', got {','.join(row)[:80]!r}")
+            captions.setdefault(row[0].strip(), []).append(",".join(row[1:]))
+    return captions
+
+
+def split_lists(path: Path) -> dict[str, set[str]]:
+    """The ``*trainImages.txt`` / ``*devImages.txt`` / ``*testImages.txt`` lists beside the file (or one folder up)."""
+    for folder in (path.parent, path.parent.parent):
+        found = {split: sorted(folder.glob(f"*{suffix}")) for split, suffix in SPLIT_LISTS.items()}
+        if found["train"]:
+            lists = {}
+            for split, files in found.items():
+                if len(files) > 1:
+                    raise ValueError(f"{folder}: {len(files)} files match *{SPLIT_LISTS[split]} "
+                                     f"({', '.join(f.name for f in files)}): keep one")
+                if files:
+                    lists[split] = {line.strip() for line in files[0].read_text(encoding="utf-8").splitlines()
+                                    if line.strip()}
+            return lists
+    return {}
+
+
+def seeded_splits(names: list[str]) -> dict[str, set[str]]:
+    """val and test of ``HELD_OUT`` of the images each (at most 1,000), the rest train, by a seeded shuffle."""
+    order = np.random.default_rng(SEED).permutation(len(names))
+    held = min(1000, int(HELD_OUT * len(names)))
+    shuffled = [names[i] for i in order]
+    return {"val": set(shuffled[:held]), "test": set(shuffled[held:2 * held]), "train": set(shuffled[2 * held:])}
+
+
+def find_images(path: Path) -> Path:
+    """The image folder beside a caption file, by the archives' usual names."""
+    for folder in (path.parent, path.parent.parent):
+        for name in IMAGE_FOLDERS:
+            if (folder / name).is_dir():
+                return folder / name
+    raise FileNotFoundError(f"{path}: no image folder found beside it ({', '.join(IMAGE_FOLDERS)}): give --images DIR")
+
+
+def read_flickr(path: str | Path, images: str | Path | None, split: str | None = None,
+                check_images: bool = True) -> tuple[list[ImageRecord], SkipReport]:
+    """One split (or all) of a Flickr token file or captions CSV; image ids follow the file's order."""
+    path = Path(path)
+    kind = sniff(path)
+    if kind is None:
+        raise ValueError(f"{path}: neither a Flickr token file nor an 'image,caption' CSV")
+    captions = read_token_file(path) if kind == "token" else read_captions_csv(path)
+    image_dir = Path(images) if images else find_images(path)
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"image folder not found: {image_dir} (give the folder of {path.name}'s images)")
+    report = SkipReport(str(path))
+    lists = split_lists(path) if kind == "token" else {}
+    if lists and split is not None and split not in lists:
+        raise FileNotFoundError(f"{path}: no *{SPLIT_LISTS.get(split, split + 'Images.txt')} beside it, so no "
+                                f"'{split}' split (lists found: {', '.join(sorted(lists))})")
+    if lists:
+        listed = set().union(*lists.values())
+        for name in captions.keys() - listed:
+            report.add(name, "in no split list")
+        missing = {s: len(names - captions.keys()) for s, names in lists.items()}
+        for s, n in missing.items():
+            if n:
+                report.note(f"{n} images of the {s} list have no captions in {path.name}")
+    else:
+        lists = seeded_splits(list(captions))
+        report.note(f"no split lists beside {path.name}: seeded split (seed {SEED}) of {len(captions)} images into "
+                    + ", ".join(f"{s} {len(lists[s])}" for s in ("train", "val", "test")))
+    where = {name: s for s, names in lists.items() for name in names}
+    records = []
+    for image_id, (name, caps) in enumerate(captions.items()):
+        name_split = where.get(name)
+        if name_split is None or (split is not None and name_split != split):
+            continue
+        if kept := usable(image_dir / name, caps, name, report, check_images):
+            records.append(ImageRecord(image_id, image_dir / name, kept, name_split))
+    return records, report
