@@ -6,11 +6,12 @@ import re
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from captioner.cli import app
 from captioner.data.vocab import Vocabulary
-from captioner.inference import Captioner
+from captioner.inference import Captioner, load
 from captioner.models.captioner import ModelConfig
 
 runner = CliRunner()
@@ -164,3 +165,40 @@ def test_evaluate_a_fine_tuned_model_encodes_pixels(synth, tmp_path) -> None:
         (tmp_path / "gone.png").rename(first)
     assert result.exit_code == 0, result.output
     assert "1 missing file" in result.output and len(json.loads((model / "results_test.json").read_text())) == 5
+
+
+def _copy(model: Path, folder: Path) -> Path:
+    folder.mkdir()
+    for f in model.iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    return folder
+
+
+def test_a_truncated_or_mistyped_artifact_is_a_clear_error(model, synth, tmp_path) -> None:
+    image = sorted((synth / "test").glob("*.png"))[0]
+    cut = _copy(model, tmp_path / "cut")
+    weights = cut / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    result = invoke("caption", "--model", cut, image)
+    assert result.exit_code == 2 and f"{weights} is not a readable safetensors file" in result.output, result.output
+    typed = _copy(model, tmp_path / "typed")
+    config = json.loads((typed / "config.json").read_text())
+    (typed / "config.json").write_text(json.dumps({**config, "grid": "5"}))
+    result = invoke("caption", "--model", typed, image)
+    assert result.exit_code == 2, result.output
+    assert f"{typed / 'config.json'}: 'grid' must be an integer, got '5'" in result.output
+
+
+@pytest.mark.parametrize("max_len", [0, -1])
+def test_max_len_below_one_is_a_clear_error(model, synth, tmp_path, monkeypatch, max_len) -> None:
+    import captioner.serve.app
+
+    monkeypatch.setattr(captioner.serve.app, "serve", lambda *a, **k: None)  # never binds a port
+    image = sorted((synth / "test").glob("*.png"))[0]
+    commands = [("caption", "--model", model, image), ("evaluate", "--model", model, "--data", synth),
+                ("serve", "--model", model), ("train", "--data", synth, "--out", tmp_path / "run")]
+    for command in commands:
+        result = invoke(*command, "--max-len", max_len)
+        assert result.exit_code == 2 and "Invalid value for '--max-len'" in result.output, result.output
+    with pytest.raises(ValueError, match="max_len must be >= 1"):  # the library too: 0 is not "the default"
+        load(model).caption([Image.open(image)], max_len=max_len)

@@ -132,7 +132,7 @@ def train(data: DataArg,
           dropout: float = 0.0,
           batch_norm: Annotated[bool, typer.Option(help="BatchNorm after the image embedding (show-tell)")] = True,
           fine_tune: Annotated[bool, typer.Option(help="Train the encoder's last stage (no feature cache)")] = False,
-          max_len: Annotated[int, typer.Option(help="Longest caption generated, in tokens")] = 20,
+          max_len: Annotated[int, typer.Option(min=1, help="Longest caption generated, in tokens")] = 20,
           epochs: int = 20, batch_size: int = 512,
           lr: Annotated[float, typer.Option(help="Initial learning rate (Adam)")] = 0.01,
           min_lr: Annotated[float, typer.Option(help="Lowest learning rate the scheduler reaches")] = 0.001,
@@ -191,7 +191,8 @@ def train(data: DataArg,
         raise _fail(e) from None
 
 
-MaxLenOpt = Annotated[int | None, typer.Option(help="Longest caption, in tokens (default: the model's max_len)")]
+MaxLenOpt = Annotated[int | None, typer.Option(min=1, help="Longest caption, in tokens (default: the model's "
+                                                "max_len)")]
 PenaltyOpt = Annotated[float, typer.Option(help="Beam length penalty alpha (GNMT): 0 raw log-probability, "
                                            "larger favours longer captions")]
 RuntimeOpt = Annotated[str, typer.Option(help="torch (--model is a model folder), int8 (the same on the CPU with "

@@ -37,7 +37,9 @@ class Captioner(CaptionModel):
                  length_penalty: float = 0.0) -> list[list[Caption]]:
         """Captions of grid features [B, N, C] (or images): per image a best-first list."""
         features, g = self.features(features), self.config.grid
-        max_len = max_len or self.config.max_len
+        max_len = self.config.max_len if max_len is None else max_len
+        if max_len < 1:
+            raise ValueError(f"max_len must be >= 1 tokens, got {max_len}")
         if beam == 1:
             rows = [[h] for h in greedy(self.decoder, features, max_len)]
         else:

@@ -6,6 +6,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -69,7 +70,12 @@ def read_artifact(folder: str | Path) -> tuple[ModelConfig, Vocabulary, dict[str
     if len(vocab) != config.vocab_size:
         raise ValueError(f"{folder / 'vocab.json'} has {len(vocab)} words but {folder / 'config.json'} says "
                          f"vocab_size {config.vocab_size}: the vocabulary does not belong to this model")
-    return config, vocab, load_file(str(folder / "model.safetensors"))
+    try:
+        state = load_file(str(folder / "model.safetensors"))
+    except SafetensorError as e:
+        raise ValueError(f"{folder / 'model.safetensors'} is not a readable safetensors file ({e}): copy it again "
+                         f"from the run folder (truncated?) or re-export the model") from None
+    return config, vocab, state
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

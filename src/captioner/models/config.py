@@ -5,6 +5,9 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 DECODERS = ("show-tell", "attention")
+# JSON types each annotation accepts (a float setting takes an integer too; true/false is no number)
+_KINDS: dict[str, tuple[tuple[type, ...], str]] = {"int": ((int,), "an integer"), "float": ((int, float), "a number"),
+                                                   "str": ((str,), "a string"), "bool": ((bool,), "true or false")}
 
 
 @dataclass
@@ -37,10 +40,21 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> ModelConfig:
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: not a model config (needs a JSON object of settings)")
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"{source}: unknown model settings {sorted(unknown)}")
         if "vocab_size" not in data:
             raise ValueError(f"{source}: missing 'vocab_size'")
-        return cls(**data)
+        for f in fields(cls):
+            types, kind = _KINDS[str(f.type)]
+            value = data.get(f.name, f.default)
+            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+                raise ValueError(f"{source}: {f.name!r} must be {kind}, got {value!r}; fix the file or re-save "
+                                 f"the model")
+        try:
+            return cls(**data)
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from None
