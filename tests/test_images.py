@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import io
+import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFile, ImageOps
 
 from captioner.data.images import (
     IMAGENET_MEAN,
@@ -19,6 +20,13 @@ from captioner.data.images import (
     to_rgb,
     train_transform,
 )
+from captioner.data.rgb import MAX_ASPECT
+
+# EXIF as in shared/data/bad-inputs/malformed-exif.jpg: orientation 6 and a ResolutionUnit stored as text, which
+# makes ImageOps.exif_transpose raise struct.error when it writes the EXIF back
+MALFORMED_EXIF = (b"Exif\0\0MM\0*\0\0\0\x08\0\x03\x01(\0\x02\0\0\0\x04ca\x8a\0\x01\x12\0\x03\0\0\0\x01\0\x06\0\0"
+                  b"\x87i\0\x04\0\0\0\x01\0\0\x002\0\0\0\0\0\x01\x90\x03\0\x02\0\0\0\x0b\0\0\0D\0\0\0\0"
+                  b"2020:01:01\0\0")
 
 
 def _pixels(image: Image.Image) -> np.ndarray:
@@ -91,6 +99,47 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     assert np.abs(pixels[:12] - [255, 0, 0]).max() <= 30 and np.abs(pixels[20:] - [0, 0, 255]).max() <= 30
 
 
+def halves_jpeg(path: Path, exif: bytes = b"") -> Path:
+    """A 32 x 16 JPEG, red left half and blue right half, with the given raw EXIF block."""
+    image = Image.new("RGB", (32, 16), (255, 0, 0))
+    image.paste((0, 0, 255), (16, 0, 32, 16))
+    image.save(path, exif=exif, quality=95, subsampling=0)
+    return path
+
+
+def test_malformed_exif_is_used_as_stored_and_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = halves_jpeg(tmp_path / "bad-exif.jpg", MALFORMED_EXIF)
+    with pytest.raises(struct.error):
+        ImageOps.exif_transpose(Image.open(path))  # the fault the file carries
+    with caplog.at_level("WARNING", "captioner.data.rgb"):
+        image = load_rgb(path)
+        again = to_rgb(image)  # the unreadable EXIF is gone with the conversion: not read (nor logged) twice
+    pixels = _pixels(image)
+    assert pixels.shape == (16, 32, 3)  # not rotated
+    assert np.abs(pixels[:, :12] - [255, 0, 0]).max() <= 30 and np.abs(pixels[:, 20:] - [0, 0, 255]).max() <= 30
+    assert np.array_equal(_pixels(again), pixels)
+    [warning] = caplog.messages
+    assert "bad-exif.jpg" in warning and "orientation" in warning
+
+
+def test_shared_malformed_exif_file_is_read(shared: Path) -> None:
+    image = load_rgb(shared / "data" / "bad-inputs" / "malformed-exif.jpg")
+    assert image.mode == "RGB" and image.size == (16, 16)
+
+
+def test_any_decoder_failure_is_an_oserror(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = halves_jpeg(tmp_path / "odd.jpg")
+
+    def fail(self: ImageFile.ImageFile) -> None:
+        raise struct.error("unpack requires a buffer of 4 bytes")  # as Pillow's plugins do on odd headers
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", fail)
+    with pytest.raises(OSError, match=r"cannot read image .*odd\.jpg.*unpack"):
+        load_rgb(path)
+    with pytest.raises(OSError, match="unpack"):
+        to_rgb(Image.open(path))
+
+
 def test_truncated_jpeg_raises_oserror_naming_the_file(tmp_path: Path) -> None:
     buffer = io.BytesIO()
     Image.effect_noise((64, 64), 50).convert("RGB").save(buffer, "JPEG")
@@ -121,6 +170,34 @@ def test_eval_transform_is_deterministic_and_normalised() -> None:
     assert torch.allclose(gray[:, 0, 0], torch.tensor([0.0741, 0.2052, 0.4265]), atol=1e-3)  # (0.5 - mean) / std
 
 
+def test_thin_images_cost_what_a_3_to_1_image_costs(monkeypatch: pytest.MonkeyPatch) -> None:
+    onnx = pytest.importorskip("captioner.onnx_runner", reason="onnxruntime is not installed")
+    sizes, resize = [], Image.Image.resize
+
+    def record(self: Image.Image, size: tuple[int, int], *args: object, **kw: object) -> Image.Image:
+        sizes.append(size)
+        return resize(self, size, *args, **kw)
+
+    monkeypatch.setattr(Image.Image, "resize", record)
+    for thin in (_textured((2, 6000)), _textured((6000, 3))):
+        for t in (eval_transform(64), train_transform(64)):
+            assert t(thin).shape == (3, 64, 64)
+        expected = eval_transform(64)(thin).numpy()
+        assert np.allclose(onnx.preprocess(thin, 64, IMAGENET_MEAN, IMAGENET_STD), expected, atol=1e-6)
+    long = round(64 * 1.14)
+    assert max(w * h for w, h in sizes) <= MAX_ASPECT * long * long, sizes  # not 64 x 192,000
+
+
+def test_eval_transform_of_usual_shapes_is_resize_then_centre_crop() -> None:
+    from torchvision.transforms import v2
+
+    for size in ((60, 40), (40, 100), (300, 100), (64, 64)):
+        image = _textured(size)
+        plain = v2.Compose([v2.Resize(32, antialias=True), v2.CenterCrop(32)])(image)
+        assert torch.equal(eval_transform(32, (0, 0, 0), (1, 1, 1))(image), v2.functional.to_dtype(
+            v2.functional.to_image(plain), torch.float32, scale=True))
+
+
 def test_train_transform_shape_and_randomness() -> None:
     t = train_transform(32)
     image = _textured()
@@ -137,6 +214,14 @@ def test_swap_left_right_only_swaps_sides() -> None:
                                        "rightmost", "leftover", "lefty"]
     assert swap_left_right(swap_left_right(tokens)) == tokens
     assert swap_left_right(["a", "cat"]) == ["a", "cat"] and swap_left_right([]) == []
+
+
+def test_swap_left_right_in_compound_words() -> None:
+    tokens = ["a", "left-hand", "turn", "the", "right-handed", "pitcher", "left-side", "right-side", "left/right",
+              "right-hand", "left-handed", "right/left", "leftover-food"]
+    assert swap_left_right(tokens) == ["a", "right-hand", "turn", "the", "left-handed", "pitcher", "right-side",
+                                       "left-side", "right/left", "left-hand", "right-handed", "left/right",
+                                       "leftover-food"]
 
 
 def test_flip_mirrors_the_last_dimension() -> None:

@@ -4,8 +4,9 @@ gives a model with inference.Captioner's ``caption(images, beam, ...)``, ``confi
 Greedy and beam search are written again here in numpy, because torch is absent: this is the one place search is
 duplicated, and it mirrors decode.py's conventions exactly (at most ``max_len`` tokens; a caption's score counts its
 words and <end> when produced; GNMT length penalty; the beam keeps the best k ended captions and stops once no live
-beam can beat them). Preprocessing replicates data/images.eval_transform on PIL images: PIL's antialiased
-bilinear resize of the short side, centre crop, scale to [0, 1], normalise with the backbone's mean and std.
+beam can beat them). Preprocessing replicates data/images.eval_transform on PIL images: the centre at most 3:1
+(rgb.crop_aspect), PIL's antialiased bilinear resize of the short side, centre crop, scale to [0, 1], normalise with
+the backbone's mean and std.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from captioner.data.rgb import to_rgb
+from captioner.data.rgb import crop_aspect, to_rgb
 from captioner.data.vocab import END, PAD, START, UNK, Vocabulary
 from captioner.io import read_json
 from captioner.models.config import ModelConfig
@@ -39,8 +40,8 @@ class Caption:
 
 
 def preprocess(image: Image.Image, size: int, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """[3, size, size] float32: eval_transform's resize of the short side, centre crop and normalisation."""
-    image = to_rgb(image)
+    """[3, size, size] float32: eval_transform's bounded resize of the short side, centre crop and normalisation."""
+    image = crop_aspect(to_rgb(image))
     w, h = image.size
     short, long = min(w, h), max(w, h)
     new = (size, int(size * long / short)) if w <= h else (int(size * long / short), size)
