@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -215,3 +216,27 @@ def test_resume_with_ema_gives_the_same_model_as_one_run(tiny_synth, tmp_path) -
     train(TrainConfig(out=str(tmp_path / "resumed"), epochs=1, **cfg), TINY)
     resumed = train(TrainConfig(out=str(tmp_path / "resumed"), epochs=2, resume=True, force=True, **cfg), TINY)
     assert (straight / "model.safetensors").read_bytes() == (resumed / "model.safetensors").read_bytes()
+
+
+def test_sigterm_exits_non_zero_saying_what_was_saved_and_how_to_resume(tiny_synth, tmp_path) -> None:
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "captioner", "train", "--data", str(tiny_synth), "--out", str(run), "--epochs", "2",
+           "--batch-size", "4", "--threshold", "1", "--cache-dir", str(tmp_path / "cache"), "--no-progress",
+           *CLI_TINY]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not ((run / "metrics.csv").is_file() and rows(run)):
+        assert proc.poll() is None, "training ended before it could be stopped"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "no model was exported" in err and str(run / "checkpoints" / "last.ckpt") in err, err[-2000:]
+    assert not (run / "model.safetensors").is_file()
+    command = shlex.split(err.strip().splitlines()[-1])
+    assert command[:2] == ["captioner", "train"] and command[-1] == "--resume", err[-2000:]
+    done = subprocess.run([sys.executable, "-m", "captioner", *command[1:]], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [int(r["epoch"]) for r in rows(run)] == [0, 1] and (run / "model.safetensors").is_file()

@@ -8,10 +8,13 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import shlex
+import signal
+import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar, WeightAveraging
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -478,10 +482,45 @@ def train(cfg: TrainConfig, model_kwargs: dict[str, Any] | None = None) -> Path:
                         use_distributed_sampler=False, num_sanity_val_steps=0,
                         enable_progress_bar=cfg.progress, enable_model_summary=False,
                         log_every_n_steps=1, reload_dataloaders_every_n_epochs=1, plugins=[AtomicCheckpointIO()])
-    trainer.fit(module, datamodule=data, ckpt_path=last if cfg.resume else None)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=last if cfg.resume else None)
+    except SIGTERMException:  # Lightning ends fit with exit status 0: say what is left and fail
+        if trainer.is_global_zero:
+            print(stopped_message(cfg, model_kwargs, trainer.current_epoch), file=sys.stderr, flush=True)
+        raise SystemExit(128 + signal.SIGTERM) from None
     if trainer.is_global_zero:
         export(module, best.best_model_path, out)
     return out
+
+
+def resume_command(cfg: TrainConfig, model_kwargs: dict[str, Any], resume: bool = True) -> str:
+    """The ``captioner train`` command that continues this run: its data and folder, the flags that differ from the
+    defaults, the model flags it was given (none with ``--init``: the model comes from there), then ``--resume``."""
+    defaults, args = TrainConfig(data=cfg.data), ["captioner", "train"]
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name in ("data", "out") or (f.name not in ("resume", "force") and value != getattr(defaults, f.name)):
+            args += _flag(f.name, value)
+    for name, value in ({} if cfg.init else model_kwargs).items():
+        args += _flag(name, value)
+    return shlex.join(args + (["--resume"] if resume else []))
+
+
+def _flag(name: str, value: Any) -> list[str]:
+    flag = name.replace("_", "-")
+    return [f"--{flag}" if value else f"--no-{flag}"] if isinstance(value, bool) else [f"--{flag}", str(value)]
+
+
+def stopped_message(cfg: TrainConfig, model_kwargs: dict[str, Any], epoch: int) -> str:
+    """What a run stopped by SIGTERM in ``epoch`` (0-based) left behind, and the command that continues it."""
+    out = Path(cfg.out)
+    last = out / "checkpoints" / "last.ckpt"
+    head = f"stopped by SIGTERM in epoch {epoch + 1} of {cfg.epochs}; no model was exported. "
+    if not last.is_file():
+        return head + f"No epoch was completed: start again with\n{resume_command(cfg, model_kwargs, resume=False)}"
+    done = torch.load(last, map_location="cpu", weights_only=True, mmap=True)["epoch"] + 1
+    return head + (f"Saved: {last} ({done} of {cfg.epochs} epochs done), {out / 'metrics.csv'}. "
+                   f"Continue with:\n{resume_command(cfg, model_kwargs)}")
 
 
 def cider_document_frequencies(path: Path, references: list[list[list[int]]]) -> CiderD:
