@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -240,3 +241,15 @@ def test_sigterm_exits_non_zero_saying_what_was_saved_and_how_to_resume(tiny_syn
                           timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert [int(r["epoch"]) for r in rows(run)] == [0, 1] and (run / "model.safetensors").is_file()
+
+
+def test_a_validation_source_without_usable_images_stops_instead_of_holding_out(tiny_synth, tmp_path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(tiny_synth, data)
+    for image in (data / "val").iterdir():
+        image.unlink()
+    with pytest.raises(ValueError, match=r"'val' split of .*data has no usable images: 8 missing file"):
+        load_records(TrainConfig(data=str(data)))  # a folder's own val split
+    one_file = dict(data=str(tiny_synth / "annotations" / "captions_train.json"), images=str(tiny_synth / "train"))
+    with pytest.raises(ValueError, match=r"--val-data .*data has no usable images: 8 missing file"):
+        load_records(TrainConfig(**one_file, val_data=str(data)))

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from captioner.data.batching import LengthBucketSampler, pad_collate
 from captioner.data.captions import CachedCaptions, CachedImages, CaptionIds, ImageCaptions
-from captioner.data.datasets import ImageRecord, has_splits, open_split
+from captioner.data.datasets import ImageRecord, SkipReport, has_splits, open_split
 from captioner.data.vocab import PAD, Vocabulary
 from captioner.decode import greedy, sample
 from captioner.evaluate import score_any
@@ -380,10 +380,12 @@ def load_records(cfg: TrainConfig, log=print) -> tuple[list[ImageRecord], list[I
     if cfg.val_data:
         val, report = open_split(cfg.val_data, cfg.val_split, cfg.val_image_dir)
         log(report.summary())
+        _check_val(val, report, f"--val-data {cfg.val_data}", explicit=True)
     elif has_splits(cfg.data):
         try:
             val, report = open_split(cfg.data, cfg.val_split, cfg.images)
             log(report.summary())
+            _check_val(val, report, f"the '{cfg.val_split}' split of {cfg.data}", explicit=False)
         except FileNotFoundError:
             pass
     if not val and train:
@@ -401,6 +403,15 @@ def load_records(cfg: TrainConfig, log=print) -> tuple[list[ImageRecord], list[I
         raise ValueError(f"{len(shared)} validation images are also training images (e.g. {next(iter(shared))}): "
                          f"give a separate --val-data or drop it to hold out --val-fraction of the training images")
     return train, val
+
+
+def _check_val(val: list[ImageRecord], report: SkipReport, source: str, explicit: bool) -> None:
+    """Stop when a validation source that was asked for (or that lists images) gives none: never swap it for a
+    hold-out of training images."""
+    if not val and (explicit or report.skipped):
+        reasons = ", ".join(f"{n} {reason}" for reason, n in report.reasons().most_common())
+        found = f"{reasons}, e.g. {report.skipped[0][0]}" if report.skipped else "it lists none"
+        raise ValueError(f"{source} has no usable images: {found}; fix them or give another --val-data")
 
 
 def check_resume(out: Path, cfg: TrainConfig, model_kwargs: dict[str, Any]) -> None:
