@@ -184,7 +184,7 @@ def test_full_width_beam_finds_the_brute_force_best(family: str, alpha: float) -
             ids, score = brute_force(dec, features, vocab_size, max_len, alpha)
             found = beam_search(dec, features, beam=width, max_len=max_len, length_penalty=alpha)[0][0]
             assert found.ids == ids, f"seed {seed}"
-            assert found.score == pytest.approx(score, abs=1e-5)
+            assert found.log_prob == pytest.approx(score, abs=1e-5)
 
 
 class Garden(torch.nn.Module):

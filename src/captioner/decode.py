@@ -1,18 +1,25 @@
 """Caption search on the decoder interface (start / step), for every model family: greedy, beam, sampling.
 
-Conventions shared by all three: a caption has at least one word and at most ``max_len`` tokens; its score is the
-log-probability of the words it returns plus that of ``<end>`` when ``<end>`` was produced (a caption cut at
-``max_len`` has no ``<end>``); the length penalty divides by ``((5 + words) / 6) ** alpha`` (GNMT), words counted
-without ``<end>``.
+Conventions shared by all three: a caption has at least one word and at most ``max_len`` tokens; its log-probability
+counts the words it returns plus <end> when <end> was produced (a caption cut at ``max_len`` has no <end>); its
+``score`` is what its list is ordered by: in beam search the log-probability divided by the length penalty
+``((5 + words) / 6) ** alpha`` (GNMT), words counted without <end>; elsewhere the log-probability itself.
+Rules any search may add (off by default): ``block_ngram`` N rules out a word that would complete an N-gram of words
+already in the caption; ``bad_endings`` (word ids) rules out <end> after one of them, and one of them as the last
+word of a caption cut at ``max_len``. onnx_runner.py mirrors all of it in numpy.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple, Protocol
 
+import numpy as np
 import torch
 
-from captioner.data.vocab import END, PAD, START, UNK
+from captioner.data.endings import bad_ending_ids
+from captioner.data.vocab import END, PAD, START, UNK, Vocabulary
 from captioner.models.decoder import State
+from captioner.search_options import SearchOptions
 
 NEVER = (PAD, START, UNK)  # tokens no search ever generates; nor <end> first: a caption has a word
 Kept = tuple[float, float, int, int, bool]  # a beam's ended caption: normalised and raw score, last step, beam, <end>
@@ -24,27 +31,57 @@ class Decoder(Protocol):
 
 
 class Hypothesis(NamedTuple):
-    """A caption: word ids (no <start>/<end>), its score, and per step the attention [steps, N] (or None)."""
+    """A caption: word ids (no <start>/<end>), the score its list is ordered by, per step the attention [steps, N]
+    (or None) and its log-probability."""
 
     ids: list[int]
     score: float
-    attention: torch.Tensor | None = None
+    attention: torch.Tensor | None
+    log_prob: float
 
 
 CHECK_EVERY = 4  # greedy on a GPU asks whether all captions ended every few steps: each question waits for it
 
 
 class _Step:
-    """``decoder.step`` with <pad>, <start> and <unk> ruled out, and <end> at the first step (one per search)."""
+    """``decoder.step`` with what a search may not say next ruled out: <pad>, <start>, <unk>; <end> at the first step;
+    and the rules asked for (``block_ngram``, ``bad_endings``, see above). One per search."""
 
-    def __init__(self, decoder: Decoder, device: torch.device) -> None:
-        self.decoder, self.first = decoder, True
+    def __init__(self, decoder: Decoder, device: torch.device, max_len: int, block_ngram: int = 0,
+                 bad_endings: Sequence[int] | None = None) -> None:
+        if block_ngram < 0:
+            raise ValueError(f"block_ngram must be >= 0 (0: off), got {block_ngram}")
+        self.decoder, self.max_len, self.block = decoder, max_len, block_ngram
         self.never, self.never_first = torch.tensor(NEVER, device=device), torch.tensor((*NEVER, END), device=device)
+        self.bad = torch.tensor(sorted(set(bad_endings)), device=device) if bad_endings else None
 
-    def __call__(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, torch.Tensor | None]:
+    def __call__(self, tokens: torch.Tensor, state: State,
+                 words: torch.Tensor) -> tuple[torch.Tensor, State, torch.Tensor | None]:
+        """The next token's log-probabilities after each row's ``words`` so far [rows, t] (the last one: ``tokens``)."""
         log_probs, state, alpha = self.decoder.step(tokens, state)
-        never, self.first = self.never_first if self.first else self.never, False
-        return log_probs.index_fill(1, never, float("-inf")), state, alpha
+        log_probs = log_probs.index_fill(1, self.never if words.size(1) else self.never_first, float("-inf"))
+        ban = self._banned(words, log_probs.size(1))
+        return log_probs if ban is None else log_probs.masked_fill(ban, float("-inf")), state, alpha
+
+    def _banned(self, words: torch.Tensor, vocab: int) -> torch.Tensor | None:
+        t, ban = words.size(1), None
+        if self.block and t >= self.block:
+            ban = repeats(words, self.block, vocab)
+        if self.bad is not None:
+            ban = torch.zeros(len(words), vocab, dtype=torch.bool, device=words.device) if ban is None else ban
+            if t:
+                ban[:, END] |= torch.isin(words[:, -1], self.bad)
+            if t == self.max_len - 1:  # the caption is cut after this word
+                ban[:, self.bad] = True
+        return ban
+
+
+def repeats(words: torch.Tensor, n: int, vocab: int) -> torch.Tensor:
+    """[rows, vocab]: True for each word that would complete an ``n``-gram already in its row of ``words`` [rows, t]."""
+    grams = words.unfold(1, n, 1)  # [rows, t - n + 1, n]
+    seen = (grams[:, :, :-1] == words[:, None, words.size(1) - n + 1:]).all(-1)  # it starts with the last n-1 words
+    hits = torch.zeros(len(words), vocab, dtype=torch.long, device=words.device)
+    return hits.scatter_add_(1, grams[:, :, -1], seen.long()) > 0
 
 
 def _reorder(state: State, rows: torch.Tensor) -> State:
@@ -57,10 +94,25 @@ def normalise(score: float, words: int, alpha: float) -> float:
 
 
 @torch.inference_mode()
-def greedy(decoder: Decoder, features: torch.Tensor, max_len: int = 20) -> list[Hypothesis]:
+def search(decoder: Decoder, features: torch.Tensor, vocab: Vocabulary, beam: int = 1, max_len: int = 20,
+           length_penalty: float = 0.0, options: SearchOptions | None = None) -> list[list[Hypothesis]]:
+    """Each image's captions, best first, as ``beam`` and ``options`` ask: greedy, beam, diverse beam or sampling."""
+    o = options or SearchOptions()
+    o.check(beam)
+    rules = dict(block_ngram=o.block_ngram, bad_endings=bad_ending_ids(vocab) if o.bad_endings else None)
+    if o.sample:
+        return sample_captions(decoder, features, o.n, max_len, o.temperature, o.top_k, o.top_p, o.seed, **rules)
+    if beam == 1:
+        return [[h] for h in greedy(decoder, features, max_len, **rules)]
+    return beam_search(decoder, features, beam, max_len, length_penalty, **rules)
+
+
+@torch.inference_mode()
+def greedy(decoder: Decoder, features: torch.Tensor, max_len: int = 20, block_ngram: int = 0,
+           bad_endings: Sequence[int] | None = None) -> list[Hypothesis]:
     """The most likely word at each step until <end> or ``max_len`` tokens, for each image's features."""
     n, device = features.size(0), features.device
-    step, state = _Step(decoder, device), decoder.start(features)
+    step, state = _Step(decoder, device, max_len, block_ngram, bad_endings), decoder.start(features)
     tokens = torch.full((n,), START, dtype=torch.long, device=device)
     ids = torch.full((n, max_len), END, dtype=torch.long, device=device)
     done = torch.zeros(n, dtype=torch.bool, device=device)
@@ -68,7 +120,7 @@ def greedy(decoder: Decoder, features: torch.Tensor, max_len: int = 20) -> list[
     alphas = []
     every = 1 if device.type == "cpu" else CHECK_EVERY  # on CPU a check is cheaper than a wasted step
     for t in range(max_len):
-        log_probs, state, alpha = step(tokens, state)
+        log_probs, state, alpha = step(tokens, state, ids[:, :t])
         best, tokens = log_probs.max(-1)
         score += best.masked_fill(done, 0.0)
         ids[:, t] = tokens.masked_fill(done, END)
@@ -80,13 +132,14 @@ def greedy(decoder: Decoder, features: torch.Tensor, max_len: int = 20) -> list[
     for i, (row, s) in enumerate(zip(ids.tolist(), score.tolist(), strict=True)):
         words = row[:row.index(END)] if END in row else row
         attention = None if alpha is None else torch.stack([a[i] for a in alphas[:len(words) + (END in row)]])
-        out.append(Hypothesis(words, s, attention))
+        out.append(Hypothesis(words, s, attention, s))
     return out
 
 
 @torch.inference_mode()
 def beam_search(decoder: Decoder, features: torch.Tensor, beam: int = 3, max_len: int = 20,
-                length_penalty: float = 0.0) -> list[list[Hypothesis]]:
+                length_penalty: float = 0.0, block_ngram: int = 0,
+                bad_endings: Sequence[int] | None = None) -> list[list[Hypothesis]]:
     """The ``beam`` best captions of each image by normalised score, best first.
 
     A caption ends when <end> is chosen or at ``max_len`` tokens. The search stops for an image once it holds
@@ -97,9 +150,10 @@ def beam_search(decoder: Decoder, features: torch.Tensor, beam: int = 3, max_len
     if beam < 1:
         raise ValueError(f"beam size must be >= 1, got {beam}")
     n, k, device = features.size(0), beam, features.device
-    step = _Step(decoder, device)
+    step = _Step(decoder, device, max_len, block_ngram, bad_endings)
     state = _reorder(decoder.start(features), torch.arange(n, device=device).repeat_interleave(k))
     tokens = torch.full((n * k,), START, dtype=torch.long, device=device)
+    so_far = torch.empty(n * k, 0, dtype=torch.long, device=device)  # each beam's words, for the rules
     scores = torch.full((n, k), float("-inf"), device=device)
     scores[:, 0] = 0.0  # all beams start identical: keep one so the first step yields k different words
     first_row = torch.arange(0, n * k, k, device=device).unsqueeze(1)
@@ -117,7 +171,7 @@ def beam_search(decoder: Decoder, features: torch.Tensor, beam: int = 3, max_len
             del kept[i][k:]
 
     for t in range(max_len):
-        log_probs, new, alpha = step(tokens, state)
+        log_probs, new, alpha = step(tokens, state, so_far)
         moved = [m or a is not b for m, a, b in zip(moved, new, state, strict=True)]
         state = new
         alphas.append(alpha)
@@ -149,6 +203,7 @@ def beam_search(decoder: Decoder, features: torch.Tensor, beam: int = 3, max_len
         rows = (beams + first_row).view(-1)
         state = tuple(s.index_select(0, rows) if m else s for s, m in zip(state, moved, strict=True))
         tokens = tokens.view(-1)
+        so_far = torch.cat([so_far.index_select(0, rows), tokens.unsqueeze(1)], 1)
     return _read_back(kept, torch.stack(words).tolist(), torch.stack(parents).tolist(), alphas, k)
 
 
@@ -159,7 +214,7 @@ def _read_back(kept: list[list[Kept]], words: list, parents: list, alphas: list[
     out = []
     for i, row in enumerate(kept):
         hyps = []
-        for _, raw, last, b, end in row:
+        for score, raw, last, b, end in row:
             ids, cells = [], [(last + 1, i * k + b)] if end else []  # <end>'s attention map was taken on beam b
             for t in range(last, -1, -1):
                 parent = parents[t][i][b]
@@ -167,32 +222,91 @@ def _read_back(kept: list[list[Kept]], words: list, parents: list, alphas: list[
                 cells.append((t, i * k + parent))
                 b = parent
             steps, rows = zip(*reversed(cells), strict=True)
-            hyps.append(Hypothesis(ids[::-1], raw, None if maps is None else maps[list(steps), list(rows)]))
+            hyps.append(Hypothesis(ids[::-1], score, None if maps is None else maps[list(steps), list(rows)], raw))
         out.append(hyps)
     return out
 
 
-def sample(decoder: Decoder, features: torch.Tensor, n: int = 5,
-           max_len: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+def sample(decoder: Decoder, features: torch.Tensor, n: int = 5, max_len: int = 20, temperature: float = 1.0,
+           top_k: int = 0, top_p: float = 1.0, seed: int | None = None, block_ngram: int = 0,
+           bad_endings: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` captions per image drawn from the model, batched: ids [B*n, max_len] (<pad> after <end>) and the
     log-probability of each sampled caption [B*n] (with gradients, for self-critical training).
 
-    Rows i*n .. i*n+n-1 belong to image i.
+    Rows i*n .. i*n+n-1 belong to image i. Words are drawn at ``temperature`` from the ``top_k`` likeliest (0: all)
+    within the nucleus ``top_p`` (the likeliest words whose probabilities reach it); the log-probability is the
+    model's own (temperature 1, every word). With ``seed`` each step draws ``n`` uniforms from numpy's generator,
+    the same for every image, so an image's captions do not depend on the batch it is in; without, torch's.
     """
-    step, state = _Step(decoder, features.device), decoder.start(features)
-    rows = torch.arange(features.size(0), device=features.device).repeat_interleave(n)
+    ids, total, _ = _sample(decoder, features, n, max_len, temperature, top_k, top_p, seed, block_ngram,
+                            bad_endings)
+    return ids, total
+
+
+@torch.inference_mode()
+def sample_captions(decoder: Decoder, features: torch.Tensor, n: int = 5, max_len: int = 20,
+                    temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+                    block_ngram: int = 0, bad_endings: Sequence[int] | None = None) -> list[list[Hypothesis]]:
+    """``sample``'s captions of each image as hypotheses, most likely first (their score: the log-probability)."""
+    ids, total, alphas = _sample(decoder, features, n, max_len, temperature, top_k, top_p, seed, block_ngram,
+                                 bad_endings)
+    out = []
+    for first in range(0, len(ids), n):
+        hyps = []
+        for r in range(first, first + n):
+            row, s = ids[r].tolist(), float(total[r])
+            words = row[:row.index(END)] if END in row else row
+            maps = None if alphas[0] is None else torch.stack([a[r] for a in alphas[:len(words) + (END in row)]])
+            hyps.append(Hypothesis(words, s, maps, s))
+        out.append(sorted(hyps, key=lambda h: -h.score))
+    return out
+
+
+def _sample(decoder: Decoder, features: torch.Tensor, n: int, max_len: int, temperature: float, top_k: int,
+            top_p: float, seed: int | None, block_ngram: int,
+            bad_endings: Sequence[int] | None) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor | None]]:
+    if n < 1 or temperature <= 0 or top_k < 0 or not 0 < top_p <= 1:
+        raise ValueError(f"sampling needs n >= 1, temperature > 0, top_k >= 0 and 0 < top_p <= 1, got n {n}, "
+                         f"temperature {temperature}, top_k {top_k}, top_p {top_p}")
+    device = features.device
+    step, state = _Step(decoder, device, max_len, block_ngram, bad_endings), decoder.start(features)
+    rows = torch.arange(features.size(0), device=device).repeat_interleave(n)
     state = _reorder(state, rows)
-    tokens = torch.full((rows.numel(),), START, dtype=torch.long, device=features.device)
+    rng = None if seed is None else np.random.default_rng(seed)
+    tokens = torch.full((rows.numel(),), START, dtype=torch.long, device=device)
     alive = torch.ones_like(tokens, dtype=torch.bool)
-    total = torch.zeros(rows.numel(), device=features.device)
-    steps = []
+    total = torch.zeros(rows.numel(), device=device)
+    steps, alphas = [], []
     for _ in range(max_len):
-        log_probs, state, _ = step(tokens, state)
-        tokens = torch.multinomial(log_probs.detach().exp(), 1).squeeze(1)
+        words = torch.stack(steps, 1) if steps else tokens[:, None][:, :0]
+        log_probs, state, alpha = step(tokens, state, words)
+        tokens = _draw(log_probs.detach(), n, temperature, top_k, top_p, rng)
         total = total + torch.where(alive, log_probs.gather(1, tokens.unsqueeze(1)).squeeze(1), 0.0)
         steps.append(tokens.masked_fill(~alive, PAD))
+        alphas.append(alpha)
         alive = alive & (tokens != END)
         if not bool(alive.any()):
             break
     ids = torch.stack(steps, 1)
-    return torch.nn.functional.pad(ids, (0, max_len - ids.size(1)), value=PAD), total
+    return torch.nn.functional.pad(ids, (0, max_len - ids.size(1)), value=PAD), total, alphas
+
+
+def _draw(log_probs: torch.Tensor, n: int, temperature: float, top_k: int, top_p: float,
+          rng: np.random.Generator | None) -> torch.Tensor:
+    """One token per row of ``log_probs`` (see ``sample``); with ``rng``, by the inverse CDF of n uniforms a step."""
+    if temperature == 1 and not top_k and top_p == 1 and rng is None:
+        return torch.multinomial(log_probs.exp(), 1).squeeze(1)  # SCST's draw, as it always was
+    probs = (log_probs.double() / temperature).softmax(-1)
+    if top_k:
+        kth = probs.topk(min(top_k, probs.size(1)), -1).values[:, -1:]
+        probs = torch.where(probs >= kth, probs, 0.0)
+    if top_p < 1:
+        ranked = probs.sort(-1, descending=True).values
+        before = ranked.cumsum(-1) - ranked  # the mass of the likelier words
+        last = (before < top_p * probs.sum(-1, keepdim=True)).sum(-1, keepdim=True) - 1
+        probs = torch.where(probs >= ranked.gather(1, last), probs, 0.0)
+    if rng is None:
+        return torch.multinomial(probs, 1).squeeze(1)
+    cdf = probs.cumsum(-1)
+    u = torch.from_numpy(np.tile(rng.random(n), len(probs) // n)).to(cdf.device)
+    return (cdf <= (u * cdf[:, -1]).unsqueeze(1)).sum(-1).clamp(max=probs.size(1) - 1)

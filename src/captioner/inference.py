@@ -10,16 +10,19 @@ from PIL import Image
 
 from captioner.data.images import eval_transform, to_rgb
 from captioner.data.vocab import Vocabulary
-from captioner.decode import beam_search, greedy
+from captioner.decode import search
 from captioner.models.captioner import CaptionModel, ModelConfig, load_state, read_artifact, save_artifact
+from captioner.search_options import SearchOptions
 
 
 @dataclass
 class Caption:
-    """One caption: its text, log-probability (or length-normalised beam score) and per-word attention."""
+    """One caption: its text, the score its list is ordered by (beam: length-normalised), its log-probability and
+    per-word attention."""
 
     text: str
     score: float
+    log_prob: float
     attention: torch.Tensor | None = None  # [tokens, G, G]: a map per word (+ <end> when produced)
 
 
@@ -34,23 +37,20 @@ class Captioner(CaptionModel):
 
     @torch.inference_mode()
     def generate(self, features: torch.Tensor, beam: int = 1, max_len: int | None = None,
-                 length_penalty: float = 0.0) -> list[list[Caption]]:
-        """Captions of grid features [B, N, C] (or images): per image a best-first list."""
+                 length_penalty: float = 0.0, options: SearchOptions | None = None) -> list[list[Caption]]:
+        """Captions of grid features [B, N, C] (or images): per image a best-first list (``options``: decode.search)."""
         features, g = self.features(features), self.config.grid
         max_len = self.config.max_len if max_len is None else max_len
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1 tokens, got {max_len}")
-        if beam == 1:
-            rows = [[h] for h in greedy(self.decoder, features, max_len)]
-        else:
-            rows = beam_search(self.decoder, features, beam, max_len, length_penalty)
-        return [[Caption(self.vocab.decode(h.ids), h.score,
+        rows = search(self.decoder, features, self.vocab, beam, max_len, length_penalty, options)
+        return [[Caption(self.vocab.decode(h.ids), h.score, h.log_prob,
                          None if h.attention is None else h.attention.view(-1, g, g).cpu()) for h in row]
                 for row in rows]
 
     @torch.inference_mode()
     def caption(self, images: Sequence[Image.Image], beam: int = 1, batch_size: int = 32, max_len: int | None = None,
-                length_penalty: float = 0.0) -> list[list[Caption]]:
+                length_penalty: float = 0.0, options: SearchOptions | None = None) -> list[list[Caption]]:
         """Caption PIL images with the eval preprocessing (resize, centre crop, normalise)."""
         self.eval()
         spec, device = self.encoder.spec, next(self.parameters()).device
@@ -58,7 +58,7 @@ class Captioner(CaptionModel):
         out: list[list[Caption]] = []
         for start in range(0, len(images), batch_size):
             x = torch.stack([transform(to_rgb(im)) for im in images[start:start + batch_size]]).to(device)
-            out += self.generate(x, beam, max_len, length_penalty)
+            out += self.generate(x, beam, max_len, length_penalty, options)
         return out
 
     def save(self, folder: str | Path) -> Path:

@@ -18,24 +18,29 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
+from captioner.data.endings import bad_ending_ids
 from captioner.data.rgb import crop_aspect, to_rgb
 from captioner.data.vocab import END, PAD, START, UNK, Vocabulary
 from captioner.io import read_json
 from captioner.models.config import ModelConfig
+from captioner.search_options import SearchOptions
 
 NEVER = [PAD, START, UNK]  # tokens no search ever generates, nor <end> after <start> (decode.NEVER)
 FILES = ("encoder.onnx", "start.onnx", "step.onnx", "config.json", "vocab.json", "preprocess.json")
 State = list[np.ndarray]
 Step = Callable[[np.ndarray, State], tuple[np.ndarray, State, np.ndarray | None]]
 Kept = tuple[float, float, int, int, bool]  # decode.Kept: normalised and raw score, last step, beam, <end>
+Hyp = tuple[list[int], float, np.ndarray | None, float]  # decode.Hypothesis: ids, score, attention, log-probability
 
 
 @dataclass
 class Caption:
-    """One caption: its text, log-probability (or length-normalised beam score) and per-word attention."""
+    """One caption: its text, the score its list is ordered by (beam: length-normalised), its log-probability and
+    per-word attention."""
 
     text: str
     score: float
+    log_prob: float
     attention: np.ndarray | None = None  # [tokens, G, G]: a map per word (+ <end> when produced)
 
 
@@ -57,13 +62,49 @@ def normalise(score: float, words: int, alpha: float) -> float:
     return score / (((5 + words) / 6) ** alpha) if alpha else score
 
 
-def greedy(step: Step, state: State, n: int, max_len: int) -> list[tuple[list[int], float, np.ndarray | None]]:
+class Rules:
+    """decode._Step's rules on log-probabilities the runner's step has already cleared of the specials:
+    ``block_ngram`` and ``bad_endings`` (decode's module docstring)."""
+
+    def __init__(self, max_len: int, block_ngram: int = 0, bad_endings: Sequence[int] | None = None) -> None:
+        if block_ngram < 0:
+            raise ValueError(f"block_ngram must be >= 0 (0: off), got {block_ngram}")
+        self.max_len, self.block = max_len, block_ngram
+        self.bad = np.array(sorted(set(bad_endings)), np.int64) if bad_endings else None
+
+    def __call__(self, log_probs: np.ndarray, words: np.ndarray) -> np.ndarray:
+        """``log_probs`` [rows, V] after each row's ``words`` so far [rows, t], with the ruled-out tokens at -inf."""
+        t = words.shape[1]
+        if self.block and t >= self.block:
+            log_probs[repeats(words, self.block, log_probs.shape[1])] = -np.inf
+        if self.bad is not None:
+            if t:
+                log_probs[np.isin(words[:, -1], self.bad), END] = -np.inf
+            if t == self.max_len - 1:
+                log_probs[:, self.bad] = -np.inf
+        return log_probs
+
+
+def repeats(words: np.ndarray, n: int, vocab: int) -> np.ndarray:
+    """decode.repeats: True for each word that would complete an ``n``-gram already in its row of ``words``."""
+    grams = np.lib.stride_tricks.sliding_window_view(words, n, axis=1)  # [rows, t - n + 1, n]
+    seen = (grams[:, :, :-1] == words[:, None, words.shape[1] - n + 1:]).all(-1)
+    out = np.zeros((len(words), vocab), bool)
+    rows, cols = np.nonzero(seen)
+    out[rows, grams[rows, cols, -1]] = True
+    return out
+
+
+def greedy(step: Step, state: State, n: int, max_len: int, block_ngram: int = 0,
+           bad_endings: Sequence[int] | None = None) -> list[Hyp]:
     """decode.greedy: the likeliest word at each step until <end> or ``max_len`` tokens."""
+    rules = Rules(max_len, block_ngram, bad_endings)
     tokens = np.full(n, START, np.int64)
     ids = np.full((n, max_len), END, np.int64)
     done, score, alphas = np.zeros(n, bool), np.zeros(n, np.float32), []
     for t in range(max_len):
         log_probs, state, alpha = step(tokens, state)
+        log_probs = rules(log_probs, ids[:, :t])
         tokens = log_probs.argmax(-1)
         score += np.where(done, np.float32(0), log_probs[np.arange(n), tokens])
         ids[:, t] = np.where(done, END, tokens)
@@ -75,18 +116,21 @@ def greedy(step: Step, state: State, n: int, max_len: int) -> list[tuple[list[in
     for i, row in enumerate(ids.tolist()):
         words = row[:row.index(END)] if END in row else row
         maps = None if alphas[0] is None else np.stack([a[i] for a in alphas[:len(words) + (END in row)]])
-        out.append((words, float(score[i]), maps))
+        out.append((words, float(score[i]), maps, float(score[i])))
     return out
 
 
 def beam_search(step: Step, state: State, replaced: list[int], n: int, k: int, max_len: int,
-                length_penalty: float) -> list[list[tuple[list[int], float, np.ndarray | None]]]:
+                length_penalty: float, block_ngram: int = 0,
+                bad_endings: Sequence[int] | None = None) -> list[list[Hyp]]:
     """decode.beam_search: the ``k`` best captions per image by normalised score, with its exact stopping rule.
 
     Only the ``replaced`` state entries are reordered: the others hold k equal rows per image from the start.
     """
+    rules = Rules(max_len, block_ngram, bad_endings)
     state = [s.repeat(k, axis=0) for s in state]
     tokens = np.full(n * k, START, np.int64)
+    so_far = np.zeros((n * k, 0), np.int64)
     scores = np.full((n, k), -np.inf, np.float32)
     scores[:, 0] = 0.0
     first_row = np.arange(0, n * k, k)[:, None]
@@ -103,6 +147,7 @@ def beam_search(step: Step, state: State, replaced: list[int], n: int, k: int, m
 
     for t in range(max_len):
         log_probs, state, alpha = step(tokens, state)
+        log_probs = rules(log_probs, so_far)
         alphas.append(alpha)
         total = scores[:, :, None] + log_probs.reshape(n, k, -1)
         ended = total[:, :, END].tolist()
@@ -133,11 +178,12 @@ def beam_search(step: Step, state: State, replaced: list[int], n: int, k: int, m
         rows = (beams + first_row).reshape(-1)
         state = [s[rows] if j in replaced else s for j, s in enumerate(state)]
         tokens = tokens.reshape(-1)
+        so_far = np.concatenate([so_far[rows], tokens[:, None]], 1)
     maps = None if alphas[0] is None else np.stack(alphas)
     out = []
     for i, row in enumerate(kept):
         hyps = []
-        for _, raw, last, b, end in row:
+        for score, raw, last, b, end in row:
             ids, cells = [], [(last + 1, i * k + b)] if end else []
             for t in range(last, -1, -1):
                 parent = int(parents[t][i, b])
@@ -145,9 +191,60 @@ def beam_search(step: Step, state: State, replaced: list[int], n: int, k: int, m
                 cells.append((t, i * k + parent))
                 b = parent
             steps, rows = zip(*reversed(cells), strict=True)
-            hyps.append((ids[::-1], raw, None if maps is None else maps[list(steps), list(rows)]))
+            hyps.append((ids[::-1], score, None if maps is None else maps[list(steps), list(rows)], raw))
         out.append(hyps)
     return out
+
+
+def sample(step: Step, state: State, images: int, n: int, max_len: int, temperature: float = 1.0, top_k: int = 0,
+           top_p: float = 1.0, seed: int | None = None, block_ngram: int = 0,
+           bad_endings: Sequence[int] | None = None) -> list[list[Hyp]]:
+    """decode.sample_captions: ``n`` captions drawn per image, most likely first; with ``seed`` the same uniforms as
+    decode's, so the same captions."""
+    rules, rng, rows = Rules(max_len, block_ngram, bad_endings), np.random.default_rng(seed), images * n
+    state = [s.repeat(n, axis=0) for s in state]
+    tokens = np.full(rows, START, np.int64)
+    alive, total, steps, alphas = np.ones(rows, bool), np.zeros(rows, np.float32), [], []
+    for _ in range(max_len):
+        log_probs, state, alpha = step(tokens, state)
+        log_probs = rules(log_probs, np.stack(steps, 1) if steps else np.zeros((rows, 0), np.int64))
+        tokens = draw(log_probs, n, temperature, top_k, top_p, rng)
+        total += np.where(alive, log_probs[np.arange(rows), tokens], np.float32(0))
+        steps.append(np.where(alive, tokens, PAD))
+        alphas.append(alpha)
+        alive &= tokens != END
+        if not alive.any():
+            break
+    ids = np.stack(steps, 1).tolist()
+    out = []
+    for first in range(0, rows, n):
+        hyps = []
+        for r in range(first, first + n):
+            words = ids[r][:ids[r].index(END)] if END in ids[r] else ids[r]
+            maps = None if alphas[0] is None else np.stack([a[r] for a in alphas[:len(words) + (END in ids[r])]])
+            hyps.append((words, float(total[r]), maps, float(total[r])))
+        out.append(sorted(hyps, key=lambda h: -h[1]))
+    return out
+
+
+def draw(log_probs: np.ndarray, n: int, temperature: float, top_k: int, top_p: float,
+         rng: np.random.Generator) -> np.ndarray:
+    """decode._draw's filtered distribution and inverse CDF on ``n`` uniforms a step, shared by every image."""
+    x = log_probs.astype(np.float64) / temperature
+    probs = np.exp(x - x.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    vocab = probs.shape[1]
+    if top_k:
+        kth = -np.partition(-probs, min(top_k, vocab) - 1, axis=1)[:, min(top_k, vocab) - 1, None]
+        probs = np.where(probs >= kth, probs, 0.0)
+    if top_p < 1:
+        ranked = -np.sort(-probs, axis=1)
+        before = ranked.cumsum(1) - ranked
+        last = (before < top_p * probs.sum(1, keepdims=True)).sum(1, keepdims=True) - 1
+        probs = np.where(probs >= np.take_along_axis(ranked, last, 1), probs, 0.0)
+    cdf = probs.cumsum(1)
+    u = np.tile(rng.random(n), len(probs) // n)
+    return np.minimum((cdf <= (u * cdf[:, -1])[:, None]).sum(1), vocab - 1)
 
 
 class OnnxCaptioner:
@@ -192,23 +289,26 @@ class OnnxCaptioner:
         return log_probs, state, out[-1] if self.attention else None
 
     def caption(self, images: Sequence[Image.Image], beam: int = 1, batch_size: int = 32, max_len: int | None = None,
-                length_penalty: float = 0.0) -> list[list[Caption]]:
+                length_penalty: float = 0.0, options: SearchOptions | None = None) -> list[list[Caption]]:
         """Caption PIL images (as inference.Captioner.caption): per image a best-first list."""
-        if beam < 1:
-            raise ValueError(f"beam size must be >= 1, got {beam}")
+        o = options or SearchOptions()
+        o.check(beam)
         p, g, max_len = self.preprocess, self.config.grid, max_len or self.config.max_len
+        rules = dict(block_ngram=o.block_ngram, bad_endings=bad_ending_ids(self.vocab) if o.bad_endings else None)
         out: list[list[Caption]] = []
         for first in range(0, len(images), batch_size):
             x = np.stack([preprocess(im, p["image_size"], p["mean"], p["std"])
                           for im in images[first:first + batch_size]])
             features = self.encoder.run(None, {"images": x})[0]
             state = self.start.run(None, {"features": features})
-            if beam == 1:
-                rows = [[h] for h in greedy(self.step, state, len(x), max_len)]
+            if o.sample:
+                rows = sample(self.step, state, len(x), o.n, max_len, o.temperature, o.top_k, o.top_p, o.seed, **rules)
+            elif beam == 1:
+                rows = [[h] for h in greedy(self.step, state, len(x), max_len, **rules)]
             else:
-                rows = beam_search(self.step, state, self.replaced, len(x), beam, max_len, length_penalty)
-            out += [[Caption(self.vocab.decode(ids), score, None if maps is None else maps.reshape(-1, g, g))
-                     for ids, score, maps in row] for row in rows]
+                rows = beam_search(self.step, state, self.replaced, len(x), beam, max_len, length_penalty, **rules)
+            out += [[Caption(self.vocab.decode(ids), score, log_prob, None if maps is None else maps.reshape(-1, g, g))
+                     for ids, score, maps, log_prob in row] for row in rows]
         return out
 
 

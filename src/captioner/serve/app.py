@@ -33,12 +33,15 @@ ACCEPTED = "JPEG, PNG, WebP, BMP, GIF, TIFF"
 CHUNK = 2**16
 FORM_OVERHEAD = 2**16  # multipart boundaries, headers and the beam field
 RETRY_AFTER_S = 1  # what a 503 (server busy) tells the client to wait
-Captions = list[list[Any]]  # per image, best first: objects with .text, .score, .attention ([words, G, G] or None)
+Captions = list[list[Any]]  # per image, best first: objects with .text, .score, .log_prob, .attention (or None)
 
 
 class Caption(BaseModel):
     text: str
-    score: float = Field(description="log-probability of the caption (higher is better)")
+    score: float = Field(description="what the alternatives are ordered by, best first (higher is better): with a "
+                                     "length penalty alpha > 0 in beam search the log-probability divided by "
+                                     "((5 + words) / 6) ** alpha (GNMT), otherwise the log-probability")
+    log_prob: float = Field(description="log-probability of the caption's words (and of <end> when produced)")
     attention: list[list[list[float]]] | None = Field(
         None, description="with ?attention=true on an attention model: per word (then <end>, when produced) the "
                           "G x G attention weights over the centre crop, rows top to bottom; each map sums to 1")
@@ -375,7 +378,7 @@ def create_app(model_dir: str | Path, beam: int = 1, max_batch: int = 16, max_wa
                                          "try again later") from None
         results = [Result(filename=name, captions=[], error=caps.detail) if isinstance(caps, HTTPException) else
                    Result(filename=name, captions=[
-                       Caption(text=c.text, score=c.score,
+                       Caption(text=c.text, score=c.score, log_prob=c.log_prob,
                                attention=c.attention.tolist() if attention and c.attention is not None else None)
                        for c in caps])
                    for name, caps in zip(names, out, strict=True)]
