@@ -99,12 +99,12 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     assert np.abs(pixels[:12] - [255, 0, 0]).max() <= 30 and np.abs(pixels[20:] - [0, 0, 255]).max() <= 30
 
 
-def halves_jpeg(path: Path, exif: bytes = b"") -> Path:
-    """A 32 x 16 JPEG, red left half and blue right half, with the given raw EXIF block."""
+def halves_jpeg(target: Path | io.BytesIO, exif: bytes = b"") -> Path | io.BytesIO:
+    """Write a 32 x 16 JPEG, red left half and blue right half, with the given raw EXIF block, to ``target``."""
     image = Image.new("RGB", (32, 16), (255, 0, 0))
     image.paste((0, 0, 255), (16, 0, 32, 16))
-    image.save(path, exif=exif, quality=95, subsampling=0)
-    return path
+    image.save(target, "JPEG", exif=exif, quality=95, subsampling=0)
+    return target
 
 
 def test_malformed_exif_is_used_as_stored_and_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

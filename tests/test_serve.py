@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import struct
 import threading
 import time
+import weakref
 import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -20,6 +22,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
+from test_images import MALFORMED_EXIF, halves_jpeg
 
 from captioner.data.vocab import Vocabulary
 from captioner.inference import Captioner
@@ -47,6 +50,11 @@ def blank_png(size: tuple[int, int]) -> bytes:
     buf = BytesIO()
     Image.new("L", size).save(buf, "PNG")
     return buf.getvalue()
+
+
+def jpeg_with_exif(exif: bytes) -> bytes:
+    """test_images.halves_jpeg in memory: 32 x 16, red left half, blue right half, with a raw EXIF block."""
+    return halves_jpeg(BytesIO(), exif).getvalue()
 
 
 def png_header(width: int, height: int) -> bytes:
@@ -180,6 +188,7 @@ def test_model_without_metrics(model_dir: Path, tmp_path: Path) -> None:
     ([("huge.png", blank_png((1200, 1000)))], {}, 413, "too many pixels"),
     ([("bomb.png", png_header(20_000, 20_000))], {}, 413, "too many pixels"),
     ([("p.png", blank_png((900, 900)))] * 3, {}, 413, "over the budget of 2,000,000"),
+    ([("thin.png", blank_png((2, 2000)))], {}, 422, "2 x 2000 pixels, more than 20:1"),
     ([("cut.jpg", image_bytes()[:2000])], {}, 422, "truncated"),
     ([("empty.jpg", b"")], {}, 422, "empty"),
     ([("a.jpg", image_bytes())] * 5, {}, 413, "at most 4"),
@@ -203,6 +212,75 @@ def test_no_file_and_oversized_request(client: TestClient) -> None:
     r = client.post("/v1/captions", content=streamed(), headers={"content-type": "multipart/form-data; boundary=b"})
     assert r.status_code == 413 and "request too large" in r.json()["detail"]
     assert post(client, ("ok.jpg", image_bytes()))[0] == 200
+
+
+def test_an_unreadable_exif_orientation_fails_no_request(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    app, bad = create_app(model_dir, max_wait_ms=1000), jpeg_with_exif(MALFORMED_EXIF)
+    calls = _count_calls(app.state.model, monkeypatch)
+    with TestClient(app) as c, ThreadPoolExecutor(2) as pool:
+        apart = list(pool.map(lambda f: post(c, f), [("good.jpg", image_bytes()), ("bad-exif.jpg", bad)]))
+        together = post(c, ("good.jpg", image_bytes()), ("bad-exif.jpg", bad))
+    assert calls[0] == (2, 1), calls  # the two requests shared a batch
+    assert [code for code, _ in apart] == [200, 200] and together[0] == 200, (apart, together)
+    for result in [r for _, body in [*apart, together] for r in body["results"]]:
+        assert result["error"] is None and len(result["captions"]) == 1, result
+
+
+def test_uploads_are_decoded_and_upright_before_they_join_a_batch(client: TestClient,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    model, seen = client.app.state.model, []
+    caption = model.caption
+
+    def record(images: list[Image.Image], beam: int = 1, **kw: int) -> list:
+        seen.extend((im.size, im.mode) for im in images)
+        return caption(images, beam, **kw)
+
+    monkeypatch.setattr(model, "caption", record)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    status, body = post(client, ("turned.jpg", jpeg_with_exif(exif.tobytes())),
+                        ("alpha.png", image_bytes("PNG", "RGBA")), ("gray.jpg", image_bytes("JPEG", "L")))
+    assert status == 200, body
+    assert seen == [((16, 32), "RGB"), ((96, 72), "RGB"), ((96, 72), "L")]  # gray goes as gray: 1 byte a pixel
+
+
+def test_decoded_size_is_admitted_against_a_global_budget(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValueError, match="max_decoded_bytes"):
+        create_app(model_dir, max_decoded_bytes=10**6, max_request_pixels=10**6)
+    app = create_app(model_dir, max_decoded_bytes=3_000_000, max_request_pixels=300_000)  # 500 x 500: 2 MB
+    _, entered, release = _hold_first_call(app.state.model, monkeypatch)
+    with TestClient(app) as c, ThreadPoolExecutor(1) as pool:
+        first = pool.submit(post, c, ("a.png", blank_png((500, 500))))
+        assert entered.wait(5)
+        r = c.post("/v1/captions", files={"files": ("b.png", blank_png((500, 500)))})
+        release.set()
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+        assert "busy (2 of 3 MB of decoded images" in r.json()["detail"]
+        assert first.result(5)[0] == 200
+        assert post(c, ("c.png", blank_png((500, 500))))[0] == 200  # room again
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_a_timed_out_request_drops_its_images_at_once(model_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      batching: bool) -> None:
+    app = create_app(model_dir, batching=batching, max_batch=1, request_timeout_s=0.5)
+    _, entered, release = _hold_first_call(app.state.model, monkeypatch)
+    decoded, decode = [], serve_app.decode
+
+    def spy(image: Image.Image, name: str) -> Image.Image | None:
+        decoded.append(weakref.ref(image))  # a noisy RGB JPEG: decoded in place, the same object goes on
+        return decode(image, name)
+
+    monkeypatch.setattr(serve_app, "decode", spy)
+    with TestClient(app) as c, ThreadPoolExecutor(1) as pool:
+        first = pool.submit(post, c, ("a.jpg", image_bytes()))
+        assert entered.wait(5)
+        late = post(c, ("b.jpg", image_bytes(seed=1)))
+        gc.collect()
+        alive = [ref() is not None for ref in decoded]
+        release.set()
+        assert late[0] == 504 and first.result(5)[0] == 504
+    assert alive == [True, False]  # a.jpg is in the model's hands; b.jpg, which never reached it, is gone
 
 
 def _count_calls(model: Captioner, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:

@@ -12,7 +12,7 @@ MAX_ASPECT = 3.0  # the transforms keep at most the centre 3:1 of a thinner imag
 ORIENTATION_INFO = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp")  # where Pillow finds orientation
 
 
-def _upright(image: Image.Image) -> Image.Image:
+def upright(image: Image.Image) -> Image.Image:
     """The image turned as its EXIF orientation says; when that metadata cannot be read, the image as stored
     (logged) without it, so that no later step reads it again."""
     try:
@@ -44,7 +44,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     (transparent areas on white); an upright RGB image is returned as is. Raises only OSError."""
     try:
         image.load()
-        return _rgb(_upright(image))
+        return _rgb(upright(image))
     except OSError:
         raise
     except Exception as e:  # noqa: BLE001 - Pillow's decoders raise many kinds; callers skip on OSError

@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from importlib import resources
 from io import BytesIO
@@ -24,7 +24,9 @@ from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from captioner import load
+from captioner.data.rgb import to_rgb, upright
 from captioner.io import read_json
+from captioner.search_options import SearchOptions
 
 log = logging.getLogger("captioner.serve")
 
@@ -33,7 +35,9 @@ ACCEPTED = "JPEG, PNG, WebP, BMP, GIF, TIFF"
 CHUNK = 2**16
 FORM_OVERHEAD = 2**16  # multipart boundaries, headers and the beam field
 RETRY_AFTER_S = 1  # what a 503 (server busy) tells the client to wait
+PIXEL_BYTES = 8  # what a pixel costs while decoded: Pillow's pixel (up to 4 bytes, RGB too) and its RGB copy
 Captions = list[list[Any]]  # per image, best first: objects with .text, .score, .log_prob, .attention (or None)
+Beam = tuple[int, SearchOptions]  # a request's beam width and search options: requests with the same share batches
 
 
 class Caption(BaseModel):
@@ -71,6 +75,22 @@ class ModelInfo(BaseModel):
     metrics: dict[str, float] | None
 
 
+class SearchQuery(BaseModel):
+    """Search controls a request may set, each unset one the server's (``captioner serve`` flags; all off there by
+    default); checked together with the beam width, 422 naming the option."""
+
+    block_ngram: int | None = Field(None, ge=0, le=10, description="rule out a word that would complete an n-gram "
+                                    "already in the caption (e.g. 3; 0: off)")
+    bad_endings: bool | None = Field(None, description="rule out <end> after a function word (a, the, of, with, ...)")
+    sample: bool | None = Field(None, description="draw captions from the model instead of searching (beam 1)")
+    temperature: float | None = Field(None, gt=0, le=100, description="sampling temperature (below 1 sharper)")
+    top_k: int | None = Field(None, ge=0, description="sample among the k likeliest words (0: all)")
+    top_p: float | None = Field(None, gt=0, le=1, description="sample among the likeliest words that hold this "
+                                "probability (nucleus)")
+    n: int | None = Field(None, ge=1, le=10, description="captions sampled per image, the likeliest first")
+    seed: int | None = Field(None, ge=0, description="sampling seed: the same seed, the same captions of an image")
+
+
 class Health(BaseModel):
     status: str
 
@@ -82,7 +102,7 @@ class Error(BaseModel):
 @dataclass
 class _Job:
     images: list[Image.Image]
-    beam: int
+    beam: Beam
     future: asyncio.Future[Captions]
 
 
@@ -96,16 +116,20 @@ def _fail(jobs: list[_Job], error: Exception) -> None:
 class Batcher:
     """Gathers concurrent requests into one model call: flush at ``max_batch`` images or after ``max_wait_ms``."""
 
-    def __init__(self, run: Callable[[list[Image.Image], int], Awaitable[Captions]], max_batch: int,
+    def __init__(self, run: Callable[[list[Image.Image], Beam], Awaitable[Captions]], max_batch: int,
                  max_wait_ms: float) -> None:
         self.run, self.max_batch, self.max_wait = run, max_batch, max_wait_ms / 1000
         self.queue: asyncio.Queue[_Job] = asyncio.Queue()
 
-    async def submit(self, images: list[Image.Image], beam: int) -> Captions:
-        """Queue images and wait for their captions."""
+    async def submit(self, images: list[Image.Image], beam: Beam) -> Captions:
+        """Queue images and wait for their captions; a request that times out or leaves drops its images at once
+        (its job, skipped, waits in the queue without them)."""
         job = _Job(images, beam, asyncio.get_running_loop().create_future())
         await self.queue.put(job)
-        return await job.future
+        try:
+            return await job.future
+        finally:
+            images.clear()
 
     async def loop(self) -> None:
         """Forever: take the first waiting job, gather more until full or timed out, run each beam size once.
@@ -131,38 +155,41 @@ class Batcher:
             except (TimeoutError, asyncio.TimeoutError):  # two classes on Python 3.10, one since 3.11
                 break
 
-    async def _run(self, jobs: list[_Job], beam: int) -> None:
+    async def _run(self, jobs: list[_Job], beam: Beam) -> None:
         jobs = [j for j in jobs if not j.future.done()]  # a request that timed out or left costs no model time
         if not jobs:
             return
+        counts = [len(j.images) for j in jobs]  # a job that leaves during the call clears its list
         try:
             out = await self.run([im for j in jobs for im in j.images], beam)
         except Exception as e:  # the model failed: every waiting request gets the error
             _fail(jobs, e)
             return
-        for j in jobs:
+        for j, n in zip(jobs, counts, strict=True):
             if not j.future.done():  # a cancelled request (client gone) leaves a done future
-                j.future.set_result(out[:len(j.images)])
-            out = out[len(j.images):]
+                j.future.set_result(out[:n])
+            out = out[n:]
 
 
 class Admission:
-    """Counts the images the server holds (decoding, queued or being captioned); refuses more than ``limit``."""
+    """Counts what the server holds (images, or bytes of decoded pixels: decoding, queued or being captioned);
+    refuses more than ``limit``. ``unit`` and ``scale`` word its 503: held / scale of limit / scale unit."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit, self.held = limit, 0
+    def __init__(self, limit: int, unit: str = "images", scale: int = 1) -> None:
+        self.limit, self.unit, self.scale, self.held = limit, unit, scale, 0
 
     @contextmanager
-    def hold(self, images: int) -> Iterator[None]:
-        """Hold room for ``images`` during the block; 503 with Retry-After when there is none."""
-        if self.held + images > self.limit:  # no await between check and update: one event loop, no race
-            raise HTTPException(503, f"the server is busy ({self.held} of {self.limit} images in progress): "
+    def hold(self, amount: int) -> Iterator[None]:
+        """Hold room for ``amount`` during the block; 503 with Retry-After when there is none."""
+        if self.held + amount > self.limit:  # no await between check and update: one event loop, no race
+            raise HTTPException(503, f"the server is busy ({self.held / self.scale:,.0f} of "
+                                     f"{self.limit / self.scale:,.0f} {self.unit} in progress): "
                                      f"retry in {RETRY_AFTER_S} s", headers={"Retry-After": str(RETRY_AFTER_S)})
-        self.held += images
+        self.held += amount
         try:
             yield
         finally:
-            self.held -= images
+            self.held -= amount
 
 
 class BodyLimit:
@@ -203,9 +230,9 @@ async def read_limited(upload: UploadFile, max_bytes: int) -> bytes:
     return bytes(data)
 
 
-def open_image(data: bytes, name: str, max_pixels: int, min_side: int) -> Image.Image:
-    """Read an upload's header and check its format and pixel count; a large JPEG is set to decode at 1/2, 1/4
-    or 1/8 scale (Pillow's draft) with its short side still at least ``min_side``. Nothing is decoded yet."""
+def open_image(data: bytes, name: str, max_pixels: int, min_side: int, max_aspect: float) -> Image.Image:
+    """Read an upload's header and check its format, pixel count and aspect ratio; a large JPEG is set to decode at
+    1/2, 1/4 or 1/8 scale (Pillow's draft) with its short side still at least ``min_side``. Nothing is decoded yet."""
     if not data:
         raise HTTPException(422, f"{name!r} is empty: choose an image file")
     bomb = f"{name!r} has too many pixels (over {max_pixels:,}): send a smaller image"
@@ -219,14 +246,20 @@ def open_image(data: bytes, name: str, max_pixels: int, min_side: int) -> Image.
         raise HTTPException(415, f"{name!r} is {image.format}, which is not accepted: send {ACCEPTED}")
     if image.width * image.height > max_pixels:
         raise HTTPException(413, bomb)
+    if max(image.size) > max_aspect * min(image.size):
+        raise HTTPException(422, f"{name!r} is {image.width} x {image.height} pixels, more than {max_aspect:g}:1: "
+                                 "crop it to the part to caption")
     image.draft("RGB", (min_side, min_side))  # JPEG only; other formats ignore it
     return image
 
 
-def decode(image: Image.Image, name: str) -> None:
-    """Decode the pixels of an image from ``open_image``."""
+def decode(image: Image.Image, name: str) -> Image.Image:
+    """Decode an image from ``open_image`` and turn it upright, before it joins a batch (a file failing here fails
+    only itself); all but 8-bit gray (1 byte a pixel, for the model's to_rgb) is converted to RGB here too."""
     try:
         image.load()
+        image = upright(image)
+        return image if image.mode in ("L", "RGB") else to_rgb(image)
     except Image.DecompressionBombError as e:
         raise HTTPException(413, f"{name!r} has too many pixels: send a smaller image") from e
     except Exception as e:
@@ -247,14 +280,21 @@ def create_app(model_dir: str | Path, beam: int = 1, max_batch: int = 16, max_wa
                max_bytes: int = 10 * 2**20, max_pixels: int = 40_000_000, batching: bool = True,
                max_files: int = 16, max_queue: int = 64, request_timeout_s: float = 30.0,
                max_request_pixels: int = 50_000_000, max_len: int | None = None,
-               length_penalty: float = 0.0, runtime: str = "torch") -> FastAPI:
+               length_penalty: float = 0.0, options: SearchOptions | None = None,
+               runtime: str = "torch", max_decoded_bytes: int = 2**29,
+               max_aspect: float = 20.0) -> FastAPI:
     """Load the model in ``model_dir`` and build the app; ``batching=False`` runs each request alone.
 
-    The server holds at most ``max_queue`` images at once (more: 503), answers each request within
-    ``request_timeout_s`` (or 504) and decodes at most ``max_request_pixels`` per request (or 413)."""
+    The server holds at most ``max_queue`` images and ``max_decoded_bytes`` of decoded pixels (PIXEL_BYTES each)
+    at once (more: 503), answers each request within ``request_timeout_s`` (or 504), decodes at most
+    ``max_request_pixels`` per request (or 413) and refuses images thinner than ``max_aspect``:1 (422)."""
     if max_queue < max_files:
         raise ValueError(f"max_queue ({max_queue}) is below max_files ({max_files}): "
                          "a request with the most files would never be accepted")
+    if max_decoded_bytes < max_request_pixels * PIXEL_BYTES:
+        raise ValueError(f"max_decoded_bytes ({max_decoded_bytes:,}) is below max_request_pixels x {PIXEL_BYTES} "
+                         f"({max_request_pixels * PIXEL_BYTES:,}): a request with the most pixels would never be "
+                         "accepted")
     model_dir = Path(model_dir)
     model = load(str(model_dir), runtime=runtime)  # torch, or onnx (an exported folder on onnxruntime)
     metrics_file = model_dir / "metrics_test.json"
@@ -263,28 +303,26 @@ def create_app(model_dir: str | Path, beam: int = 1, max_batch: int = 16, max_wa
                      image_size=model.config.image_size, vocab_size=len(model.vocab), beam=beam,
                      metrics=read_json(metrics_file, "test metrics") if metrics_file.is_file() else None)
     page = resources.files("captioner.serve").joinpath("static/index.html").read_text(encoding="utf-8")
-    admission = Admission(max_queue)
+    admission, memory = Admission(max_queue), Admission(max_decoded_bytes, "MB of decoded images", 2**20)
     min_side = 2 * model.config.image_size  # JPEG drafts keep twice what the model's resize needs
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         executor = ThreadPoolExecutor(1, thread_name_prefix="captioner-model")  # one model call at a time
 
-        async def run(images: list[Image.Image], beam: int) -> Captions:
-            call = partial(model.caption, images, beam, max_len=max_len, length_penalty=length_penalty)
+        async def run(images: list[Image.Image], beam: Beam) -> Captions:
+            call = partial(model.caption, images, beam[0], max_len=max_len, length_penalty=length_penalty,
+                           options=beam[1])
             return await asyncio.get_running_loop().run_in_executor(executor, call)
 
-        app.state.caption, task = run, None
-        if batching:
-            batcher = Batcher(run, max_batch, max_wait_ms)
-            app.state.caption, task = batcher.submit, asyncio.create_task(batcher.loop())
+        batcher = Batcher(run, max_batch, max_wait_ms) if batching else Batcher(run, 1, 0)  # 1: each request alone
+        app.state.caption, task = batcher.submit, asyncio.create_task(batcher.loop())
         try:
             yield
         finally:
-            if task:
-                task.cancel()
-                with suppress(asyncio.CancelledError):
-                    await task
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
             executor.shutdown(wait=True)
 
     app = FastAPI(title="captioner", summary="Caption images with a CNN -> LSTM model.", lifespan=lifespan)
@@ -322,37 +360,39 @@ def create_app(model_dir: str | Path, beam: int = 1, max_batch: int = 16, max_wa
         413: {"model": Error, "description": "upload too large (bytes, pixels, pixels per request or number of files)"},
         415: {"model": Error, "description": f"not an image ({ACCEPTED} are accepted)"},
         422: {"model": Error, "description": "missing, empty or corrupt upload, or invalid parameter"},
-        503: {"model": Error, "description": f"server busy: its queue is full; retry after {RETRY_AFTER_S} s "
-                                             "(the Retry-After header)"},
+        503: {"model": Error, "description": f"server busy: its queue or its memory for decoded images is full; "
+                                             f"retry after {RETRY_AFTER_S} s (the Retry-After header)"},
         504: {"model": Error, "description": f"no answer within {request_timeout_s:g} s"},
     }
 
-    async def caption(files: list[UploadFile], names: list[str], beam: int) -> list[list[Any] | HTTPException]:
-        """Read and check the uploads, decode them within the pixel budget, caption them: per file its captions, or
-        the error that skipped it (when every file fails, the first file's error is raised)."""
+    async def caption(files: list[UploadFile], names: list[str], beam: Beam) -> list[list[Any] | HTTPException]:
+        """Read and check the uploads, decode them within the request's and the server's pixel budgets, caption
+        them: per file its captions, or the error that skipped it (when every file fails, the first file's error is
+        raised)."""
         images: dict[int, Image.Image] = {}
         skipped: dict[int, HTTPException] = {}
         for i, (upload, name) in enumerate(zip(files, names, strict=True)):
             try:
                 data = await read_limited(upload, max_bytes)
-                images[i] = await asyncio.to_thread(open_image, data, name, max_pixels, min_side)
+                images[i] = await asyncio.to_thread(open_image, data, name, max_pixels, min_side, max_aspect)
             except HTTPException as e:
                 skipped[i] = e
         pixels = sum(im.width * im.height for im in images.values())
         if pixels > max_request_pixels:
             raise HTTPException(413, f"{pixels:,} pixels to decode in one request, over the budget of "
                                      f"{max_request_pixels:,}: send fewer or smaller images")
-        for i in list(images):
-            try:
-                await asyncio.to_thread(decode, images[i], names[i])
-            except HTTPException as e:
-                skipped[i] = e
-                del images[i]
-        for i, e in sorted(skipped.items()):
-            log.warning("skipped %s: %s", names[i], e.detail)
-        if not images:
-            raise skipped[0]
-        captioned = iter(await app.state.caption(list(images.values()), beam))
+        with memory.hold(pixels * PIXEL_BYTES):
+            for i in list(images):
+                try:
+                    images[i] = await asyncio.to_thread(decode, images[i], names[i])
+                except HTTPException as e:
+                    skipped[i] = e
+                    del images[i]
+            for i, e in sorted(skipped.items()):
+                log.warning("skipped %s: %s", names[i], e.detail)
+            if not images:
+                raise skipped[0]
+            captioned = iter(await app.state.caption(list(images.values()), beam))
         return [skipped[i] if i in skipped else next(captioned) for i in range(len(files))]
 
     @app.post("/v1/captions", responses=errors)
@@ -362,16 +402,23 @@ def create_app(model_dir: str | Path, beam: int = 1, max_batch: int = 16, max_wa
         beam_form: Annotated[int | None, Form(alias="beam", ge=1, le=10, description="beam width")] = None,
         attention: Annotated[bool, Query(description="include each word's attention map (attention models)")]
         = False,
+        search: Annotated[SearchQuery, Query()] = None,
     ) -> CaptionResponse:
         """Caption the uploaded images; with beam > 1 each gets ``beam`` alternatives, best first. A file that cannot
         be read is skipped with its error in its result, unless all are bad (then: that error's status)."""
         start = time.perf_counter()
+        asked = (beam_query or beam_form or beam, replace(options or SearchOptions(), **(
+            search.model_dump(exclude_none=True) if search else {})))
+        try:
+            asked[1].check(asked[0])
+        except ValueError as e:
+            raise HTTPException(422, str(e)) from None
         if len(files) > max_files:
             raise HTTPException(413, f"{len(files)} files sent: at most {max_files} per request")
         names = [f.filename or f"file{i}" for i, f in enumerate(files)]
         with admission.hold(len(files)):
             try:
-                out = await asyncio.wait_for(caption(files, names, beam_query or beam_form or beam),
+                out = await asyncio.wait_for(caption(files, names, asked),
                                              request_timeout_s)
             except (TimeoutError, asyncio.TimeoutError):  # two classes on Python 3.10, one since 3.11
                 raise HTTPException(504, f"no answer within {request_timeout_s:g} s: the server is busy, "
