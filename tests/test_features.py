@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -157,3 +160,47 @@ def test_a_kill_while_writing_a_marker_leaves_that_chunk_to_do(images, tmp_path)
     assert child.exitcode == 9 and cache.partial_path.is_file()
     feats, _, log = encode(images, cache.folder)
     assert "encoded 7 images" in log and feats.tobytes() == clean.tobytes()
+
+
+class SlowEncoder(Encoder):
+    """A seeded random ResNet-18 that takes 0.1 s more a batch, so two builds overlap."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.1)
+        return super().forward(x)
+
+
+def test_two_jobs_building_one_cache_take_turns(images, tmp_path) -> None:
+    clean, _, _ = encode(images, tmp_path / "clean", batch_size=1)
+
+    def job(delay: float, encoder: Encoder) -> tuple[np.ndarray, np.ndarray, str]:
+        time.sleep(delay)
+        return encode(images, tmp_path / "c", batch_size=1, encoder=encoder)
+
+    encoders = [SlowEncoder("resnet18", "none", grid=1) for _ in range(2)]
+    with ThreadPoolExecutor(2) as pool:  # 7 chunks of > 0.1 s: the second job starts while the first encodes
+        first, second = [f.result() for f in [pool.submit(job, 0.0, encoders[0]), pool.submit(job, 0.3, encoders[1])]]
+    assert "encoded 7 images" in first[2]
+    assert "waiting for another job" in second[2] and "cache hit" in second[2] and "encoded" not in second[2]
+    assert first[0].tobytes() == second[0].tobytes() == clean.tobytes()
+    assert [p.name for p in (tmp_path / "c").iterdir() if "parts" in p.name or "partial" in p.name] == []
+
+
+def test_a_node_local_cache_folder_is_named_at_once(images, tmp_path, monkeypatch) -> None:
+    import captioner.features as features
+
+    monkeypatch.setattr(features, "SHARED_WAIT_S", 0.5, raising=False)
+    errors: list[BaseException] = []
+
+    def rank_1() -> None:  # of 2: rank 0 runs on another node, whose files never reach this folder
+        try:
+            encode(images, tmp_path / "local", rank=1, world_size=2)
+        except BaseException as e:
+            errors.append(e)
+
+    worker = threading.Thread(target=rank_1, daemon=True)
+    worker.start()
+    worker.join(15)
+    assert not worker.is_alive(), "rank 1 still waits for rank 0's file (600 s)"
+    assert len(errors) == 1 and isinstance(errors[0], RuntimeError), errors
+    assert f"{tmp_path / 'local'} is not shared" in str(errors[0]) and "--cache-dir" in str(errors[0])

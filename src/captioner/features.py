@@ -5,7 +5,7 @@ It is built in chunks; a chunk counts only once its marker file exists, so a kil
 completed, never trusted half-written. Markers are written atomically, name their chunk's size and are cleared
 whenever a new partial array is started; the metadata is written before the array is renamed into place, so a
 kill at any point leaves either a finished cache or a build that a rerun completes. Processes of a distributed
-run each encode their share of the chunks.
+run each encode their share of the chunks; jobs building the same cache take turns on a lock file beside it.
 """
 from __future__ import annotations
 
@@ -14,12 +14,14 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
     from captioner.models.encoder import Encoder
 
 CACHE_VERSION = 2
+SHARED_WAIT_S = 60.0  # how long another node may take to see rank 0's files (NFS caches attributes up to 60 s)
 
 
 def default_cache_dir() -> Path:
@@ -107,6 +110,35 @@ class FeatureCache:
     def complete(self) -> bool:
         return self.array_path.is_file() and self.meta_path.is_file()
 
+    @contextmanager
+    def lock(self, log: Callable[[str], None] = print) -> Iterator[None]:
+        """Hold ``<key>.lock`` unless the cache is complete: another job building it is waited for."""
+        if self.complete():
+            yield
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(self.folder / f"{self.key}.lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log(f"feature cache {self.key}: waiting for another job building it (it holds {lock.lock_file})")
+            lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def prepare(self, shape: tuple[int, ...]) -> None:
+        """Start a zero-filled partial array of ``shape`` unless one exists (rank 0)."""
+        if self.partial_path.exists():
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if self.parts.exists():  # markers of an earlier partial array say nothing about a new one
+            shutil.rmtree(self.parts)
+        tmp = self.folder / f"{self.key}.partial.tmp.npy"
+        np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape).flush()
+        os.replace(tmp, self.partial_path)
+
     def load(self) -> tuple[np.ndarray, np.ndarray]:
         """(features memmap [n, views, cells, dim] float16, ok mask [n] bool)."""
         meta = json.loads(self.meta_path.read_text())
@@ -118,15 +150,9 @@ class FeatureCache:
               batch_size: int = 32, num_workers: int = 0, rank: int = 0, world_size: int = 1,
               progress: bool = True) -> int:
         """Encode this process's missing chunks into the partial array; returns images encoded."""
-        self.folder.mkdir(parents=True, exist_ok=True)
         shape = (len(data), data.views, cells, dim)
-        if rank == 0 and not self.partial_path.exists():
-            if self.parts.exists():  # markers of an earlier partial array say nothing about a new one
-                shutil.rmtree(self.parts)
-            tmp = self.folder / f"{self.key}.partial.tmp.npy"
-            np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape).flush()
-            os.replace(tmp, self.partial_path)
-        _wait_for(self.partial_path)
+        if rank == 0:
+            self.prepare(shape)
         self.parts.mkdir(exist_ok=True)
         array = np.load(self.partial_path, mmap_mode="r+")
         if array.shape != shape:
@@ -160,18 +186,22 @@ class FeatureCache:
         chunks = range(0, n, batch_size)
         missing = [c for c in chunks if not self._done(c, batch_size)]
         if missing:
-            raise RuntimeError(f"feature cache {self.key}: {len(missing)} chunks still missing")
+            raise RuntimeError(f"feature cache {self.key}: {len(missing)} chunks still missing (a process failed, "
+                               f"or --cache-dir is not one folder shared by every node)")
         unreadable = sorted(i for c in chunks for i in json.loads(self._marker(c, batch_size).read_text()))
         write_json(self.meta_path, {"n": n, "unreadable": unreadable, "version": CACHE_VERSION})
         os.replace(self.partial_path, self.array_path)  # the cache is complete from here on
         shutil.rmtree(self.parts)
 
 
-def _wait_for(path: Path, timeout: float = 600.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
+def _expect_from_rank_0(*paths: Path) -> None:
+    """Wait up to SHARED_WAIT_S for one of the files rank 0 has written; none: the folder is not shared."""
+    deadline = time.monotonic() + SHARED_WAIT_S
+    while not any(p.exists() for p in paths):
         if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout:.0f} s for {path}")
+            raise RuntimeError(f"feature cache folder {paths[0].parent} is not shared with rank 0: its "
+                               f"{paths[0].name} did not appear here within {SHARED_WAIT_S:.0f} s. With --num-nodes "
+                               f"> 1 give --cache-dir (or $CAPTIONER_CACHE) on a filesystem every node mounts")
         time.sleep(0.05)
 
 
@@ -190,40 +220,61 @@ def encode_images(paths: Sequence[Path], backbone: str, weights: str, seed: int,
 
     key = fingerprint(backbone, weights, seed, image_size, views, paths, output_stride, grid)
     cache = FeatureCache(cache_dir or default_cache_dir(), key)
-    if cache.complete():
-        log(f"feature cache hit: {cache.array_path} ({len(paths)} images x {views} views; no encoder pass)")
+    hit = f"feature cache hit: {cache.array_path} ({len(paths)} images x {views} views; no encoder pass)"
+    if world_size == 1 and cache.complete():  # the ranks of a distributed run decide together, below
+        log(hit)
         return cache.load()
-    device = torch.device(device)
-    encoder = encoder or Encoder(backbone, weights, grid, False, seed, output_stride)
-    was_training = encoder.training
+    with cache.lock(log) if rank == 0 else nullcontext():
+        barrier()  # the other ranks wait here while rank 0 waits for another job building this cache
+        todo = rank == 0 and not cache.complete()
+        if todo:
+            encoder = encoder or Encoder(backbone, weights, grid, False, seed, output_stride)
+            cache.prepare((len(paths), views, grid * grid, encoder.feature_size))
+        barrier()  # rank 0's partial array exists
+        if rank:
+            _expect_from_rank_0(cache.partial_path, cache.array_path)
+            todo = not cache.complete()
+        if todo:
+            encoder = encoder or Encoder(backbone, weights, grid, False, seed, output_stride)
+            cells, dim = grid * grid, encoder.feature_size
+            log(f"feature cache: {len(paths)} images x {views} views of {grid}x{grid}x{dim} float16 = "
+                f"{len(paths) * views * cells * dim * 2 / 2**20:,.1f} MiB on disk ({views * cells * dim * 2 / 1024:.1f}"
+                f" KiB per image), streamed from {cache.folder}")
+            start = time.perf_counter()
+            with _frozen(encoder, device) as encode:
+                n = cache.build(encode, ImageViews(paths, image_size, views, encoder.spec.mean, encoder.spec.std),
+                                cells, dim, batch_size, num_workers, rank, world_size, progress)
+            seconds = time.perf_counter() - start
+            if n:
+                log(f"encoded {n} images x {views} views with {backbone} in {seconds:.1f} s "
+                    f"({n / seconds:.1f} img/s) into {cache.folder}")
+        else:
+            log(hit)
+        barrier()
+        if todo and rank == 0:
+            cache.finalize(len(paths), batch_size)
+        barrier()
+    if rank:
+        _expect_from_rank_0(cache.array_path)  # written last
+    features, ok = cache.load()
+    if not ok.all():
+        bad = [str(paths[i]) for i in np.flatnonzero(~ok)[:3]]
+        log(f"skipped {int((~ok).sum())} unreadable images, e.g. {', '.join(bad)}")
+    return features, ok
+
+
+@contextmanager
+def _frozen(encoder: Encoder, device: str | torch.device) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
+    """``encoder`` in eval mode on ``device`` as a float32 function of images; the caller's module keeps its mode."""
+    device, was_training = torch.device(device), encoder.training
     encoder = encoder.eval().to(device)
-    cells, dim = grid * grid, encoder.feature_size
-    log(f"feature cache: {len(paths)} images x {views} views of {grid}x{grid}x{dim} float16 = "
-        f"{len(paths) * views * cells * dim * 2 / 2**20:,.1f} MiB on disk ({views * cells * dim * 2 / 1024:.1f} KiB "
-        f"per image), streamed from {cache.folder}")
 
     def encode(x: torch.Tensor) -> torch.Tensor:
         x = x.to(device, non_blocking=True)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             return encoder(x).float()
 
-    start = time.perf_counter()
     try:
-        n = cache.build(encode, ImageViews(paths, image_size, views, encoder.spec.mean, encoder.spec.std), cells,
-                        dim, batch_size, num_workers, rank, world_size, progress)
+        yield encode
     finally:
-        encoder.train(was_training)  # the caller's module keeps its mode
-    seconds = time.perf_counter() - start
-    if n:
-        log(f"encoded {n} images x {views} views with {backbone} in {seconds:.1f} s "
-            f"({n / seconds:.1f} img/s) into {cache.folder}")
-    barrier()
-    if rank == 0:
-        cache.finalize(len(paths), batch_size)
-    barrier()
-    _wait_for(cache.array_path)  # written last
-    features, ok = cache.load()
-    if not ok.all():
-        bad = [str(paths[i]) for i in np.flatnonzero(~ok)[:3]]
-        log(f"skipped {int((~ok).sum())} unreadable images, e.g. {', '.join(bad)}")
-    return features, ok
+        encoder.train(was_training)
