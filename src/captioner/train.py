@@ -464,11 +464,12 @@ def train(cfg: TrainConfig, model_kwargs: dict[str, Any] | None = None) -> Path:
         write_json(out / "train_config.json", asdict(cfg))
         write_json(out / "config.json", asdict(model_cfg))
     print(f"{len(train_records)} train / {len(val_records)} val images, vocabulary {len(vocab)} words "
-          f"(threshold {cfg.threshold}), {model_cfg.decoder} decoder on {model_cfg.backbone} "
+          f"(threshold {vocab.threshold}), {model_cfg.decoder} decoder on {model_cfg.backbone} "
           f"({model_cfg.encoder_weights} weights, {'fine-tuned' if model_cfg.fine_tune else 'frozen'}); "
           f"run folder {out}", flush=True)
     data = CaptionData(cfg, model_cfg, train_records, val_records, vocab)
     module = CaptionModule(asdict(model_cfg), vocab.itos, asdict(cfg))
+    module.vocab = vocab  # with its threshold, for the artifact's vocab.json
     if init_state is not None:
         load_state(module.model, init_state, f"{cfg.init}/model.safetensors")
         print(f"starting from {cfg.init}", flush=True)
