@@ -103,3 +103,13 @@ def test_real_val2014_vocabulary(shared: Path) -> None:
     frequent = sorted((w for w, n in counts.items() if n >= 5), key=lambda w: (-counts[w], w))
     assert Vocabulary.build(part, threshold=5).itos[4:] == frequent  # no frequent word missing, most frequent first
     assert set(frequent) < set(v.itos)
+
+
+@pytest.mark.parametrize("data, field", [({"threshold": "five"}, "'threshold' must be an integer"),
+                                         ({"threshold": True}, "'threshold' must be an integer"),
+                                         ({"itos": [*SPECIALS, "a", 7]}, "'itos' must be a list of words")])
+def test_load_names_the_file_and_the_mistyped_field(tmp_path: Path, data, field) -> None:
+    path = tmp_path / "vocab.json"
+    path.write_text(json.dumps({"threshold": 2, "itos": [*SPECIALS, "a"], **data}))
+    with pytest.raises(ValueError, match=f"^{path}: {field}"):
+        Vocabulary.load(path)

@@ -82,4 +82,9 @@ class Vocabulary:
         data = read_json(path, "vocabulary file")
         if not isinstance(data, dict) or not isinstance(data.get("itos"), list):
             raise ValueError(f"{path}: not a captioner vocabulary (needs an 'itos' word list)")
-        return cls(data["itos"], int(data.get("threshold", 1)))
+        threshold = data.get("threshold", 1)
+        if not isinstance(threshold, int) or isinstance(threshold, bool):
+            raise ValueError(f"{path}: 'threshold' must be an integer, got {threshold!r}")
+        if not all(isinstance(w, str) for w in data["itos"]):
+            raise ValueError(f"{path}: 'itos' must be a list of words (strings); rebuild it with `captioner vocab`")
+        return cls(data["itos"], threshold)
