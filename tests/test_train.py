@@ -1,6 +1,7 @@
 """Training end to end on a tiny synthetic set: artifact, per-epoch CSV, cache reuse, resume after SIGKILL."""
 from __future__ import annotations
 
+import math
 import os
 import shlex
 import shutil
@@ -253,3 +254,24 @@ def test_a_validation_source_without_usable_images_stops_instead_of_holding_out(
     one_file = dict(data=str(tiny_synth / "annotations" / "captions_train.json"), images=str(tiny_synth / "train"))
     with pytest.raises(ValueError, match=r"--val-data .*data has no usable images: 8 missing file"):
         load_records(TrainConfig(**one_file, val_data=str(data)))
+
+
+def test_forced_resume_applies_the_new_schedule_patience_and_val_subset(tiny_synth, tmp_path, monkeypatch,
+                                                                        capsys) -> None:
+    """--force --epochs follows the closed-form cosine of the new length; --force --early-stop takes the new
+    patience; --force --val-images forgets the best CIDEr measured on the other subset (the scorer is stubbed:
+    5.0 in the first run, 1.0 after, so the old best would stop the run and keep the old best.ckpt)."""
+    cider = [5.0]
+    monkeypatch.setattr(train_module, "generation_scores", lambda *a, **k: {"Bleu_4": 1.0, "CIDEr": cider[0]})
+    cfg = dict(data=str(tiny_synth), out=str(tmp_path / "run"), batch_size=16, threshold=1, lr=0.01, min_lr=0.001,
+               cache_dir=str(tmp_path / "cache"), progress=False)
+    train(TrainConfig(**cfg, epochs=1, early_stop=1, val_images=8), TINY)
+    cider[0] = 1.0
+    run = train(TrainConfig(**cfg, epochs=3, early_stop=5, val_images=4, resume=True, force=True), TINY)
+    table = rows(run)
+    assert [int(r["epoch"]) for r in table] == [0, 1, 2]  # patience 5, not the run's 1
+    closed = [0.001 + 0.009 * (1 + math.cos(math.pi * e / 3)) / 2 for e in range(3)]
+    assert [float(r["lr"]) for r in table] == pytest.approx(closed, rel=1e-6)
+    best = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    assert best["epoch"] == 1 and sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert "--val-images changed" in capsys.readouterr().out

@@ -266,15 +266,27 @@ class CaptionModule(L.LightningModule):
         checkpoint["torch_rng"] = torch.get_rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the trunk and RNG; a resumed run's (forced) epochs and lr floor reach the cosine schedule."""
+        """Restore the trunk and RNG; a resumed run's (forced) epochs and lr floor reach the scheduler."""
         state = self.state_dict()
         for key in self._frozen_trunk():
             checkpoint["state_dict"].setdefault(key, state[key])
         if "torch_rng" in checkpoint:
             torch.set_rng_state(checkpoint["torch_rng"])
-        for sched in checkpoint.get("lr_schedulers", []):
-            if "T_max" in sched:
+        for sched, opt in zip(checkpoint.get("lr_schedulers", []), checkpoint.get("optimizer_states", []),
+                              strict=False):
+            if "min_lrs" in sched:  # plateau
+                sched["min_lrs"] = [self.cfg.min_lr] * len(sched["min_lrs"])
+            if "T_max" in sched:  # cosine, set from its closed form: the recursive one only continues a schedule
                 sched.update(T_max=self.cfg.epochs, eta_min=self.cfg.min_lr)
+                sched["_last_lr"] = [cosine_lr(base, self.cfg.min_lr, sched["last_epoch"], self.cfg.epochs)
+                                     for base in sched["base_lrs"]]
+                for group, lr in zip(opt["param_groups"], sched["_last_lr"], strict=True):
+                    group["lr"] = lr
+
+
+def cosine_lr(base: float, floor: float, epoch: int, epochs: int) -> float:
+    """The learning rate of ``epoch`` (0-based) on a cosine from ``base`` to ``floor`` over ``epochs``."""
+    return floor + (base - floor) * (1 + math.cos(math.pi * min(epoch, epochs) / epochs)) / 2
 
 
 def generation_scores(model: CaptionModel, vocab: Vocabulary, inputs: torch.Tensor, records: list[ImageRecord],
@@ -309,15 +321,40 @@ def generation_scores(model: CaptionModel, vocab: Vocabulary, inputs: torch.Tens
 
 
 class EvalEarlyStopping(EarlyStopping):
-    """Early stopping on val CIDEr whose patience counts evaluations: epochs without one are not checked."""
+    """Early stopping on val CIDEr whose patience counts evaluations: epochs without one are not checked.
 
-    def __init__(self, patience: int, eval_every: int) -> None:
+    A resumed run keeps this patience (``--force --early-stop``); ``forget`` drops the restored best score."""
+
+    def __init__(self, patience: int, eval_every: int, forget: bool = False) -> None:
         super().__init__("val_cider", patience=patience, mode="max", check_finite=False)
-        self.eval_every = eval_every
+        self.eval_every, self.forget = eval_every, forget
 
     def _run_early_stopping_check(self, trainer: L.Trainer) -> None:
         if (trainer.current_epoch + 1) % self.eval_every == 0:
             super()._run_early_stopping_check(trainer)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        patience = self.patience
+        super().load_state_dict(state_dict)
+        self.patience = patience
+        if self.forget:
+            self.wait_count, self.best_score = 0, torch.tensor(-math.inf)
+
+
+class BestCheckpoint(ModelCheckpoint):
+    """``best.ckpt``: the checkpoint of the best val CIDEr; ``forget`` drops the restored best score (measured on
+    other val images), so the next evaluation replaces the file."""
+
+    def __init__(self, dirpath: Path, eval_every: int, forget: bool = False) -> None:
+        super().__init__(dirpath, "best", monitor="val_cider", mode="max", save_top_k=1, every_n_epochs=eval_every)
+        self.forget = forget
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        if self.forget:  # the old file stays listed, at -inf: the next save overwrites it rather than adding best-v1
+            floor = torch.tensor(-math.inf)
+            self.best_k_models = dict.fromkeys(self.best_k_models, floor)
+            self.best_model_score = self.kth_value = floor
 
 
 class EpochCSV(Callback):
@@ -414,8 +451,9 @@ def _check_val(val: list[ImageRecord], report: SkipReport, source: str, explicit
         raise ValueError(f"{source} has no usable images: {found}; fix them or give another --val-data")
 
 
-def check_resume(out: Path, cfg: TrainConfig, model_kwargs: dict[str, Any]) -> None:
-    """Stop a ``--resume`` whose flags differ from the run's saved ones; ``--force`` lets the safe ones change."""
+def check_resume(out: Path, cfg: TrainConfig, model_kwargs: dict[str, Any]) -> set[str]:
+    """Stop a ``--resume`` whose flags differ from the run's saved ones; ``--force`` lets the safe ones change
+    (returned)."""
     saved = read_json(out / "train_config.json", "training config of the run")
     saved_model = read_json(out / "config.json", "model config of the run")
     diffs = [(k, saved[k], v) for k, v in asdict(cfg).items() if k not in NOT_COMPARED and k in saved and saved[k] != v]
@@ -429,6 +467,7 @@ def check_resume(out: Path, cfg: TrainConfig, model_kwargs: dict[str, Any]) -> N
     if diffs:
         print("--force: resuming with " + "; ".join(f"{k} {old!r} -> {new!r}" for k, old, new in diffs), flush=True)
         write_json(out / "train_config.json", asdict(cfg))
+    return {k for k, _, _ in diffs}
 
 
 def train(cfg: TrainConfig, model_kwargs: dict[str, Any] | None = None) -> Path:
@@ -439,8 +478,10 @@ def train(cfg: TrainConfig, model_kwargs: dict[str, Any] | None = None) -> Path:
         raise FileNotFoundError(f"--resume: no checkpoint at {last}; start the run without --resume")
     if not cfg.resume and last.is_file():
         raise FileExistsError(f"{out} already holds a run: pass --resume to continue it or choose another --out")
-    if cfg.resume:
-        check_resume(out, cfg, model_kwargs)
+    forget = cfg.resume and "val_images" in check_resume(out, cfg, model_kwargs)
+    if forget:
+        print("--val-images changed: the best val CIDEr so far was measured on other images, so it is forgotten "
+              "(the next evaluation replaces best.ckpt)", flush=True)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -476,12 +517,12 @@ def train(cfg: TrainConfig, model_kwargs: dict[str, Any] | None = None) -> Path:
     if cfg.scst:
         module.references = [reference_ids(vocab, r.captions) for r in train_records]
         module.cider = cider_document_frequencies(out / "cider_df.npz", module.references)
-    best = ModelCheckpoint(out / "checkpoints", "best", monitor="val_cider", mode="max", save_top_k=1,
-                           every_n_epochs=cfg.eval_every)
-    callbacks: list[Callback] = [ModelCheckpoint(out / "checkpoints", "last", save_top_k=1), best,
+    best = BestCheckpoint(out / "checkpoints", cfg.eval_every, forget)
+    # best first: last.ckpt then holds the epoch's best score and path (else a resumed run writes best-v1.ckpt)
+    callbacks: list[Callback] = [best, ModelCheckpoint(out / "checkpoints", "last", save_top_k=1),
                                  EpochCSV(out / "metrics.csv", echo=not cfg.progress)]
     if cfg.early_stop:
-        callbacks.append(EvalEarlyStopping(cfg.early_stop, cfg.eval_every))
+        callbacks.append(EvalEarlyStopping(cfg.early_stop, cfg.eval_every, forget))
     if cfg.ema:  # validated, checkpointed and exported: the exponential moving average of the weights
         callbacks.append(WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(cfg.ema)))
     if cfg.progress:  # tqdm: Lightning's default rich bar redraws from a thread and cost ~30% of an epoch on 2 cores
