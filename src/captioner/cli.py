@@ -4,16 +4,22 @@ from __future__ import annotations
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+
+from captioner import recipe
+from captioner.search_options import SearchOptions
 
 app = typer.Typer(help="Train, evaluate and serve CNN->LSTM image-captioning models (Show and Tell).",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 
 DataArg = Annotated[Path, typer.Option("--data", help="Data set: a folder with annotations/captions_<split>*.json "
-                                       "(synthetic, COCO 2014/2017 layout), a Karpathy JSON or a COCO annotation file")]
-ImagesOpt = Annotated[Path | None, typer.Option(help="Image folder (COCO file) or image root (Karpathy JSON)")]
+                                       "(synthetic, COCO 2014/2017 layout), a Karpathy JSON, a COCO annotation file, "
+                                       "a Flickr8k/30k token file (splits from the Flickr_8k.*Images.txt lists beside "
+                                       "it) or an image,caption CSV (captions.txt); the format is read from the file")]
+ImagesOpt = Annotated[Path | None, typer.Option(help="Image folder (COCO file, Flickr token file or CSV; found "
+                                                "beside a Flickr file by its usual name) or image root (Karpathy)")]
 
 
 def _fail(e: Exception) -> typer.Exit:
@@ -40,15 +46,16 @@ def synth(out: Annotated[Path, typer.Option(help="Folder to write the data set t
 
 
 @app.command()
-def inspect(data: Annotated[Path | None, typer.Option(help="Data set folder, Karpathy JSON or COCO file")] = None,
+def inspect(data: Annotated[Path | None, typer.Option(help="Data set folder, Karpathy JSON, COCO file, Flickr token "
+                                                     "file or captions CSV")] = None,
             coco: Annotated[Path | None, typer.Option(help="A COCO caption annotation file")] = None,
             karpathy: Annotated[Path | None, typer.Option(help="A Karpathy split JSON")] = None,
             images: ImagesOpt = None,
             split: Annotated[str, typer.Option(help="Split to read (train/val/test)")] = "train",
             grid: Annotated[Path | None, typer.Option(help="Write a PNG of sample images with captions")] = None,
             n: Annotated[int, typer.Option(help="Images in the grid")] = 8) -> None:
-    """Report a data set: images, captions, caption lengths, skipped images with reasons."""
-    from captioner.data.datasets import open_split
+    """Report a data set: images and captions per split, caption lengths, skipped images with reasons."""
+    from captioner.data.datasets import has_splits, open_split
     from captioner.data.vocab import tokenize
 
     source = data or coco or karpathy
@@ -56,15 +63,28 @@ def inspect(data: Annotated[Path | None, typer.Option(help="Data set folder, Kar
         raise _fail(ValueError("give --data, --coco or --karpathy"))
     try:
         records, report = open_split(source, split, images)
+        splits = {}
+        for other in ("train", "val", "test") if has_splits(source) else ():
+            try:
+                found = records if other == split else open_split(source, other, images, check_images=False)[0]
+                splits[other] = f"{len(found)} images, {sum(len(r.captions) for r in found)} captions"
+            except FileNotFoundError as e:
+                splits[other] = f"none ({e})"
     except (OSError, ValueError) as e:
         raise _fail(e) from None
     lengths = Counter(len(tokenize(c)) for r in records for c in r.captions)
+    for name, line in splits.items():
+        typer.echo(f"{name}: {line}")
     typer.echo(f"source: {source} (split {split})")
     typer.echo(f"usable images: {len(records)}")
     typer.echo(f"captions: {sum(lengths.values())}")
+    typer.echo(f"duplicate captions (repeated within their image): "
+               f"{sum(len(r.captions) - len(set(r.captions)) for r in records)}")
     typer.echo(f"skipped images: {len(report.skipped)}")
     for reason, count in report.reasons().most_common():
         typer.echo(f"  {count} {reason}")
+    for note in report.notes:
+        typer.echo(f"note: {note}")
     if lengths:
         top = max(lengths.values())
         typer.echo("caption length (words): count")
@@ -115,32 +135,35 @@ def train(data: DataArg,
                                                "(Show, Attend and Tell over the G x G grid)")] = "show-tell",
           backbone: Annotated[str, typer.Option(help="efficientnet_lite0 (ImageNet weights ship with the package: "
                                                 "offline), resnet18/34/50/101/152, resnext50_32x4d, wide_resnet50_2")]
-          = "resnet50",
+          = recipe.MODEL["backbone"],
           encoder_weights: Annotated[str, typer.Option(help="imagenet (resnets: file in $TORCH_HOME/hub/checkpoints) "
                                                        "or none (seeded random)")] = "imagenet",
           image_size: Annotated[int, typer.Option(help="Encoder input side in pixels")] = 224,
           grid: Annotated[int, typer.Option(help="Feature grid side G: the last feature map average-pooled to G x G "
-                                            "cells (7 at 224 px is the map itself)")] = 7,
+                                            "cells (7 at 224 px is the map itself)")] = recipe.MODEL["grid"],
           output_stride: Annotated[int, typer.Option(help="32 (standard), 16 or 8 (dilated last stages: denser "
                                                      "features, slower; resnet50+)")] = 32,
-          embed_size: int = 256, hidden_size: int = 512,
+          embed_size: int = recipe.MODEL["embed_size"], hidden_size: int = recipe.MODEL["hidden_size"],
           num_layers: Annotated[int, typer.Option(help="LSTM layers (show-tell)")] = 1,
           attention_size: Annotated[int, typer.Option(help="Attention MLP width (attention)")] = 256,
           context_size: Annotated[int, typer.Option(help="Width the grid is projected to (attention)")] = 256,
           attention_penalty: Annotated[float, typer.Option(help="Weight of the doubly stochastic attention "
-                                                         "regulariser (attention)")] = 1.0,
-          dropout: float = 0.0,
+                                                         "regulariser (attention)")]
+          = recipe.TRAIN["attention_penalty"],
+          dropout: Annotated[float, typer.Option(help="Dropout on the LSTM's output (and between its layers)")]
+          = recipe.MODEL["dropout"],
           batch_norm: Annotated[bool, typer.Option(help="BatchNorm after the image embedding (show-tell)")] = True,
           fine_tune: Annotated[bool, typer.Option(help="Train the encoder's last stage (no feature cache)")] = False,
           max_len: Annotated[int, typer.Option(min=1, help="Longest caption generated, in tokens")] = 20,
-          epochs: int = 20, batch_size: int = 512,
-          lr: Annotated[float, typer.Option(help="Initial learning rate (Adam)")] = 0.01,
-          min_lr: Annotated[float, typer.Option(help="Lowest learning rate the scheduler reaches")] = 0.001,
+          epochs: int = recipe.TRAIN["epochs"], batch_size: int = recipe.TRAIN["batch_size"],
+          lr: Annotated[float, typer.Option(help="Initial learning rate (Adam)")] = recipe.TRAIN["lr"],
+          min_lr: Annotated[float, typer.Option(help="Lowest learning rate the scheduler reaches")]
+          = recipe.TRAIN["min_lr"],
           scheduler: Annotated[str, typer.Option(help="cosine, plateau (on val loss) or none")] = "cosine",
           weight_decay: float = 0.0, clip: Annotated[float, typer.Option(help="Gradient norm clip")] = 5.0,
           ema: Annotated[float, typer.Option(help="Decay of an exponential moving average of the weights, which is "
-                                             "validated and saved (e.g. 0.99; 0: none)")] = 0.0,
-          threshold: Annotated[int, typer.Option(help="Vocabulary frequency threshold")] = 5,
+                                             "validated and saved (e.g. 0.99; 0: none)")] = recipe.TRAIN["ema"],
+          threshold: Annotated[int, typer.Option(help="Vocabulary frequency threshold")] = recipe.TRAIN["threshold"],
           batching: Annotated[str, typer.Option(help="bucket (one caption length per batch) or pad (packed)")]
           = "bucket",
           cache_views: Annotated[int, typer.Option(help="Cached views per image: 1 plain, 2 +mirrored, more +crops")]
@@ -148,7 +171,7 @@ def train(data: DataArg,
           cache_dir: Annotated[Path | None, typer.Option(help="Feature cache folder (default ~/.cache/captioner)")]
           = None,
           eval_every: Annotated[int, typer.Option(help="Val BLEU-4/CIDEr every N epochs")] = 1,
-          val_images: Annotated[int, typer.Option(help="Val images decoded for CIDEr")] = 500,
+          val_images: Annotated[int, typer.Option(help="Val images decoded for CIDEr")] = recipe.TRAIN["val_images"],
           early_stop: Annotated[int, typer.Option(help="Stop after N evaluations without better CIDEr (0: off)")] = 0,
           seed: int = 0, accelerator: str = "auto",
           devices: Annotated[int, typer.Option(help="Processes/GPUs per node (DDP when > 1)")] = 1,
@@ -198,6 +221,23 @@ PenaltyOpt = Annotated[float, typer.Option(help="Beam length penalty alpha (GNMT
 RuntimeOpt = Annotated[str, typer.Option(help="torch (--model is a model folder), int8 (the same on the CPU with "
                                          "the decoder's weights in int8: ~3x faster words) or onnx (--model is a "
                                          "folder from `captioner export --onnx`: onnxruntime, no torch)")]
+BlockOpt = Annotated[int, typer.Option(help="Rule out a word that would complete an n-gram already in the caption "
+                                       "(e.g. 3; 0: off)")]
+BadEndingsOpt = Annotated[bool, typer.Option("--no-bad-endings", help="Rule out <end> after a function word (a, the, "
+                                             "of, with, ...: captioner/data/bad_endings/en.txt)")]
+SampleOpt = Annotated[bool, typer.Option("--sample", help="Draw captions from the model instead of searching")]
+TemperatureOpt = Annotated[float, typer.Option(help="Sampling temperature (below 1 sharper, above 1 flatter)")]
+TopKOpt = Annotated[int, typer.Option(help="Sample among the k likeliest words (0: all)")]
+TopPOpt = Annotated[float, typer.Option(help="Sample among the likeliest words that hold this probability (nucleus)")]
+NOpt = Annotated[int, typer.Option("--n", help="Captions sampled per image (the likeliest is the one used)")]
+SeedOpt = Annotated[int | None, typer.Option(help="Sampling seed: the same seed, the same captions of an image")]
+
+
+def _options(beam: int, *flags: Any) -> SearchOptions:
+    """The search options from a command's flags (in SearchOptions' field order), checked against its --beam."""
+    options = SearchOptions(*flags)
+    options.check(beam)
+    return options
 
 
 @app.command()
@@ -205,6 +245,9 @@ def caption(model: Annotated[Path, typer.Option(help="Model folder (model.safete
             images: Annotated[list[Path], typer.Argument(help="Image files, or folders: their images (not recursive)")],
             beam: Annotated[int, typer.Option(help="Beam size (1: greedy)")] = 1,
             max_len: MaxLenOpt = None, length_penalty: PenaltyOpt = 0.0,
+            block_ngram: BlockOpt = 0, no_bad_endings: BadEndingsOpt = False, sample: SampleOpt = False,
+            temperature: TemperatureOpt = 1.0, top_k: TopKOpt = 0, top_p: TopPOpt = 1.0, n: NOpt = 1,
+            seed: SeedOpt = None,
             grid: Annotated[Path | None, typer.Option(help="Write a PNG grid of the images with captions")] = None,
             attention: Annotated[Path | None, typer.Option(help="Write a PNG of each word's attention map over its "
                                                        "image (attention models)")] = None,
@@ -214,6 +257,7 @@ def caption(model: Annotated[Path, typer.Option(help="Model folder (model.safete
     from captioner.data.rgb import load_rgb
 
     try:
+        options = _options(beam, block_ngram, no_bad_endings, sample, temperature, top_k, top_p, n, seed)
         m = load(str(model), runtime=runtime)
         if attention and m.config.decoder != "attention":
             raise ValueError(f"--attention needs an attention model; {model} is {m.config.decoder}")
@@ -226,7 +270,8 @@ def caption(model: Annotated[Path, typer.Option(help="Model folder (model.safete
             except OSError as e:
                 typer.secho(f"skipped: {e}", fg="yellow", err=True)
                 skipped += 1
-        results = m.caption([im for _, im in readable], beam, max_len=max_len, length_penalty=length_penalty)
+        results = m.caption([im for _, im in readable], beam, max_len=max_len, length_penalty=length_penalty,
+                            options=options)
     except (OSError, ValueError, ImportError) as e:
         raise _fail(e) from None
     for (path, _), hyps in zip(readable, results, strict=True):
@@ -259,6 +304,9 @@ def _image_files(paths: list[Path]) -> list[Path]:
 @app.command()
 def evaluate(model: Annotated[Path, typer.Option(help="Model folder")], data: DataArg, images: ImagesOpt = None,
              split: str = "test", beam: int = 1, max_len: MaxLenOpt = None, length_penalty: PenaltyOpt = 0.0,
+             block_ngram: BlockOpt = 0, no_bad_endings: BadEndingsOpt = False, sample: SampleOpt = False,
+             temperature: TemperatureOpt = 1.0, top_k: TopKOpt = 0, top_p: TopPOpt = 1.0, n: NOpt = 1,
+             seed: SeedOpt = None,
              out: Annotated[Path | None, typer.Option(help="Where results/metrics JSON go (default: model folder)")]
              = None,
              java: Annotated[bool, typer.Option(help="Official PTB tokenizer + METEOR (needs java)")] = True,
@@ -273,8 +321,9 @@ def evaluate(model: Annotated[Path, typer.Option(help="Model folder")], data: Da
     try:
         if runtime not in ("torch", "int8"):
             raise ValueError(f"evaluate runs with --runtime torch or int8, not {runtime!r}")
+        options = _options(beam, block_ngram, no_bad_endings, sample, temperature, top_k, top_p, n, seed)
         evaluate_split(model, data, split, images, beam, out, java, spice, cache_dir, max_len, length_penalty,
-                       int8=runtime == "int8")
+                       int8=runtime == "int8", options=options)
     except (OSError, ValueError, JavaMissingError) as e:
         raise _fail(e) from None
 
@@ -298,6 +347,9 @@ def score(results: Annotated[Path, typer.Option(help="COCO results JSON [{image_
 def serve(model: Annotated[Path, typer.Option(help="Model folder")],
           host: Annotated[str, typer.Option(help="Address to bind (loopback by default)")] = "127.0.0.1",
           port: int = 8000, beam: int = 1, max_len: MaxLenOpt = None, length_penalty: PenaltyOpt = 0.0,
+          block_ngram: BlockOpt = 0, no_bad_endings: BadEndingsOpt = False, sample: SampleOpt = False,
+          temperature: TemperatureOpt = 1.0, top_k: TopKOpt = 0, top_p: TopPOpt = 1.0, n: NOpt = 1,
+          seed: SeedOpt = None,
           max_batch: Annotated[int, typer.Option(help="Most images in one model batch")] = 16,
           max_wait_ms: Annotated[float, typer.Option(help="How long a batch waits to fill")] = 10.0,
           max_queue: Annotated[int, typer.Option(help="Most images held at once (decoding, queued or being "
@@ -310,9 +362,10 @@ def serve(model: Annotated[Path, typer.Option(help="Model folder")],
     from captioner.serve.app import serve as run
 
     try:
+        options = _options(beam, block_ngram, no_bad_endings, sample, temperature, top_k, top_p, n, seed)
         run(model, host=host, port=port, beam=beam, max_batch=max_batch, max_wait_ms=max_wait_ms,
             max_queue=max_queue, request_timeout_s=timeout, max_request_pixels=max_request_pixels, max_len=max_len,
-            length_penalty=length_penalty, runtime=runtime)
+            length_penalty=length_penalty, runtime=runtime, options=options)
     except (OSError, ValueError, ImportError) as e:
         raise _fail(e) from None
 
@@ -331,30 +384,50 @@ def export(model: Annotated[Path, typer.Option(help="Model folder (model.safeten
 
 
 @app.command()
-def demo(out: Annotated[Path, typer.Option(help="Folder for the data set, the runs and the served model")] = Path(
-              "runs/demo"),
+def demo(out: Annotated[Path | None, typer.Option(help="Folder for the data set, the runs and the served model "
+                                                "(default runs/demo, with --data runs/photos)")] = None,
+         data: Annotated[Path | None, typer.Option(help="A real photo set instead of the synthetic scenes: a "
+                                                  "Flickr token file, captions CSV, Karpathy JSON or COCO folder")]
+         = None,
+         images: ImagesOpt = None,
+         families: Annotated[str, typer.Option(help="With --data: decoder families to train, comma-separated")]
+         = ",".join(recipe.DEMO_FAMILIES),
+         cache_dir: Annotated[Path | None, typer.Option(help="With --data: feature cache folder (default OUT/cache)")]
+         = None,
          train_images: Annotated[int, typer.Option(help="Synthetic training images")] = 4000,
-         epochs: Annotated[int, typer.Option(help="Show-Tell epochs")] = 6,
-         attention_epochs: Annotated[int, typer.Option(help="Attention epochs")] = 8,
-         scst_epochs: Annotated[int, typer.Option(help="Self-critical epochs for the better family (0: none)")] = 2,
-         image_size: Annotated[int, typer.Option(help="Encoder input side")] = 128,
-         grid: Annotated[int, typer.Option(help="Feature grid side G (odd: a centre cell for the middle)")] = 5,
+         epochs: Annotated[int, typer.Option(help="Show-Tell epochs (synthetic)")] = 6,
+         attention_epochs: Annotated[int, typer.Option(help="Attention epochs (synthetic)")] = 8,
+         scst_epochs: Annotated[int | None, typer.Option(help="Self-critical epochs for the better family (0: none; "
+                                                         f"default 2, with --data {recipe.SCST['epochs']})")] = None,
+         image_size: Annotated[int, typer.Option(help="Encoder input side (synthetic)")] = 128,
+         grid: Annotated[int, typer.Option(help="Feature grid side G, odd: a centre cell (synthetic)")] = 5,
          backbone: Annotated[str, typer.Option(help="Frozen encoder (efficientnet_lite0: pretrained, offline)")]
          = "efficientnet_lite0",
          output_stride: Annotated[int, typer.Option(help="Stride of the encoder's feature map (16: Lite0's "
                                                     "stride-16 stage, whose cells keep colour and place)")] = 16,
          progress: bool = True) -> None:
-    """The main job, offline: synthetic data -> one feature cache -> Show-Tell and attention models -> test table."""
+    """The main job, offline: synthetic scenes (or, with --data, a real photo set with the real-photo recipe) ->
+    one feature cache -> Show-Tell and attention models -> self-critical training -> a table, pictures."""
     from captioner.models.backbones import WeightsUnavailableError
-    from captioner.pipeline import run_demo
 
     try:
-        run_demo(out, train_images=train_images, epochs=epochs, attention_epochs=attention_epochs,
-                 scst_epochs=scst_epochs, image_size=image_size, grid=grid, backbone=backbone,
-                 output_stride=output_stride, progress=progress)
+        if data is not None:
+            from captioner.photo_demo import run_photo_demo
+
+            chosen = tuple(f.strip() for f in families.split(",") if f.strip())
+            unknown = [f for f in chosen if f not in recipe.FAMILY]
+            if unknown or not chosen:
+                raise ValueError(f"--families: choose from {', '.join(recipe.FAMILY)}, got {families!r}")
+            run_photo_demo(data, images, out or Path("runs/photos"), cache_dir, chosen,
+                           recipe.SCST["epochs"] if scst_epochs is None else scst_epochs, progress)
+            return
+        from captioner.pipeline import run_demo
+
+        run_demo(out or Path("runs/demo"), train_images=train_images, epochs=epochs,
+                 attention_epochs=attention_epochs, scst_epochs=2 if scst_epochs is None else scst_epochs,
+                 image_size=image_size, grid=grid, backbone=backbone, output_stride=output_stride, progress=progress)
     except (OSError, ValueError, WeightsUnavailableError) as e:
         raise _fail(e) from None
-
 
 if __name__ == "__main__":
     app()

@@ -8,18 +8,21 @@ from pathlib import Path
 import numpy as np
 
 from captioner.data.datasets import find_annotation, open_split
+from captioner.diagnostics import diagnose
 from captioner.evaluate import format_table, score_captions, score_columns, write_results
 from captioner.inference import load
 from captioner.io import read_csv, write_json
 from captioner.predict import caption_features, record_features
+from captioner.search_options import SearchOptions
 
 
 def evaluate_split(model_dir: str | Path, data: str | Path, split: str = "test", images: str | Path | None = None,
                    beam: int = 1, out: str | Path | None = None, java: bool = True, spice: bool = False,
                    cache_dir: str | Path | None = None, max_len: int | None = None,
-                   length_penalty: float = 0.0, int8: bool = False) -> dict[str, float]:
+                   length_penalty: float = 0.0, int8: bool = False,
+                   options: SearchOptions | None = None) -> dict[str, float]:
     """Decode a split, write results_<split>.json and metrics_<split>.json, print the table (0-100); ``int8``
-    decodes with int8 copies of the decoder's weights (``--runtime int8``)."""
+    decodes with int8 copies of the decoder's weights (``--runtime int8``); ``options``: decode.search."""
     model = load(model_dir, int8=int8)
     records, report = open_split(data, split, images)
     print(report.summary())
@@ -28,9 +31,10 @@ def evaluate_split(model_dir: str | Path, data: str | Path, split: str = "test",
     features, ok = record_features(model, records, cache_dir)
     records = [r for r, good in zip(records, ok, strict=True) if good]
     captions = caption_features(model, features, np.flatnonzero(ok), beam, max_len=max_len,
-                                length_penalty=length_penalty)
+                                length_penalty=length_penalty, options=options)
     results = {r.image_id: c.text for r, c in zip(records, captions, strict=True)}
     metrics = score_captions(results, {r.image_id: list(r.captions) for r in records}, java, spice)
+    metrics |= diagnose(results.values(), [r.captions for r in records])
     out = Path(out or model_dir)
     write_results(out / f"results_{split}.json", results)
     write_json(out / f"metrics_{split}.json", metrics)

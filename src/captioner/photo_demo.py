@@ -1,0 +1,118 @@
+"""The main job on a real photo set (``captioner demo --data``): one feature cache -> the recipe's model families ->
+self-critical training of the better one -> a table of metrics and diagnostics on the scored split, and pictures."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from captioner import recipe
+from captioner.data.datasets import open_split
+from captioner.diagnostics import diagnose, format_diagnostics
+from captioner.evaluate import format_table, score_columns, write_results
+from captioner.inference import load
+from captioner.io import read_csv, write_json
+from captioner.predict import caption_features, record_features
+
+
+def _best_val_cider(run: Path) -> float:
+    return max(float(r["val_cider"]) for r in read_csv(run / "metrics.csv") if r.get("val_cider"))
+
+
+def scored_split(data: str | Path, images: str | Path | None) -> str:
+    """'test' when the data has a test split, else 'val' (Flickr8k as shipped here has no test list)."""
+    try:
+        records, _ = open_split(data, "test", images, check_images=False)
+    except FileNotFoundError:
+        return "val"
+    return "test" if records else "val"
+
+
+def run_photo_demo(data: str | Path, images: str | Path | None = None, out: str | Path = "runs/photos",
+                   cache_dir: str | Path | None = None, families: tuple[str, ...] = recipe.DEMO_FAMILIES,
+                   scst_epochs: int = recipe.SCST["epochs"], progress: bool = True) -> dict:
+    """Train the recipe on ``data`` and score the test split (the val split when there is none: training then
+    validates on a held-out share of the training images, so the scored split stays unseen)."""
+    from captioner.plots import attention_maps, caption_grid
+    from captioner.train import TrainConfig, train
+
+    start, phases = time.perf_counter(), {}
+    out = Path(out)
+    cache = str(cache_dir or out / "cache")
+    split = scored_split(data, images)
+    val_split = "val" if split == "test" else "none"  # "none": hold out --val-fraction of the training images
+    print(f"scoring the {split} split of {data}" + ("" if split == "test" else
+          " (no test split: training validates on a held-out share of the training images)"), flush=True)
+    common = dict(data=str(data), images=str(images) if images else None, cache_dir=cache, progress=progress,
+                  val_split=val_split)
+    runs = {}
+    for family in families:
+        run = out / family
+        print(f"\n== training the {family} decoder ==", flush=True)
+        t = time.perf_counter()
+        settings = recipe.xe(family)
+        train(TrainConfig(out=str(run), resume=(run / "checkpoints" / "last.ckpt").is_file(), **settings["train"],
+                          **common), settings["model"])
+        phases[family] = time.perf_counter() - t
+        runs[family] = run
+    served = max(runs, key=lambda d: _best_val_cider(runs[d]))
+    if scst_epochs:
+        run = out / f"{served}-scst"
+        print(f"\n== self-critical training of the {served} model on CIDEr-D ({scst_epochs} epochs) ==", flush=True)
+        t = time.perf_counter()
+        train(TrainConfig(out=str(run), init=str(runs[served]), scst=True, **recipe.scst(scst_epochs),
+                          resume=(run / "checkpoints" / "last.ckpt").is_file(), **common))
+        phases["scst"] = time.perf_counter() - t
+        runs[f"{served} + SCST"] = run
+        served = max(runs, key=lambda d: _best_val_cider(runs[d]))
+
+    t = time.perf_counter()
+    records, report = open_split(data, split, images)
+    print(report.summary())
+    models = {d: load(run) for d, run in runs.items()}
+    features, ok = record_features(models[families[0]], records, cache, progress=progress)
+    rows = np.flatnonzero(ok)
+    records = [records[i] for i in rows]
+    refs = {r.image_id: list(r.captions) for r in records}
+    texts = {}
+    for name, model in models.items():
+        for label, search in (("greedy", recipe.GREEDY), ("beam 3", recipe.SEARCH)):
+            caps = caption_features(model, features, rows, progress=False, **search)
+            texts[f"{name}, {label}"] = [c.text for c in caps]
+    blind = np.zeros((1, *features.shape[1:]), dtype=np.float32)
+    texts["blind (same input for every image)"] = [c.text for c in caption_features(
+        models[families[0]], blind, np.zeros(len(records), dtype=int), progress=False, **recipe.GREEDY)]
+    columns = score_columns({label: dict(zip(refs, caps, strict=True)) for label, caps in texts.items()}, refs, print)
+    diagnostics = {label: diagnose(caps, refs.values()) for label, caps in texts.items()}
+    phases["scoring"] = time.perf_counter() - t
+
+    best = out / "model"
+    models[served].save(best)
+    shown = f"{served}, beam 3"
+    write_results(best / f"results_{split}.json", dict(zip(refs, texts[shown], strict=True)))
+    write_json(best / f"metrics_{split}.json", columns[shown] | diagnostics[shown])
+    photos = records[:8]
+    grid_png = caption_grid([r.path for r in photos], [(f"model: {c}", f"ref: {r.captions[0]}")
+                                                      for r, c in zip(photos, texts[shown], strict=False)],
+                            out / f"grid_{split}.png", title=f"{split} split: {shown} captions vs a reference")
+    pictures = [grid_png]
+    attention = next((d for d in models if d.startswith("attention")), None)
+    if attention:
+        from captioner.data.images import load_rgb
+
+        sample = [load_rgb(r.path) for r in records[:6]]
+        maps = models[attention].caption(sample, **recipe.SEARCH)
+        pictures.append(attention_maps(sample, [c[0] for c in maps], out / f"attention_{split}.png"))
+    phases["total"] = time.perf_counter() - start
+    summary = {"split": split, "metrics": columns, "diagnostics": diagnostics, "served": served, "phases_s": phases}
+    write_json(out / "demo_summary.json", summary)
+    print(f"\n{split} split of {data} ({len(records)} images)\n" + format_table(columns))
+    print("\n" + format_diagnostics(diagnostics))
+    scores = " / ".join(f"{d} {_best_val_cider(r):.1f}" for d, r in runs.items())
+    print(f"\nserved model: {served} (best val CIDEr: {scores})")
+    print("phases: " + ", ".join(f"{k} {v:.0f} s" for k, v in phases.items()))
+    print(f"outputs:\n  runs         {', '.join(str(r) for r in runs.values())}\n  model        {best}\n  summary      "
+          f"{out / 'demo_summary.json'}\n  pictures     {', '.join(map(str, pictures))}\n  try it       "
+          f"captioner serve --model {best}")
+    return summary

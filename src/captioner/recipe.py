@@ -1,0 +1,29 @@
+"""The real-photo recipe: the defaults of `captioner train`, `caption`, `evaluate` and `serve`, each chosen by a
+Flickr8k dev figure (README, "Real photos"). The synthetic demo keeps its own settings (pipeline.py)."""
+from __future__ import annotations
+
+from typing import Any
+
+MODEL = dict(backbone="efficientnet_lite0", encoder_weights="imagenet", image_size=224, grid=7, output_stride=32,
+             embed_size=256, hidden_size=512, num_layers=1, attention_size=256, context_size=256, dropout=0.5,
+             batch_norm=True, fine_tune=False, max_len=20)
+TRAIN = dict(epochs=8, batch_size=128, lr=5e-3, min_lr=5e-4, scheduler="cosine", weight_decay=0.0, clip=5.0,
+             ema=0.99, threshold=5, attention_penalty=1.0, val_images=500, eval_every=1)
+FAMILY = {"show-tell": {}, "attention": {}}  # per-family changes to MODEL and TRAIN
+DEMO_FAMILIES = ("show-tell",)
+SCST = dict(epochs=2, batch_size=50, lr=5e-5, scst_samples=5)
+GREEDY = dict(beam=1)
+SEARCH = dict(beam=3, length_penalty=0.0)  # the served default
+
+
+def xe(family: str) -> dict[str, dict[str, Any]]:
+    """The cross-entropy settings of one decoder family: {"model": ModelConfig kwargs, "train": TrainConfig kwargs}."""
+    changes = FAMILY[family]
+    return {"model": {**MODEL, "decoder": family, **changes.get("model", {})},
+            "train": {**TRAIN, **changes.get("train", {})}}
+
+
+def scst(epochs: int) -> dict[str, Any]:
+    """TrainConfig kwargs of the self-critical phase (constant learning rate)."""
+    return dict(epochs=epochs, batch_size=SCST["batch_size"], lr=SCST["lr"], min_lr=SCST["lr"], scheduler="none",
+                scst_samples=SCST["scst_samples"], val_images=TRAIN["val_images"], threshold=TRAIN["threshold"])
