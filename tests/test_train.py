@@ -275,3 +275,20 @@ def test_forced_resume_applies_the_new_schedule_patience_and_val_subset(tiny_syn
     best = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
     assert best["epoch"] == 1 and sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
     assert "--val-images changed" in capsys.readouterr().out
+
+
+def test_self_critical_fine_tunes_from_a_fine_tuned_run_and_resumes_with_its_own_flags(tiny_synth, tmp_path) -> None:
+    """SCST from a --fine-tune run reads images (it crashed on caption batches), and its resume ignores the model
+    flags as its first run did (the CLI passes them all: they were compared with the --init model's)."""
+    cli_like = TINY | {"backbone": "resnet50", "hidden_size": 512}  # what the command line said: unused with --init
+    xe = train(TrainConfig(data=str(tiny_synth), out=str(tmp_path / "xe"), epochs=1, batch_size=32, threshold=1,
+                           eval_every=10, progress=False), TINY | {"fine_tune": True})
+    cfg = dict(data=str(tiny_synth), out=str(tmp_path / "scst"), batch_size=8, threshold=1, eval_every=10,
+               progress=False, scst=True, init=str(xe), lr=1e-3, min_lr=1e-3, scheduler="none")
+    train(TrainConfig(**cfg, epochs=1), cli_like)
+    run = train(TrainConfig(**cfg, epochs=2, resume=True, force=True), cli_like)
+    table = rows(run)
+    assert [int(r["epoch"]) for r in table] == [0, 1] and all(float(r["sample_len"]) > 0 for r in table)
+    tuned, start = load(run), load(xe)
+    assert tuned.config == start.config and tuned.config.fine_tune
+    assert not torch.equal(tuned.encoder.backbone.layer4[0].conv1.weight, start.encoder.backbone.layer4[0].conv1.weight)

@@ -27,7 +27,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.optim.swa_utils import get_ema_multi_avg_fn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from captioner.data.batching import LengthBucketSampler, pad_collate
 from captioner.data.captions import CachedCaptions, CachedImages, CaptionIds, ImageCaptions
@@ -127,8 +127,12 @@ class CaptionData(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         if self.model_cfg.fine_tune:
             spec = self.trainer.lightning_module.model.encoder.spec
-            self.train_set = ImageCaptions(self.train_records, CaptionIds(self.train_records, self.vocab),
-                                           self.model_cfg.image_size, mean=spec.mean, std=spec.std)
+            if self.cfg.scst:  # self-critical from pixels: each training image once, as it is captioned
+                self.train_set = SampledImages(ImageViews([r.path for r in self.train_records],
+                                                          self.model_cfg.image_size, 1, spec.mean, spec.std))
+            else:
+                self.train_set = ImageCaptions(self.train_records, CaptionIds(self.train_records, self.vocab),
+                                               self.model_cfg.image_size, mean=spec.mean, std=spec.std)
             self.val_set = ImageCaptions(self.val_records, CaptionIds(self.val_records, self.vocab),
                                          self.model_cfg.image_size, hflip=False, mean=spec.mean, std=spec.std)
             views = ImageViews([r.path for r in self.eval_records], self.model_cfg.image_size, 1, spec.mean, spec.std)
@@ -150,10 +154,12 @@ class CaptionData(L.LightningDataModule):
 
     def _loader(self, dataset, shuffle: bool) -> DataLoader:
         cached, epoch = isinstance(dataset, CachedCaptions | CachedImages), self.trainer.current_epoch
-        common = dict(collate_fn=(lambda batch: batch) if cached else pad_collate, pin_memory=torch.cuda.is_available(),
+        collate = (lambda batch: batch) if cached else image_collate if isinstance(dataset, SampledImages) \
+            else pad_collate
+        common = dict(collate_fn=collate, pin_memory=torch.cuda.is_available(),
                       num_workers=0 if cached else self.cfg.num_workers)
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if shuffle else (0, 1)
-        if not isinstance(dataset, CachedImages) and (self.cfg.batching == "bucket" or not shuffle):
+        if hasattr(dataset, "captions") and (self.cfg.batching == "bucket" or not shuffle):
             sampler = LengthBucketSampler(dataset.captions.lengths, self.cfg.batch_size, shuffle, self.cfg.seed,
                                           rank, world)
             sampler.set_epoch(epoch)  # loaders are rebuilt every epoch: each epoch its own shuffle
@@ -169,6 +175,26 @@ class CaptionData(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False)
+
+
+class SampledImages(Dataset):
+    """(image, record index) of each readable training image, the eval transform: self-critical fine-tuning."""
+
+    def __init__(self, views: ImageViews) -> None:
+        self.views = views
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
+        image, ok = self.views[index]
+        return (image[0], index) if ok else None
+
+
+def image_collate(batch: list[tuple[torch.Tensor, int] | None]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Stacked images and their record indices; unreadable ones dropped, None when none is left."""
+    kept = [item for item in batch if item is not None]
+    return (torch.stack([x for x, _ in kept]), torch.tensor([i for _, i in kept])) if kept else None
 
 
 class CaptionModule(L.LightningModule):
@@ -457,7 +483,8 @@ def check_resume(out: Path, cfg: TrainConfig, model_kwargs: dict[str, Any]) -> s
     saved = read_json(out / "train_config.json", "training config of the run")
     saved_model = read_json(out / "config.json", "model config of the run")
     diffs = [(k, saved[k], v) for k, v in asdict(cfg).items() if k not in NOT_COMPARED and k in saved and saved[k] != v]
-    diffs += [(k, saved_model.get(k), v) for k, v in model_kwargs.items() if saved_model.get(k) != v]
+    if not cfg.init:  # an --init run's model comes from there, whatever the model flags say
+        diffs += [(k, saved_model.get(k), v) for k, v in model_kwargs.items() if saved_model.get(k) != v]
     unsafe = [d for d in diffs if d[0] not in SAFE_ON_RESUME]
     if unsafe or (diffs and not cfg.force):
         listing = "; ".join(f"--{k.replace('_', '-')} was {old!r}, now {new!r}" for k, old, new in (unsafe or diffs))
