@@ -6,13 +6,15 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from captioner.cli import app
-from captioner.data.vocab import Vocabulary
+from captioner.data.vocab import END, Vocabulary
 from captioner.inference import Captioner, load
 from captioner.models.captioner import ModelConfig
+from captioner.search_options import SearchOptions
 
 runner = CliRunner()
 COMMANDS = ("synth", "inspect", "vocab", "train", "caption", "evaluate", "score", "serve", "demo")
@@ -216,3 +218,35 @@ def test_a_runs_vocabulary_records_the_threshold_it_was_built_with(synth, tmp_pa
     assert vocab.threshold == 3 and vocab.itos == Vocabulary.build([a["caption"] for a in records], 3).itos
     assert "(threshold 3)" in result.output
 
+
+def test_caption_evaluate_and_serve_take_the_search_options(model, synth, tmp_path, monkeypatch) -> None:
+    import captioner.serve.app
+
+    images = sorted((synth / "test").glob("*.png"))[:2]
+    wordy = load(model)
+    with torch.no_grad():
+        wordy.decoder.out.bias[END] = -1e4  # never ends: 8 words of random weights, which repeat
+    wordy = wordy.save(tmp_path / "wordy")
+    for flags, repeated in (([], True), (["--block-ngram", 1, "--no-bad-endings"], False)):
+        result = invoke("caption", "--model", wordy, *images, "--max-len", 8, *flags)
+        assert result.exit_code == 0, result.output
+        captions = [line.split("\t")[1].split() for line in result.output.splitlines() if "\t" in line]
+        assert len(captions) == 2 and any(len(set(c)) < len(c) for c in captions) == repeated, captions
+        assert repeated or all(c[-1] not in ("a", "the", "of", "on") for c in captions)
+    sampled = [invoke("caption", "--model", wordy, *images, "--max-len", 8, "--sample", "--n", 3, "--seed", seed,
+                      "--temperature", 2).output for seed in (4, 4, 5)]
+    assert sampled[0] == sampled[1] != sampled[2] and sampled[0].count("\t") == 2, sampled
+    result = invoke("evaluate", "--model", model, "--data", synth, "--split", "test", "--out", tmp_path,
+                    "--cache-dir", tmp_path / "cache", "--no-java", "--beam", 2, "--block-ngram", 2)
+    assert result.exit_code == 0, result.output
+    served = {}
+    monkeypatch.setattr(captioner.serve.app, "serve", lambda *a, **k: served.update(k))  # never binds a port
+    assert invoke("serve", "--model", model, "--sample", "--top-k", 5).exit_code == 0
+    assert served["options"] == SearchOptions(sample=True, top_k=5)
+    for flags, words in ((["--block-ngram", -1], "--block-ngram (block_ngram) must be >= 0"),
+                         (["--top-k", 3], "add --sample"), (["--sample", "--beam", 2], "leave --beam"),
+                         (["--sample", "--top-p", 0], "--top-p (top_p) must be in (0, 1]")):
+        for command in (("caption", "--model", model, images[0]), ("serve", "--model", model),
+                        ("evaluate", "--model", model, "--data", synth)):
+            result = invoke(*command, *flags)
+            assert result.exit_code == 2 and words in result.output, (command, flags, result.output)

@@ -24,6 +24,7 @@ from captioner.export import export_onnx  # noqa: E402
 from captioner.inference import Captioner  # noqa: E402
 from captioner.models.captioner import ModelConfig  # noqa: E402
 from captioner.onnx_runner import load_onnx, preprocess  # noqa: E402
+from captioner.search_options import SearchOptions  # noqa: E402
 from captioner.serve.app import create_app  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,18 +106,25 @@ def test_features_and_step_log_probs_agree(exported: tuple[Captioner, Path], ima
         assert np.abs(onnx_alpha - alpha.numpy()).max() < 1e-4
 
 
-@pytest.mark.parametrize(("beam", "length_penalty"), [(1, 0.0), (3, 0.0), (3, 2.0)])
+@pytest.mark.parametrize(("beam", "length_penalty", "options"), [
+    (1, 0.0, None), (3, 0.0, None), (3, 2.0, None), (1, 0.0, SearchOptions(block_ngram=2)),
+    (1, 0.0, SearchOptions(bad_endings=True)), (3, 1.0, SearchOptions(block_ngram=3, bad_endings=True)),
+    (1, 0.0, SearchOptions(sample=True, n=3, seed=0, temperature=0.8, top_k=5, top_p=0.9)),
+    (1, 0.0, SearchOptions(sample=True, n=2, seed=1, block_ngram=1, bad_endings=True))])
 def test_onnx_captions_equal_pytorch_captions(exported: tuple[Captioner, Path], images: list[Image.Image],
-                                              beam: int, length_penalty: float) -> None:
+                                              beam: int, length_penalty: float, options: SearchOptions | None) -> None:
     model, folder = exported
-    expected = model.caption(images, beam, length_penalty=length_penalty)
-    got = load_onnx(folder).caption(images, beam, batch_size=4, length_penalty=length_penalty)
+    expected = model.caption(images, beam, length_penalty=length_penalty, options=options)
+    got = load_onnx(folder).caption(images, beam, batch_size=4, length_penalty=length_penalty, options=options)
     assert [[c.text for c in row] for row in got] == [[c.text for c in row] for row in expected]
-    assert [c.score for row in got for c in row] == pytest.approx([c.score for row in expected for c in row],
-                                                                  abs=1e-4)
+    for field in ("score", "log_prob"):
+        assert [getattr(c, field) for row in got for c in row] == pytest.approx(
+            [getattr(c, field) for row in expected for c in row], abs=1e-4)
     texts = [c.text for row in expected for c in row]
     assert len(set(texts)) > 1 and all(texts)  # the captions depend on the image; none is empty
-    if beam == 1 or length_penalty:  # (the best raw beam scores are one word with random weights)
+    if options:  # each option changes some captions of these images
+        assert texts != [c.text for row in model.caption(images, beam, length_penalty=length_penalty) for c in row]
+    if (beam == 1 or length_penalty) and not options:  # (the best raw beam scores are one word with random weights)
         assert all(len(t.split()) >= 3 for t in texts)
     for row_got, row_expected in zip(got, expected, strict=True):
         for c_got, c_expected in zip(row_got, row_expected, strict=True):

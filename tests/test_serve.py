@@ -19,13 +19,14 @@ from typing import TypeVar
 import httpx
 import numpy as np
 import pytest
+import torch
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 from test_images import MALFORMED_EXIF, halves_jpeg
 
-from captioner.data.vocab import Vocabulary
-from captioner.inference import Captioner
+from captioner.data.vocab import END, Vocabulary
+from captioner.inference import Captioner, load
 from captioner.models.captioner import ModelConfig
 from captioner.serve import app as serve_app
 from captioner.serve.app import create_app, running
@@ -155,6 +156,25 @@ def test_beam_gives_sorted_alternatives(client: TestClient) -> None:
     assert len(form.json()["results"][0]["captions"]) == 2
 
 
+def test_search_options_in_the_query(model_dir: Path, tmp_path: Path) -> None:
+    wordy = load(model_dir)
+    with torch.no_grad():
+        wordy.decoder.out.bias[END] = -1e4  # never ends: 8 words of random weights, which repeat
+    photo = ("a.png", image_bytes("PNG"))
+    with TestClient(create_app(wordy.save(tmp_path / "wordy"), max_len=8)) as client:
+        for params, repeated in (({}, True), (dict(block_ngram=1, bad_endings="true"), False)):
+            status, body = post(client, photo, beam=3, **params)
+            assert status == 200, body
+            words = [c["text"].split() for c in body["results"][0]["captions"]]
+            assert any(len(set(w)) < len(w) for w in words) == repeated, words
+            assert repeated or all(w[-1] not in ("a", "on", "the") for w in words)
+        sampled = [post(client, photo, sample="true", n=4, seed=seed, temperature=2)[1] for seed in (3, 3, 4)]
+    texts = [[c["text"] for c in body["results"][0]["captions"]] for body in sampled]
+    assert texts[0] == texts[1] != texts[2] and len(texts[0]) == 4 and len(set(texts[0])) > 1
+    logp = [c["log_prob"] for c in sampled[0]["results"][0]["captions"]]
+    assert logp == sorted(logp, reverse=True)
+
+
 def test_health_model_page_and_schema(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     info = client.get("/v1/model").json()
@@ -169,6 +189,10 @@ def test_health_model_page_and_schema(client: TestClient) -> None:
     ref = op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
     assert set(schema["components"]["schemas"][ref]["properties"]) == {"results", "model", "latency_ms"}
     assert {"413", "415", "422", "503", "504"} <= set(op["responses"])
+    assert {"block_ngram", "bad_endings", "sample", "temperature", "top_k", "top_p", "n", "seed"} <= {
+        p["name"] for p in op["parameters"]}
+    caption = schema["components"]["schemas"]["Caption"]["properties"]
+    assert "ordered by" in caption["score"]["description"] and "log-probability" in caption["log_prob"]["description"]
 
 
 def test_model_without_metrics(model_dir: Path, tmp_path: Path) -> None:
@@ -193,6 +217,10 @@ def test_model_without_metrics(model_dir: Path, tmp_path: Path) -> None:
     ([("empty.jpg", b"")], {}, 422, "empty"),
     ([("a.jpg", image_bytes())] * 5, {}, 413, "at most 4"),
     ([("a.jpg", image_bytes())], {"beam": 11}, 422, "beam"),
+    ([("a.jpg", image_bytes())], {"block_ngram": -1}, 422, "block_ngram"),
+    ([("a.jpg", image_bytes())], {"sample": "true", "top_p": 1.5}, 422, "top_p"),
+    ([("a.jpg", image_bytes())], {"temperature": 0.5}, 422, "add --sample (sample=true)"),
+    ([("a.jpg", image_bytes())], {"sample": "true", "beam": 3}, 422, "leave --beam"),
 ])
 def test_bad_input(client: TestClient, files: list, params: dict, status: int, words: str) -> None:
     code, body = post(client, *files, **params)

@@ -12,6 +12,7 @@ from tqdm import tqdm
 from captioner.data.datasets import ImageRecord
 from captioner.features import ImageViews, encode_images
 from captioner.inference import Caption, Captioner
+from captioner.search_options import SearchOptions
 
 
 def record_features(model: Captioner, records: list[ImageRecord], cache_dir: str | Path | None = None,
@@ -36,12 +37,12 @@ def record_features(model: Captioner, records: list[ImageRecord], cache_dir: str
 
 def caption_features(model: Captioner, features: np.ndarray, rows: np.ndarray | None = None, beam: int = 1,
                      batch_size: int = 64, max_len: int | None = None, length_penalty: float = 0.0,
-                     progress: bool = True) -> list[Caption]:
+                     progress: bool = True, options: SearchOptions | None = None) -> list[Caption]:
     """Best caption of each of ``rows`` (default all) of ``features``, decoded in batches read from disk."""
     rows = np.arange(len(features)) if rows is None else rows
     device = next(model.parameters()).device
     captions: list[Caption] = []
     for start in tqdm(range(0, len(rows), batch_size), desc=f"decoding (beam {beam})", disable=not progress):
         x = torch.from_numpy(np.asarray(features[rows[start:start + batch_size]], dtype=np.float32)).to(device)
-        captions += [row[0] for row in model.generate(x, beam, max_len, length_penalty)]
+        captions += [row[0] for row in model.generate(x, beam, max_len, length_penalty, options)]
     return captions
