@@ -9,7 +9,7 @@ from pycocoevalcap.cider.cider_scorer import CiderScorer
 
 from captioner.data.vocab import END, PAD, START, Vocabulary
 from captioner.evaluate import load_references, load_results
-from captioner.rewards import CiderD, reference_ids
+from captioner.rewards import CiderD, padded, reference_ids
 
 COCO = "data/coco-val2014-captions/captions_val2014_4refs.json"
 FAKECAP = "data/coco-val2014-captions/captions_val2014_fakecap_results.json"
@@ -158,8 +158,30 @@ def test_candidates_stop_at_end_and_may_be_a_padded_tensor(synth) -> None:
         padded[row, :len(c) + 1] = torch.tensor([*c, END])
     np.testing.assert_array_equal(cider.scores(padded, synth[:3]), expected)
     np.testing.assert_array_equal(cider.scores([[*c, END, 9, 9] for c in cands], synth[:3]), expected)
-    full = padded[:1, :len(cands[0])]  # a row that never ends is scored as if <end> followed it
-    np.testing.assert_array_equal(cider.scores(full.numpy(), synth[:1]), expected[:1])
+
+
+def test_a_row_without_end_is_scored_cut_short_as_pycocoevalcap_scores_it_without_end(synth) -> None:
+    """A sampled caption that reached max_len never chose <end>: it gets none (ruotianluo's array_to_str), so it
+    scores below the same words that ended, whether the row stops at its width or at <pad>."""
+    cider = CiderD.from_references(synth)
+    words = [refs[0] for refs in synth]
+    width = max(map(len, words))
+    cut = np.full((len(words), width), PAD)
+    for row, ids in enumerate(words):
+        cut[row, :len(ids)] = ids
+    gts = {i: [_words(r) for r in refs] for i, refs in enumerate(synth)}
+    expected = Cider().compute_score(gts, {i: [" ".join(map(str, ids))] for i, ids in enumerate(words)})[1]
+    np.testing.assert_allclose(cider.scores(cut, synth), expected, rtol=0, atol=1e-6)
+    ended = cider.scores(words, synth)
+    assert np.all(cider.scores(cut, synth) < ended) and ended.min() > 1
+    longest = int(np.argmax(list(map(len, words))))
+    full = torch.tensor([words[longest]])  # as wide as its words: the row ends without <end>
+    np.testing.assert_allclose(cider.scores(full, synth[longest:longest + 1]), expected[longest], rtol=0, atol=1e-6)
+
+
+def test_padded_marks_the_end_of_captions_shorter_than_max_len_only() -> None:
+    rows = padded([[5, 6], [5, 6, 7], []], 3)
+    np.testing.assert_array_equal(rows, [[5, 6, END], [5, 6, 7], [END, PAD, PAD]])
 
 
 def test_scores_reject_bad_input(synth) -> None:

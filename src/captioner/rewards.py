@@ -1,9 +1,9 @@
 """CIDEr-D on word ids with training-set document frequencies: the reward of self-critical sequence training.
 
 The maths is pycocoevalcap's ``CiderScorer`` (n-grams of 1-4 words, candidate tf-idf clipped by the reference's,
-Gaussian length penalty with sigma 6, x10) on id sequences that end with <end>, as in ruotianluo's SCST CIDEr-D,
-so a caption cut short loses the n-grams of its ending. All of it runs in numpy, no java and no strings:
-an n-gram is one uint64 key holding word id + 1 in each 16 bits.
+Gaussian length penalty with sigma 6, x10) on id sequences that end with <end> where one was chosen, as in
+ruotianluo's SCST CIDEr-D, so a caption cut short (at max_len) loses the n-grams of an ending. All of it runs in
+numpy, no java and no strings: an n-gram is one uint64 key holding word id + 1 in each 16 bits.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from captioner.data.vocab import END, START, Vocabulary
+from captioner.data.vocab import END, PAD, START, Vocabulary
 from captioner.io import atomic_write
 
 N = 4  # n-grams of 1..N words
@@ -31,6 +31,15 @@ Captions = Sequence[Ids] | np.ndarray | torch.Tensor  # id lists, or a 2-D array
 def reference_ids(vocab: Vocabulary, captions: Sequence[str]) -> list[list[int]]:
     """Captions as word ids without <start>/<end>, the form ``CiderD`` takes (it appends <end> itself)."""
     return [vocab.encode(caption)[1:-1] for caption in captions]
+
+
+def padded(captions: Sequence[Ids], max_len: int) -> np.ndarray:
+    """Decoded captions (word ids, no <end>) as rows of ``max_len``: <end> after each shorter one, then <pad>; one
+    of ``max_len`` words was cut there and gets no <end>."""
+    rows = np.full((len(captions), max_len + 1), PAD, np.int64)
+    for row, ids in enumerate(captions):
+        rows[row, :len(ids) + 1] = [*ids, END]
+    return rows[:, :max_len]
 
 
 class CiderD:
@@ -88,7 +97,8 @@ class CiderD:
                image: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
         """CIDEr-D (x10, like pycocoevalcap) of each candidate against ``references[image[i]]`` (or ``[i]``).
 
-        Captions are word ids without <start>, read up to the first <end>; for k samples of each of B images
+        Captions are word ids without <start>: lists of whole captions, or rows read up to the first <end> (a row
+        without one, before <pad> or its width, was cut short and scores so); for k samples of each of B images
         give the B reference lists once and ``image = np.repeat(np.arange(B), k)``.
         """
         image = np.arange(len(references)) if image is None else np.asarray(image, np.int64).reshape(-1)
@@ -161,20 +171,23 @@ def _clipped_dot(hyp: _Vectors, ref: _Vectors, image: np.ndarray, ref_image: np.
 
 
 def _tokens(captions: Captions) -> np.ndarray:
-    """[captions, T] uint64 of word id + 1 up to the first <end>, then <end> + 1, then zeros."""
+    """[captions, T] uint64 of word id + 1 up to the first <end> (kept) or <pad>, then zeros.
+
+    A list is a whole caption (<end> appended); an array row without <end> before its <pad> or its width was cut
+    short (by max_len) and gets none."""
     if isinstance(captions, torch.Tensor):
         captions = captions.cpu().numpy()
     if isinstance(captions, np.ndarray):
         if captions.ndim != 2:
             raise ValueError(f"an array of captions must be 2-D [captions, words], got shape {captions.shape}")
-        ids = captions.astype(np.int64)
+        ids = np.hstack([captions.astype(np.int64), np.full((len(captions), 1), PAD)])
     else:
         lengths = np.fromiter(map(len, captions), np.int64, len(captions))
-        ids = np.full((len(captions), lengths.max(initial=0)), END, np.int64)
+        ids = np.full((len(captions), lengths.max(initial=0) + 1), END, np.int64)
         ids[np.arange(ids.shape[1]) < lengths[:, None]] = np.fromiter(
             chain.from_iterable(captions), np.int64, lengths.sum())
-    ids = np.hstack([ids, np.full((len(ids), 1), END)])
-    kept = np.arange(ids.shape[1]) <= (ids == END).argmax(1)[:, None]
+    stop = ((ids == END) | (ids == PAD)).argmax(1)
+    kept = np.arange(ids.shape[1]) < (stop + (ids[np.arange(len(ids)), stop] == END))[:, None]
     bad = kept & ((ids < 0) | (ids > MAX_ID) | (ids == START))
     if bad.any():
         row = int(bad.any(1).argmax())

@@ -40,7 +40,7 @@ from captioner.io import atomic_write, read_csv, read_json, write_json
 from captioner.models.attention import attention_penalty
 from captioner.models.captioner import CaptionModel, ModelConfig, load_state, read_artifact, save_artifact
 from captioner.models.decoder import caption_loss
-from captioner.rewards import CiderD, reference_ids
+from captioner.rewards import CiderD, padded, reference_ids
 
 SAFE_ON_RESUME = ("epochs", "min_lr", "eval_every", "early_stop", "val_images")  # --force may change these
 NOT_COMPARED = ("out", "resume", "force", "progress", "num_workers", "cache_dir", "encode_batch_size", "accelerator")
@@ -227,7 +227,8 @@ class CaptionModule(L.LightningModule):
         reward = torch.as_tensor(self.cider.scores(ids.cpu().numpy(), refs, owner), dtype=torch.float32,
                                  device=features.device).view(-1, n)
         if self.cfg.scst_baseline == "greedy":
-            greedy_ids = [h.ids for h in greedy(self.model.decoder, features, self.model.config.max_len)]
+            max_len = self.model.config.max_len  # a greedy caption of max_len words was cut: no <end>, as a sample
+            greedy_ids = padded([h.ids for h in greedy(self.model.decoder, features, max_len)], max_len)
             base = torch.as_tensor(self.cider.scores(greedy_ids, refs), dtype=torch.float32,
                                    device=features.device).unsqueeze(1)
         else:  # "new self-critical": the mean reward of the image's other samples
