@@ -5,10 +5,9 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from captioner.data.endings import bad_ending_words
 from captioner.data.vocab import tokenize
 
-# English words a caption never ends on (ruotianluo's remove_bad_endings list, + a few prepositions)
-FUNCTION_WORDS = frozenset("a an the of with in on at to and or for by from its their his her is are".split())
 DIAGNOSTICS = ("distinct", "vocab_used", "mean_len", "ref_len", "bad_endings", "repeated_3grams")
 
 
@@ -19,9 +18,10 @@ def repeats_ngram(words: list[str], n: int = 3) -> bool:
 
 
 def diagnose(captions: Iterable[str], references: Iterable[Iterable[str]] | None = None,
-             function_words: frozenset[str] = FUNCTION_WORDS) -> dict[str, float]:
+             language: str = "en") -> dict[str, float]:
     """distinct captions (% of images), distinct words used, mean length in words (and the references' mean),
-    captions ending in a function word (%), captions repeating a word 3-gram (%)."""
+    captions ending in a function word (data/bad_endings, %), captions repeating a word 3-gram (%)."""
+    function_words = frozenset(bad_ending_words(language))
     tokens = [tokenize(c) for c in captions]
     if not tokens:
         raise ValueError("no captions to diagnose")
