@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -22,6 +23,7 @@ from captioner.data.vocab import Vocabulary
 from captioner.io import read_csv
 from captioner.models.backbones import build_trunk
 from captioner.models.captioner import ModelConfig
+from captioner.rewards import CiderD, reference_ids
 from captioner.train import CaptionModule, TrainConfig, load_records, train
 
 TINY = dict(backbone="resnet18", encoder_weights="none", image_size=64, grid=2, embed_size=16, hidden_size=32)
@@ -292,3 +294,21 @@ def test_self_critical_fine_tunes_from_a_fine_tuned_run_and_resumes_with_its_own
     tuned, start = load(run), load(xe)
     assert tuned.config == start.config and tuned.config.fine_tune
     assert not torch.equal(tuned.encoder.backbone.layer4[0].conv1.weight, start.encoder.backbone.layer4[0].conv1.weight)
+
+
+def test_cider_frequencies_left_by_another_run_are_recomputed(tmp_path, capsys) -> None:
+    """A cider_df.npz counted from other captions (a killed attempt's, another data set's) is not reused."""
+    vocab = Vocabulary.build(["a red circle", "a blue square", "a green star"], threshold=1)
+    old = [reference_ids(vocab, ["a red circle"]), reference_ids(vocab, ["a blue square"])]
+    new = [reference_ids(vocab, ["a green star"]), reference_ids(vocab, ["a blue square"])]
+    path = tmp_path / "cider_df.npz"
+    CiderD.from_references(old).save(path)
+    cider = train_module.cider_document_frequencies(path, new, vocab)
+    expected = CiderD.from_references(new)
+    np.testing.assert_array_equal(cider.document_frequency, expected.document_frequency)
+    np.testing.assert_array_equal(CiderD.load(path).ngrams, expected.ngrams)
+    assert "recomputing" in capsys.readouterr().out
+    assert train_module.cider_document_frequencies(path, new, vocab).key == cider.key  # its own file: reused
+    assert "recomputing" not in capsys.readouterr().out
+    other = Vocabulary(vocab.itos[:4] + sorted(vocab.itos[4:], reverse=True))  # the same ids spell other words
+    assert train_module.cider_document_frequencies(path, new, other).key != cider.key

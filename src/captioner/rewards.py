@@ -7,6 +7,7 @@ numpy, no java and no strings: an n-gram is one uint64 key holding word id + 1 i
 """
 from __future__ import annotations
 
+import hashlib
 import zipfile
 from collections.abc import Sequence
 from itertools import chain
@@ -42,21 +43,31 @@ def padded(captions: Sequence[Ids], max_len: int) -> np.ndarray:
     return rows[:, :max_len]
 
 
+def reference_key(references: Sequence[Sequence[Ids]], words: Sequence[str]) -> str:
+    """A hash of the references' word ids and of the vocabulary spelling them: what a document-frequency file
+    counted, so a file left by another run is recognised."""
+    lengths = [len(ref) for refs in references for ref in refs]
+    h = hashlib.sha256("\n".join(words).encode())
+    for part in (list(map(len, references)), lengths, list(chain.from_iterable(chain.from_iterable(references)))):
+        h.update(np.asarray(part, np.int64).tobytes() + b"|")
+    return h.hexdigest()[:20]
+
+
 class CiderD:
     """CIDEr-D of word-id captions with fixed document frequencies, normally those of the training references."""
 
-    def __init__(self, ngrams: np.ndarray, document_frequency: np.ndarray, ref_len: float) -> None:
+    def __init__(self, ngrams: np.ndarray, document_frequency: np.ndarray, ref_len: float, key: str = "") -> None:
         """``ngrams``: sorted uint64 n-gram keys; ``document_frequency``: in how many images each occurs;
-        ``ref_len``: log of the number of images."""
+        ``ref_len``: log of the number of images; ``key``: what they were counted from (``reference_key``)."""
         self.ngrams = np.asarray(ngrams, np.uint64)
         self.document_frequency = np.asarray(document_frequency, np.int64)
-        self.ref_len = float(ref_len)
+        self.ref_len, self.key = float(ref_len), key
         if not len(self.ngrams) or self.ngrams.shape != self.document_frequency.shape \
                 or np.any(self.ngrams[1:] <= self.ngrams[:-1]):
             raise ValueError("ngrams must be non-empty strictly increasing keys, one per document frequency")
 
     @classmethod
-    def from_references(cls, references: Sequence[Sequence[Ids]], chunk: int = 10_000) -> CiderD:
+    def from_references(cls, references: Sequence[Sequence[Ids]], chunk: int = 10_000, key: str = "") -> CiderD:
         """Document frequencies over images of the n-grams of their references (word ids, <end> appended).
 
         ``references[i]`` lists the id sequences of image i; ref_len is log(number of images).
@@ -72,14 +83,14 @@ class CiderD:
             _, ids, _ = _count(image[rows], ids, len(uniq))
             keys, at = np.unique(np.concatenate([keys, uniq[ids]]), return_inverse=True)
             df = np.bincount(at, np.concatenate([df, np.ones(len(ids), np.int64)])).astype(np.int64)
-        return cls(keys, df, np.log(len(references)))
+        return cls(keys, df, np.log(len(references)), key)
 
     def save(self, path: str | Path) -> Path:
-        """Write the n-grams, document frequencies and ref_len to a numpy .npz file, atomically."""
+        """Write the n-grams, document frequencies, ref_len and key to a numpy .npz file, atomically."""
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as f:
                 np.savez_compressed(f, ngrams=self.ngrams, document_frequency=self.document_frequency,
-                                    ref_len=np.float64(self.ref_len))
+                                    ref_len=np.float64(self.ref_len), key=np.str_(self.key))
         return atomic_write(path, write)
 
     @classmethod
@@ -89,7 +100,8 @@ class CiderD:
             raise FileNotFoundError(f"CIDEr-D document frequencies not found: {path}")
         try:
             with np.load(path, allow_pickle=False) as data:
-                return cls(data["ngrams"], data["document_frequency"], float(data["ref_len"]))
+                key = str(data["key"]) if "key" in data else ""  # files before keys: never matches one
+                return cls(data["ngrams"], data["document_frequency"], float(data["ref_len"]), key)
         except (KeyError, ValueError, OSError, zipfile.BadZipFile) as e:
             raise ValueError(f"{path} is not a CIDEr-D document-frequency file: {e}") from e
 

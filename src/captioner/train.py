@@ -40,7 +40,7 @@ from captioner.io import atomic_write, read_csv, read_json, write_json
 from captioner.models.attention import attention_penalty
 from captioner.models.captioner import CaptionModel, ModelConfig, load_state, read_artifact, save_artifact
 from captioner.models.decoder import caption_loss
-from captioner.rewards import CiderD, padded, reference_ids
+from captioner.rewards import CiderD, padded, reference_ids, reference_key
 
 SAFE_ON_RESUME = ("epochs", "min_lr", "eval_every", "early_stop", "val_images")  # --force may change these
 NOT_COMPARED = ("out", "resume", "force", "progress", "num_workers", "cache_dir", "encode_batch_size", "accelerator")
@@ -544,7 +544,7 @@ def train(cfg: TrainConfig, model_kwargs: dict[str, Any] | None = None) -> Path:
         print(f"starting from {cfg.init}", flush=True)
     if cfg.scst:
         module.references = [reference_ids(vocab, r.captions) for r in train_records]
-        module.cider = cider_document_frequencies(out / "cider_df.npz", module.references)
+        module.cider = cider_document_frequencies(out / "cider_df.npz", module.references, vocab)
     best = BestCheckpoint(out / "checkpoints", cfg.eval_every, forget)
     # best first: last.ckpt then holds the epoch's best score and path (else a resumed run writes best-v1.ckpt)
     callbacks: list[Callback] = [best, ModelCheckpoint(out / "checkpoints", "last", save_top_k=1),
@@ -604,11 +604,16 @@ def stopped_message(cfg: TrainConfig, model_kwargs: dict[str, Any], epoch: int) 
                    f"Continue with:\n{resume_command(cfg, model_kwargs)}")
 
 
-def cider_document_frequencies(path: Path, references: list[list[list[int]]]) -> CiderD:
-    """The training references' CIDEr-D document frequencies, computed once and kept in the run folder."""
+def cider_document_frequencies(path: Path, references: list[list[list[int]]], vocab: Vocabulary) -> CiderD:
+    """The training references' CIDEr-D document frequencies, computed once and kept in the run folder; a file
+    counted from other references or another vocabulary (e.g. left by a killed attempt) is recomputed."""
+    key = reference_key(references, vocab.itos)
     if path.is_file():
-        return CiderD.load(path)
-    cider = CiderD.from_references(references)
+        cider = CiderD.load(path)
+        if cider.key == key:
+            return cider
+        print(f"{path} was counted from other references or another vocabulary: recomputing it", flush=True)
+    cider = CiderD.from_references(references, key=key)
     cider.save(path)
     return cider
 
