@@ -162,7 +162,7 @@ def test_image_captions_flip_images_with_their_captions(records: list[ImageRecor
             assert ids.tolist() == (captions.mirrored[i] if mirrored else captions.plain[i]).tolist()
             flipped += bool(mirrored)
     assert 0 < flipped < 24
-    steady = ImageCaptions(records, captions, image_size=32, hflip=False)
+    steady = ImageCaptions(records, captions, image_size=32, augment=False)
     for i in range(len(steady)):
         image, ids = steady[i]
         assert image[:, :, :16].mean() < image[:, :, 16:].mean() and torch.equal(ids, captions.plain[i])

@@ -11,6 +11,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,12 +20,13 @@ import torch
 from captioner import load
 from captioner import train as train_module
 from captioner.data.captions import CachedCaptions
+from captioner.data.images import eval_transform, load_rgb
 from captioner.data.vocab import Vocabulary
 from captioner.io import read_csv
 from captioner.models.backbones import build_trunk
 from captioner.models.captioner import ModelConfig
 from captioner.rewards import CiderD, reference_ids
-from captioner.train import CaptionModule, TrainConfig, load_records, train
+from captioner.train import CaptionData, CaptionModule, TrainConfig, load_records, train
 
 TINY = dict(backbone="resnet18", encoder_weights="none", image_size=64, grid=2, embed_size=16, hidden_size=32)
 CLI_TINY = ["--backbone", "resnet18", "--encoder-weights", "none", "--image-size", "64", "--grid", "2",
@@ -312,3 +314,18 @@ def test_cider_frequencies_left_by_another_run_are_recomputed(tmp_path, capsys) 
     assert "recomputing" not in capsys.readouterr().out
     other = Vocabulary(vocab.itos[:4] + sorted(vocab.itos[4:], reverse=True))  # the same ids spell other words
     assert train_module.cider_document_frequencies(path, new, other).key != cider.key
+
+
+def test_fine_tuning_validates_on_the_eval_transform(tiny_synth) -> None:
+    """val_loss of a fine-tuned run reads each image as evaluation does, not a new random crop every time."""
+    cfg = TrainConfig(data=str(tiny_synth), threshold=1, val_images=2)
+    train_records, val_records = load_records(cfg, log=lambda _: None)
+    vocab = Vocabulary.build((c for r in train_records for c in r.captions), threshold=1)
+    model_cfg = ModelConfig(vocab_size=len(vocab), fine_tune=True, **TINY)
+    module = CaptionModule(asdict(model_cfg), vocab.itos, asdict(cfg))
+    data = CaptionData(cfg, model_cfg, train_records, val_records, vocab)
+    data.trainer = SimpleNamespace(lightning_module=module)
+    data.setup("fit")
+    spec = module.model.encoder.spec
+    expected = eval_transform(64, spec.mean, spec.std)(load_rgb(val_records[0].path))
+    assert all(torch.equal(data.val_set[0][0], expected) for _ in range(3))

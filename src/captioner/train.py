@@ -134,7 +134,7 @@ class CaptionData(L.LightningDataModule):
                 self.train_set = ImageCaptions(self.train_records, CaptionIds(self.train_records, self.vocab),
                                                self.model_cfg.image_size, mean=spec.mean, std=spec.std)
             self.val_set = ImageCaptions(self.val_records, CaptionIds(self.val_records, self.vocab),
-                                         self.model_cfg.image_size, hflip=False, mean=spec.mean, std=spec.std)
+                                         self.model_cfg.image_size, augment=False, mean=spec.mean, std=spec.std)
             views = ImageViews([r.path for r in self.eval_records], self.model_cfg.image_size, 1, spec.mean, spec.std)
             loaded = [(record, *views[i]) for i, record in enumerate(self.eval_records)]
             self.eval_inputs = torch.stack([image[0] for _, image, good in loaded if good])

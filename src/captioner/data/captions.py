@@ -13,7 +13,15 @@ from torch.utils.data import Dataset
 
 from captioner.data.batching import pad
 from captioner.data.datasets import ImageRecord
-from captioner.data.images import IMAGENET_MEAN, IMAGENET_STD, flip, load_rgb, swap_left_right, train_transform
+from captioner.data.images import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    eval_transform,
+    flip,
+    load_rgb,
+    swap_left_right,
+    train_transform,
+)
 from captioner.data.vocab import Vocabulary, tokenize
 
 
@@ -104,16 +112,17 @@ class CachedCaptions(Dataset):
 
 
 class ImageCaptions(Dataset):
-    """(augmented image, caption ids) pairs read from files, for fine-tuning; a flip swaps left/right.
+    """(image, caption ids) pairs read from files, for fine-tuning: ``augment`` gives random crops and flips (a flip
+    swaps left/right), else the eval transform (validation).
 
     An image that fails to decode (e.g. truncated after a valid header) gives None, which pad_collate drops;
     each such file is warned about once and kept in ``unreadable``.
     """
 
-    def __init__(self, records: Sequence[ImageRecord], captions: CaptionIds, image_size: int, hflip: bool = True,
+    def __init__(self, records: Sequence[ImageRecord], captions: CaptionIds, image_size: int, augment: bool = True,
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
-        self.records, self.captions, self.hflip = records, captions, hflip
-        self.transform = train_transform(image_size, mean, std)
+        self.records, self.captions, self.augment = records, captions, augment
+        self.transform = (train_transform if augment else eval_transform)(image_size, mean, std)
         self.unreadable: set[Path] = set()
 
     def __len__(self) -> int:
@@ -129,7 +138,7 @@ class ImageCaptions(Dataset):
             self.unreadable.add(path)
             warnings.warn(f"skipping an unreadable image ({len(self.unreadable)} so far): {e}", stacklevel=2)
             return None
-        if self.hflip and torch.rand(()) < 0.5:
+        if self.augment and torch.rand(()) < 0.5:
             return flip(image), self.captions.mirrored[index]
         return image, self.captions.plain[index]
 
