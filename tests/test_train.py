@@ -329,3 +329,14 @@ def test_fine_tuning_validates_on_the_eval_transform(tiny_synth) -> None:
     spec = module.model.encoder.spec
     expected = eval_transform(64, spec.mean, spec.std)(load_rgb(val_records[0].path))
     assert all(torch.equal(data.val_set[0][0], expected) for _ in range(3))
+
+
+def test_output_that_is_no_terminal_gets_one_line_per_epoch_and_no_eval_mode_warning(tiny_synth, tmp_path, capsys,
+                                                                                  recwarn) -> None:
+    """Progress bars are on by default, but captured output (a log file, CI) is no terminal: epoch lines instead."""
+    train(TrainConfig(data=str(tiny_synth), out=str(tmp_path / "run"), epochs=2, batch_size=16, threshold=1,
+                      eval_every=10, cache_dir=str(tmp_path / "cache")), TINY)
+    out = capsys.readouterr()
+    assert "\r" not in out.out + out.err
+    assert [line.split()[1] for line in out.out.splitlines() if line.startswith("epoch ")] == ["0", "1"]
+    assert not [w for w in recwarn if "eval mode" in str(w.message)]

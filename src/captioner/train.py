@@ -85,7 +85,7 @@ class TrainConfig:
     scst_baseline: str = "mean"
     resume: bool = False
     force: bool = False
-    progress: bool = True
+    progress: bool = True  # bars when both stdout and stderr are terminals, else one line per epoch
 
     def __post_init__(self) -> None:
         choices = {"scheduler": ("cosine", "plateau", "none"), "batching": ("bucket", "pad"),
@@ -120,7 +120,7 @@ class CaptionData(L.LightningDataModule):
         return encode_images([r.path for r in records], m.backbone, m.encoder_weights, m.seed, m.image_size, views,
                              self.cfg.cache_dir, self.cfg.encode_batch_size, self.cfg.num_workers,
                              trainer.strategy.root_device, trainer.global_rank, trainer.world_size,
-                             trainer.strategy.barrier, log=_say(trainer), progress=self.cfg.progress,
+                             trainer.strategy.barrier, log=_say(trainer), progress=bars(self.cfg),
                              output_stride=m.output_stride, grid=m.grid,
                              encoder=trainer.lightning_module.model.encoder)
 
@@ -430,6 +430,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_write(path, lambda tmp: save(checkpoint, tmp, storage_options))
 
 
+def bars(cfg: TrainConfig) -> bool:
+    """Progress bars only on a terminal: redirected output (CI, nohup, a scheduler's log) gets one line per epoch
+    instead of thousands of carriage-return updates."""
+    return cfg.progress and sys.stdout.isatty() and sys.stderr.isatty()
+
+
 def _say(trainer: L.Trainer | None):
     """print on rank 0 only."""
     return lambda msg: print(msg, flush=True) if trainer is None or trainer.is_global_zero else None
@@ -512,6 +518,8 @@ def train(cfg: TrainConfig, model_kwargs: dict[str, Any] | None = None) -> Path:
               "(the next evaluation replaces best.ckpt)", flush=True)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
+    # the frozen encoder is kept in eval mode on purpose (its BatchNorm statistics are the pretrained ones)
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     train_records, val_records = load_records(cfg)
     init_state = None
@@ -548,12 +556,12 @@ def train(cfg: TrainConfig, model_kwargs: dict[str, Any] | None = None) -> Path:
     best = BestCheckpoint(out / "checkpoints", cfg.eval_every, forget)
     # best first: last.ckpt then holds the epoch's best score and path (else a resumed run writes best-v1.ckpt)
     callbacks: list[Callback] = [best, ModelCheckpoint(out / "checkpoints", "last", save_top_k=1),
-                                 EpochCSV(out / "metrics.csv", echo=not cfg.progress)]
+                                 EpochCSV(out / "metrics.csv", echo=not bars(cfg))]
     if cfg.early_stop:
         callbacks.append(EvalEarlyStopping(cfg.early_stop, cfg.eval_every, forget))
     if cfg.ema:  # validated, checkpointed and exported: the exponential moving average of the weights
         callbacks.append(WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(cfg.ema)))
-    if cfg.progress:  # tqdm: Lightning's default rich bar redraws from a thread and cost ~30% of an epoch on 2 cores
+    if bars(cfg):  # tqdm: Lightning's default rich bar redraws from a thread and cost ~30% of an epoch on 2 cores
         callbacks.append(TQDMProgressBar())
     cuda = torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda")
     trainer = L.Trainer(max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices,
@@ -561,7 +569,7 @@ def train(cfg: TrainConfig, model_kwargs: dict[str, Any] | None = None) -> Path:
                         precision="bf16-mixed" if cuda else "32-true", gradient_clip_val=cfg.clip,
                         callbacks=callbacks, logger=TensorBoardLogger(out, name="tb", version=""),
                         use_distributed_sampler=False, num_sanity_val_steps=0,
-                        enable_progress_bar=cfg.progress, enable_model_summary=False,
+                        enable_progress_bar=bars(cfg), enable_model_summary=False,
                         log_every_n_steps=1, reload_dataloaders_every_n_epochs=1, plugins=[AtomicCheckpointIO()])
     try:
         trainer.fit(module, datamodule=data, ckpt_path=last if cfg.resume else None)
