@@ -250,3 +250,25 @@ def test_caption_evaluate_and_serve_take_the_search_options(model, synth, tmp_pa
                         ("evaluate", "--model", model, "--data", synth)):
             result = invoke(*command, *flags)
             assert result.exit_code == 2 and words in result.output, (command, flags, result.output)
+
+
+def test_a_model_trained_on_the_synthetic_shapes_says_so(synth, tmp_path) -> None:
+    from captioner.data.datasets import describe
+    from captioner.models.config import SYNTHETIC
+
+    assert describe(synth) == SYNTHETIC  # what train() records as the model's trained_on
+    synth_model = _tiny(synth, tmp_path, SYNTHETIC)
+    assert load(synth_model).config.synthetic_warning()
+    image = sorted((synth / "test").glob("*.png"))[0]
+    result = invoke("caption", "--model", synth_model, image)
+    assert result.exit_code == 0 and "trained on captioner's synthetic shapes" in result.output
+    result = invoke("caption", "--model", _tiny(synth, tmp_path, "Flickr8k.token.txt"), image)
+    assert result.exit_code == 0 and "synthetic" not in result.output
+
+
+def _tiny(synth: Path, tmp_path: Path, trained_on: str) -> Path:
+    records = json.loads((synth / "annotations" / "captions_train.json").read_text())["annotations"]
+    vocab = Vocabulary.build([a["caption"] for a in records], threshold=1)
+    config = ModelConfig(vocab_size=len(vocab), backbone="resnet18", encoder_weights="none", image_size=64,
+                         embed_size=16, hidden_size=32, trained_on=trained_on)
+    return Captioner(config, vocab).save(tmp_path / trained_on.replace(" ", "_"))

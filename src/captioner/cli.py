@@ -259,6 +259,8 @@ def caption(model: Annotated[Path, typer.Option(help="Model folder (model.safete
     try:
         options = _options(beam, block_ngram, no_bad_endings, sample, temperature, top_k, top_p, n, seed)
         m = load(str(model), runtime=runtime)
+        if warning := m.config.synthetic_warning():
+            typer.secho(f"warning: {warning}", fg="yellow", err=True)
         if attention and m.config.decoder != "attention":
             raise ValueError(f"--attention needs an attention model; {model} is {m.config.decoder}")
         readable, skipped = [], 0

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from captioner.data.batching import LengthBucketSampler, pad_collate
 from captioner.data.captions import CachedCaptions, CachedImages, CaptionIds, ImageCaptions
-from captioner.data.datasets import ImageRecord, SkipReport, has_splits, open_split
+from captioner.data.datasets import ImageRecord, SkipReport, describe, has_splits, open_split
 from captioner.data.vocab import PAD, Vocabulary
 from captioner.decode import greedy, sample
 from captioner.evaluate import score_any
@@ -535,7 +535,8 @@ def train(cfg: TrainConfig, model_kwargs: dict[str, Any] | None = None) -> Path:
         write_json(out / "config.json", asdict(model_cfg))
     else:
         vocab = Vocabulary.build((c for r in train_records for c in r.captions), cfg.threshold)
-        model_cfg = ModelConfig(vocab_size=len(vocab), seed=cfg.seed, **model_kwargs)
+        model_cfg = ModelConfig(vocab_size=len(vocab), seed=cfg.seed, trained_on=describe(cfg.data),
+                                **model_kwargs)
         out.mkdir(parents=True, exist_ok=True)
         vocab.save(out / "vocab.json")
         write_json(out / "train_config.json", asdict(cfg))

@@ -12,7 +12,8 @@ from captioner.data.flickr import read_flickr, sniff
 from captioner.data.records import ImageRecord, SkipReport, usable
 from captioner.io import read_json
 
-__all__ = ["ImageRecord", "SkipReport", "find_annotation", "has_splits", "open_split", "read_coco", "read_karpathy"]
+__all__ = ["ImageRecord", "SkipReport", "describe", "find_annotation", "has_splits", "open_split", "read_coco",
+           "read_karpathy"]
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
@@ -112,6 +113,19 @@ def _kind(data: Path) -> str:
                          f"('<file>#<k><TAB><caption>' lines, e.g. Flickr8k.token.txt) or a CSV with the header "
                          f"'image,caption'")
     return kind
+
+
+def describe(data: str | Path) -> str:
+    """A data source's name for a model's config: its COCO ``info.description`` when it has one, else its path."""
+    data = Path(data)
+    try:
+        ann = find_annotation(data, "train") if data.is_dir() else data
+        content = read_json(ann, "annotation file") if _kind(ann) in ("coco", "karpathy") else {}
+    except (OSError, ValueError):
+        content = {}
+    info = content.get("info") if isinstance(content, dict) else None
+    description = info.get("description") if isinstance(info, dict) else None
+    return description if isinstance(description, str) and description else str(data)
 
 
 def has_splits(data: str | Path) -> bool:

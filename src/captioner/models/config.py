@@ -5,6 +5,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 DECODERS = ("show-tell", "attention")
+SYNTHETIC = "captioner synthetic shapes"  # synth.py's description: a model trained on it knows shapes, not photos
 # JSON types each annotation accepts (a float setting takes an integer too; true/false is no number)
 _KINDS: dict[str, tuple[tuple[type, ...], str]] = {"int": ((int,), "an integer"), "float": ((int, float), "a number"),
                                                    "str": ((str,), "a string"), "bool": ((bool,), "true or false")}
@@ -31,12 +32,20 @@ class ModelConfig:
     max_len: int = 20
     seed: int = 0
     output_stride: int = 32
+    trained_on: str = ""  # the training data (a COCO file's info.description, else its path): see SYNTHETIC
 
     def __post_init__(self) -> None:
         if self.decoder not in DECODERS:
             raise ValueError(f"unknown decoder {self.decoder!r}; choose one of {', '.join(DECODERS)}")
         if self.grid < 1 or self.max_len < 1:
             raise ValueError(f"grid and max_len must be >= 1, got {self.grid} and {self.max_len}")
+
+    def synthetic_warning(self) -> str | None:
+        """What to tell a user who captions photos with a model that only ever saw the synthetic shapes."""
+        if SYNTHETIC not in self.trained_on:
+            return None
+        return ("this model was trained on captioner's synthetic shapes: it describes coloured shapes, not photos "
+                "(no pretrained photo model ships; train one: README, 'Real photos')")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> ModelConfig:

@@ -72,7 +72,8 @@ class ModelInfo(BaseModel):
     image_size: int
     vocab_size: int
     beam: int
-    metrics: dict[str, float] | None
+    metrics: dict[str, float] | None = Field(description="the model folder's metrics_test.json (else metrics_val.json)")
+    warning: str | None = Field(None, description="set when the model cannot caption photos (synthetic shapes only)")
 
 
 class SearchQuery(BaseModel):
@@ -297,11 +298,15 @@ def create_app(model_dir: str | Path, beam: int = 1, max_batch: int = 16, max_wa
                          "accepted")
     model_dir = Path(model_dir)
     model = load(str(model_dir), runtime=runtime)  # torch, or onnx (an exported folder on onnxruntime)
-    metrics_file = model_dir / "metrics_test.json"
+    metrics_file = next((f for f in (model_dir / "metrics_test.json", model_dir / "metrics_val.json") if f.is_file()),
+                        None)
     info = ModelInfo(name=model_dir.resolve().name, decoder=model.config.decoder, grid=model.config.grid,
                      backbone=model.config.backbone,
                      image_size=model.config.image_size, vocab_size=len(model.vocab), beam=beam,
-                     metrics=read_json(metrics_file, "test metrics") if metrics_file.is_file() else None)
+                     metrics=read_json(metrics_file, "metrics") if metrics_file else None,
+                     warning=model.config.synthetic_warning())
+    if info.warning:
+        log.warning("%s: %s", model_dir, info.warning)
     page = resources.files("captioner.serve").joinpath("static/index.html").read_text(encoding="utf-8")
     admission, memory = Admission(max_queue), Admission(max_decoded_bytes, "MB of decoded images", 2**20)
     min_side = 2 * model.config.image_size  # JPEG drafts keep twice what the model's resize needs
