@@ -215,10 +215,15 @@ def test_with_ema_the_average_is_validated_and_saved(tiny_synth, tmp_path, monke
     assert not torch.allclose(last["current_model_state"]["model.decoder.out.weight"], saved)
 
 
-def test_resume_with_ema_gives_the_same_model_as_one_run(tiny_synth, tmp_path) -> None:
+def test_resume_with_ema_gives_the_same_model_as_one_run_from_checkpoints_without_the_trunk(tiny_synth,
+                                                                                              tmp_path) -> None:
     cfg = dict(data=str(tiny_synth), batch_size=8, threshold=1, scheduler="none", eval_every=2, val_images=8,
                ema=0.9, cache_dir=str(tmp_path / "cache"), progress=False)  # saved: the second epoch's average
     straight = train(TrainConfig(out=str(tmp_path / "straight"), epochs=2, **cfg), TINY)
+    for name in ("last", "best"):  # the frozen trunk is rebuilt from config: neither the average nor the weights
+        saved = torch.load(straight / "checkpoints" / f"{name}.ckpt", map_location="cpu", weights_only=True)
+        keys = [*saved["state_dict"], *saved["current_model_state"], *saved["averaging_state"]]
+        assert "model.decoder.out.weight" in keys and not [k for k in keys if ".encoder.backbone." in k], name
     train(TrainConfig(out=str(tmp_path / "resumed"), epochs=1, **cfg), TINY)
     resumed = train(TrainConfig(out=str(tmp_path / "resumed"), epochs=2, resume=True, force=True, **cfg), TINY)
     assert (straight / "model.safetensors").read_bytes() == (resumed / "model.safetensors").read_bytes()

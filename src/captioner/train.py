@@ -287,16 +287,19 @@ class CaptionModule(L.LightningModule):
         return [k for k in self.state_dict() if k.startswith("model.encoder.backbone.")]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Leave the frozen trunk out (it is rebuilt from config) and keep the RNG state for an exact resume."""
-        for key in self._frozen_trunk():
-            checkpoint["state_dict"].pop(key, None)
+        """Leave the frozen trunk out (it is rebuilt from config), also from the weights that ``--ema``'s average
+        displaces (``current_model_state``), and keep the RNG state for an exact resume."""
+        for states in _weight_states(checkpoint):
+            for key in self._frozen_trunk():
+                states.pop(key, None)
         checkpoint["torch_rng"] = torch.get_rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the trunk and RNG; a resumed run's (forced) epochs and lr floor reach the scheduler."""
         state = self.state_dict()
-        for key in self._frozen_trunk():
-            checkpoint["state_dict"].setdefault(key, state[key])
+        for states in _weight_states(checkpoint):
+            for key in self._frozen_trunk():
+                states.setdefault(key, state[key])
         if "torch_rng" in checkpoint:
             torch.set_rng_state(checkpoint["torch_rng"])
         for sched, opt in zip(checkpoint.get("lr_schedulers", []), checkpoint.get("optimizer_states", []),
@@ -309,6 +312,11 @@ class CaptionModule(L.LightningModule):
                                      for base in sched["base_lrs"]]
                 for group, lr in zip(opt["param_groups"], sched["_last_lr"], strict=True):
                     group["lr"] = lr
+
+
+def _weight_states(checkpoint: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
+    """The model weights a checkpoint holds: ``state_dict`` and, with ``--ema``, the training weights too."""
+    return [checkpoint[k] for k in ("state_dict", "current_model_state") if k in checkpoint]
 
 
 def cosine_lr(base: float, floor: float, epoch: int, epochs: int) -> float:
