@@ -5,7 +5,8 @@ workers), vocab (162k real captions; needs $CAPTIONER_SHARED), rewards (CIDEr-D 
 needs $CAPTIONER_SHARED), serve (micro-batching on/off, benchmarks/serve_bench), scale (COCO-2014 size simulated:
 cache sizes, training RSS, epoch times, loader vs step rate, FLOPs; needs $CAPTIONER_SHARED and ~30 GB of temp
 disk, all deleted after), gpu (COCO-shaped training steps with the cache in GPU memory; skipped without CUDA),
-onnx (ONNX Runtime vs PyTorch greedy captions).
+onnx (ONNX Runtime vs PyTorch greedy captions), serve_load (good, malformed-EXIF, thin and huge uploads at once
+against `captioner serve`: every answer as it must be, no 500, server peak RSS under 2 GB; benchmarks/serve_load_bench).
 Each comparison is measured side by side in the same run. Progress goes to stderr, the table to stdout.
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 
 from benchmarks.common import device, row, say
 
-SECTIONS = ("train", "latency", "extract", "vocab", "rewards", "serve", "scale", "gpu", "onnx")
+SECTIONS = ("train", "latency", "extract", "vocab", "rewards", "serve", "scale", "gpu", "onnx", "serve_load")
 SERVE_CLIENTS = 8
 
 

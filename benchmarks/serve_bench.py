@@ -28,10 +28,10 @@ WORDS = ["a man riding a wave on top of a surfboard", "a plate of food with broc
          "two dogs playing with a frisbee in the park", "a red bus parked on the side of a street"]
 
 
-def untrained_model(folder: Path) -> Path:
-    """Save an untrained resnet50 captioner at 128 px in ``folder``."""
+def untrained_model(folder: Path, backbone: str = "resnet50", image_size: int = 128) -> Path:
+    """Save an untrained captioner (by default resnet50 at 128 px) in ``folder``."""
     v = Vocabulary.build(WORDS, threshold=1)
-    config = ModelConfig(vocab_size=len(v), backbone="resnet50", encoder_weights="none", image_size=128)
+    config = ModelConfig(vocab_size=len(v), backbone=backbone, encoder_weights="none", image_size=image_size)
     return Captioner(config, v).save(folder)
 
 
