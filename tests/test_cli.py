@@ -237,7 +237,8 @@ def test_caption_evaluate_and_serve_take_the_search_options(model, synth, tmp_pa
                       "--temperature", 2).output for seed in (4, 4, 5)]
     assert sampled[0] == sampled[1] != sampled[2] and sampled[0].count("\t") == 2, sampled
     result = invoke("evaluate", "--model", model, "--data", synth, "--split", "test", "--out", tmp_path,
-                    "--cache-dir", tmp_path / "cache", "--no-java", "--beam", 2, "--block-ngram", 2)
+                    "--cache-dir", tmp_path / "cache", "--no-java", "--beam", 2, "--block-ngram", 2, "--groups", 2,
+                    "--diversity", 1)
     assert result.exit_code == 0, result.output
     served = {}
     monkeypatch.setattr(captioner.serve.app, "serve", lambda *a, **k: served.update(k))  # never binds a port
@@ -245,7 +246,8 @@ def test_caption_evaluate_and_serve_take_the_search_options(model, synth, tmp_pa
     assert served["options"] == SearchOptions(sample=True, top_k=5)
     for flags, words in ((["--block-ngram", -1], "--block-ngram (block_ngram) must be >= 0"),
                          (["--top-k", 3], "add --sample"), (["--sample", "--beam", 2], "leave --beam"),
-                         (["--sample", "--top-p", 0], "--top-p (top_p) must be in (0, 1]")):
+                         (["--sample", "--top-p", 0], "--top-p (top_p) must be in (0, 1]"),
+                         (["--diversity", 0.5], "add --groups")):
         for command in (("caption", "--model", model, images[0]), ("serve", "--model", model),
                         ("evaluate", "--model", model, "--data", synth)):
             result = invoke(*command, *flags)

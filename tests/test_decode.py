@@ -349,7 +349,8 @@ def test_top_k_and_top_p_draw_only_the_likeliest_words(impl: str, kw: dict, word
     (1, 0.0, dict(block_ngram=2)), (3, 0.6, dict(block_ngram=3)), (3, 0.0, dict(bad_endings=[4, 6])),
     (3, 1.0, dict(block_ngram=1, bad_endings=[5])),
     (1, 0.0, dict(sampling=dict(n=3, seed=3, temperature=0.8, top_k=4, top_p=0.95), block_ngram=2, bad_endings=[4])),
-    (1, 0.0, dict(sampling=dict(n=2, seed=5)))])
+    (1, 0.0, dict(sampling=dict(n=2, seed=5))), (3, 0.0, dict(groups=3, diversity=1.0)),
+    (4, 0.6, dict(groups=2, diversity=0.5, block_ngram=2, bad_endings=[5]))])
 def test_the_onnx_runners_search_mirrors_decode(family: str, beam: int, alpha: float, kw: dict) -> None:
     d, features = decoder(family, end_bias=-2.0), torch.randn(5, 4, FEATURES)
     expected = run("torch", d, features, beam, 8, alpha, **kw)
@@ -357,6 +358,35 @@ def test_the_onnx_runners_search_mirrors_decode(family: str, beam: int, alpha: f
     assert [[ids for ids, _, _ in row] for row in got] == [[ids for ids, _, _ in row] for row in expected]
     scores = [[x for row in rows for _, *s in row for x in s] for rows in (got, expected)]
     assert scores[0] == pytest.approx(scores[1], abs=1e-4)
+
+
+# beam 3 says "a dog", "a cat", "the dog": two of them begin with "a"
+DIVERSE = Chain({"<start>": {"a": 0.7, "the": 0.2, "two": 0.1}, "a": {"dog": 0.4, "cat": 0.35, "man": 0.25},
+                 "the": {"dog": 1}, "two": {"dogs": 1}, "dog": {"<end>": 1}, "cat": {"<end>": 1}, "man": {"<end>": 1},
+                 "dogs": {"<end>": 1}})
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_diverse_beam_groups_choose_other_words_than_earlier_groups(impl: str) -> None:
+    def texts(**kw) -> list[str]:
+        return [DIVERSE.text(ids) for ids, _, _ in run(impl, DIVERSE, ONE_IMAGE, beam=3, **kw)[0]]
+
+    assert texts() == ["a dog", "a cat", "the dog"]
+    assert texts(groups=3, diversity=10.0) == ["a dog", "the dog", "two dogs"]
+    assert texts(groups=3, diversity=0.0) == ["a dog"]  # three identical groups: one caption, returned once
+    row = run(impl, DIVERSE, ONE_IMAGE, beam=3, groups=3, diversity=10.0)[0]
+    assert [lp for _, _, lp in row] == pytest.approx([float(torch.tensor(p).log()) for p in (0.28, 0.2, 0.1)],
+                                                     abs=1e-4)  # scores stay log-probabilities
+
+
+@pytest.mark.parametrize("family", ["show-tell", "attention"])
+def test_diverse_beam_gives_distinct_captions_for_every_image(family: str) -> None:
+    d, features = decoder(family, end_bias=-30.0), torch.randn(6, 4, FEATURES)  # 5 words each
+    plain = beam_search(d, features, 4, 5)
+    diverse = beam_search(d, features, 4, 5, groups=4, diversity=5.0)
+    assert any(len({h.ids[0] for h in row}) < 4 for row in plain)
+    for row in diverse:  # every group its own first word
+        assert len(row) == 4 and len({h.ids[0] for h in row}) == 4
 
 
 def test_search_dispatches_on_the_options_and_checks_them() -> None:
@@ -367,6 +397,9 @@ def test_search_dispatches_on_the_options_and_checks_them() -> None:
     got = search(d, features, vocab, 3, 8, 0.5, SearchOptions(block_ngram=2, bad_endings=True))
     assert [[h.ids for h in row] for row in got] == [[h.ids for h in row] for row in
                                                      beam_search(d, features, 3, 8, 0.5, 2, [4, 5, 9])]
+    got = search(d, features, vocab, 4, 8, options=SearchOptions(groups=2, diversity=1.5))
+    assert [[h.ids for h in row] for row in got] == [[h.ids for h in row] for row in
+                                                     beam_search(d, features, 4, 8, groups=2, diversity=1.5)]
     got = search(d, features, vocab, 1, 8, options=SearchOptions(sample=True, n=3, seed=2))
     assert [[h.ids for h in row] for row in got] == [[h.ids for h in row] for row in
                                                      sample_captions(d, features, 3, 8, seed=2)]

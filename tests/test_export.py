@@ -110,7 +110,8 @@ def test_features_and_step_log_probs_agree(exported: tuple[Captioner, Path], ima
     (1, 0.0, None), (3, 0.0, None), (3, 2.0, None), (1, 0.0, SearchOptions(block_ngram=2)),
     (1, 0.0, SearchOptions(bad_endings=True)), (3, 1.0, SearchOptions(block_ngram=3, bad_endings=True)),
     (1, 0.0, SearchOptions(sample=True, n=3, seed=0, temperature=0.8, top_k=5, top_p=0.9)),
-    (1, 0.0, SearchOptions(sample=True, n=2, seed=1, block_ngram=1, bad_endings=True))])
+    (1, 0.0, SearchOptions(sample=True, n=2, seed=1, block_ngram=1, bad_endings=True)),
+    (4, 2.0, SearchOptions(groups=2, diversity=2.0))])
 def test_onnx_captions_equal_pytorch_captions(exported: tuple[Captioner, Path], images: list[Image.Image],
                                               beam: int, length_penalty: float, options: SearchOptions | None) -> None:
     model, folder = exported

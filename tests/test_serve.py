@@ -168,6 +168,8 @@ def test_search_options_in_the_query(model_dir: Path, tmp_path: Path) -> None:
             words = [c["text"].split() for c in body["results"][0]["captions"]]
             assert any(len(set(w)) < len(w) for w in words) == repeated, words
             assert repeated or all(w[-1] not in ("a", "on", "the") for w in words)
+        status, body = post(client, photo, beam=3, groups=3, diversity=10)
+        assert status == 200 and len({c["text"].split()[0] for c in body["results"][0]["captions"]}) == 3, body
         sampled = [post(client, photo, sample="true", n=4, seed=seed, temperature=2)[1] for seed in (3, 3, 4)]
     texts = [[c["text"] for c in body["results"][0]["captions"]] for body in sampled]
     assert texts[0] == texts[1] != texts[2] and len(texts[0]) == 4 and len(set(texts[0])) > 1
@@ -189,7 +191,8 @@ def test_health_model_page_and_schema(client: TestClient) -> None:
     ref = op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
     assert set(schema["components"]["schemas"][ref]["properties"]) == {"results", "model", "latency_ms"}
     assert {"413", "415", "422", "503", "504"} <= set(op["responses"])
-    assert {"block_ngram", "bad_endings", "sample", "temperature", "top_k", "top_p", "n", "seed"} <= {
+    assert {"block_ngram", "bad_endings", "sample", "temperature", "top_k", "top_p", "n", "seed", "groups",
+            "diversity"} <= {
         p["name"] for p in op["parameters"]}
     caption = schema["components"]["schemas"]["Caption"]["properties"]
     assert "ordered by" in caption["score"]["description"] and "log-probability" in caption["log_prob"]["description"]
@@ -221,6 +224,7 @@ def test_model_without_metrics(model_dir: Path, tmp_path: Path) -> None:
     ([("a.jpg", image_bytes())], {"sample": "true", "top_p": 1.5}, 422, "top_p"),
     ([("a.jpg", image_bytes())], {"temperature": 0.5}, 422, "add --sample (sample=true)"),
     ([("a.jpg", image_bytes())], {"sample": "true", "beam": 3}, 422, "leave --beam"),
+    ([("a.jpg", image_bytes())], {"groups": 2, "beam": 3}, 422, "must divide --beam (beam) 3"),
 ])
 def test_bad_input(client: TestClient, files: list, params: dict, status: int, words: str) -> None:
     code, body = post(client, *files, **params)

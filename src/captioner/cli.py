@@ -231,6 +231,10 @@ TopKOpt = Annotated[int, typer.Option(help="Sample among the k likeliest words (
 TopPOpt = Annotated[float, typer.Option(help="Sample among the likeliest words that hold this probability (nucleus)")]
 NOpt = Annotated[int, typer.Option("--n", help="Captions sampled per image (the likeliest is the one used)")]
 SeedOpt = Annotated[int | None, typer.Option(help="Sampling seed: the same seed, the same captions of an image")]
+GroupsOpt = Annotated[int, typer.Option(help="Diverse beam search: the beams in G groups, each kept from the words "
+                                        "earlier groups chose (G must divide --beam)")]
+DiversityOpt = Annotated[float, typer.Option(help="Diverse beam search: a group's penalty per earlier group's beam "
+                                             "with the same word at that step")]
 
 
 def _options(beam: int, *flags: Any) -> SearchOptions:
@@ -247,7 +251,7 @@ def caption(model: Annotated[Path, typer.Option(help="Model folder (model.safete
             max_len: MaxLenOpt = None, length_penalty: PenaltyOpt = 0.0,
             block_ngram: BlockOpt = 0, no_bad_endings: BadEndingsOpt = False, sample: SampleOpt = False,
             temperature: TemperatureOpt = 1.0, top_k: TopKOpt = 0, top_p: TopPOpt = 1.0, n: NOpt = 1,
-            seed: SeedOpt = None,
+            seed: SeedOpt = None, groups: GroupsOpt = 1, diversity: DiversityOpt = 0.0,
             grid: Annotated[Path | None, typer.Option(help="Write a PNG grid of the images with captions")] = None,
             attention: Annotated[Path | None, typer.Option(help="Write a PNG of each word's attention map over its "
                                                        "image (attention models)")] = None,
@@ -257,7 +261,8 @@ def caption(model: Annotated[Path, typer.Option(help="Model folder (model.safete
     from captioner.data.rgb import load_rgb
 
     try:
-        options = _options(beam, block_ngram, no_bad_endings, sample, temperature, top_k, top_p, n, seed)
+        options = _options(beam, block_ngram, no_bad_endings, sample, temperature, top_k, top_p, n, seed, groups,
+                           diversity)
         m = load(str(model), runtime=runtime)
         if warning := m.config.synthetic_warning():
             typer.secho(f"warning: {warning}", fg="yellow", err=True)
@@ -308,7 +313,7 @@ def evaluate(model: Annotated[Path, typer.Option(help="Model folder")], data: Da
              split: str = "test", beam: int = 1, max_len: MaxLenOpt = None, length_penalty: PenaltyOpt = 0.0,
              block_ngram: BlockOpt = 0, no_bad_endings: BadEndingsOpt = False, sample: SampleOpt = False,
              temperature: TemperatureOpt = 1.0, top_k: TopKOpt = 0, top_p: TopPOpt = 1.0, n: NOpt = 1,
-             seed: SeedOpt = None,
+             seed: SeedOpt = None, groups: GroupsOpt = 1, diversity: DiversityOpt = 0.0,
              out: Annotated[Path | None, typer.Option(help="Where results/metrics JSON go (default: model folder)")]
              = None,
              java: Annotated[bool, typer.Option(help="Official PTB tokenizer + METEOR (needs java)")] = True,
@@ -323,7 +328,8 @@ def evaluate(model: Annotated[Path, typer.Option(help="Model folder")], data: Da
     try:
         if runtime not in ("torch", "int8"):
             raise ValueError(f"evaluate runs with --runtime torch or int8, not {runtime!r}")
-        options = _options(beam, block_ngram, no_bad_endings, sample, temperature, top_k, top_p, n, seed)
+        options = _options(beam, block_ngram, no_bad_endings, sample, temperature, top_k, top_p, n, seed, groups,
+                           diversity)
         evaluate_split(model, data, split, images, beam, out, java, spice, cache_dir, max_len, length_penalty,
                        int8=runtime == "int8", options=options)
     except (OSError, ValueError, JavaMissingError) as e:
@@ -351,7 +357,7 @@ def serve(model: Annotated[Path, typer.Option(help="Model folder")],
           port: int = 8000, beam: int = 1, max_len: MaxLenOpt = None, length_penalty: PenaltyOpt = 0.0,
           block_ngram: BlockOpt = 0, no_bad_endings: BadEndingsOpt = False, sample: SampleOpt = False,
           temperature: TemperatureOpt = 1.0, top_k: TopKOpt = 0, top_p: TopPOpt = 1.0, n: NOpt = 1,
-          seed: SeedOpt = None,
+          seed: SeedOpt = None, groups: GroupsOpt = 1, diversity: DiversityOpt = 0.0,
           max_batch: Annotated[int, typer.Option(help="Most images in one model batch")] = 16,
           max_wait_ms: Annotated[float, typer.Option(help="How long a batch waits to fill")] = 10.0,
           max_queue: Annotated[int, typer.Option(help="Most images held at once (decoding, queued or being "
@@ -364,7 +370,8 @@ def serve(model: Annotated[Path, typer.Option(help="Model folder")],
     from captioner.serve.app import serve as run
 
     try:
-        options = _options(beam, block_ngram, no_bad_endings, sample, temperature, top_k, top_p, n, seed)
+        options = _options(beam, block_ngram, no_bad_endings, sample, temperature, top_k, top_p, n, seed, groups,
+                           diversity)
         run(model, host=host, port=port, beam=beam, max_batch=max_batch, max_wait_ms=max_wait_ms,
             max_queue=max_queue, request_timeout_s=timeout, max_request_pixels=max_request_pixels, max_len=max_len,
             length_penalty=length_penalty, runtime=runtime, options=options)

@@ -104,7 +104,8 @@ def search(decoder: Decoder, features: torch.Tensor, vocab: Vocabulary, beam: in
         return sample_captions(decoder, features, o.n, max_len, o.temperature, o.top_k, o.top_p, o.seed, **rules)
     if beam == 1:
         return [[h] for h in greedy(decoder, features, max_len, **rules)]
-    return beam_search(decoder, features, beam, max_len, length_penalty, **rules)
+    return beam_search(decoder, features, beam, max_len, length_penalty, **rules, groups=o.groups,
+                       diversity=o.diversity)
 
 
 @torch.inference_mode()
@@ -138,37 +139,41 @@ def greedy(decoder: Decoder, features: torch.Tensor, max_len: int = 20, block_ng
 
 @torch.inference_mode()
 def beam_search(decoder: Decoder, features: torch.Tensor, beam: int = 3, max_len: int = 20,
-                length_penalty: float = 0.0, block_ngram: int = 0,
-                bad_endings: Sequence[int] | None = None) -> list[list[Hypothesis]]:
+                length_penalty: float = 0.0, block_ngram: int = 0, bad_endings: Sequence[int] | None = None,
+                groups: int = 1, diversity: float = 0.0) -> list[list[Hypothesis]]:
     """The ``beam`` best captions of each image by normalised score, best first.
 
     A caption ends when <end> is chosen or at ``max_len`` tokens. The search stops for an image once it holds
     ``beam`` ended captions and no live beam can still beat the worst of them (a live beam's raw score only
     falls; its normalised score is bounded by dividing by the longest possible length's penalty). Beams are
     kept as back-pointers per step; a caption's words and attention are read back only for the captions returned.
+    With ``groups`` G > 1, diverse beam search (Vijayakumar et al. 2018): G groups of beam / G beams, each a beam
+    search of its own whose choice at a step is penalised by ``diversity`` for each earlier group's beam that chose
+    the same word at that step (Hamming diversity); scores stay log-probabilities; a caption two groups found is
+    returned once.
     """
-    if beam < 1:
-        raise ValueError(f"beam size must be >= 1, got {beam}")
-    n, k, device = features.size(0), beam, features.device
+    if beam < 1 or groups < 1 or beam % groups:
+        raise ValueError(f"beam size must be >= 1 and a multiple of groups, got beam {beam}, groups {groups}")
+    n, k, kg, device = features.size(0), beam, beam // groups, features.device
     step = _Step(decoder, device, max_len, block_ngram, bad_endings)
     state = _reorder(decoder.start(features), torch.arange(n, device=device).repeat_interleave(k))
     tokens = torch.full((n * k,), START, dtype=torch.long, device=device)
     so_far = torch.empty(n * k, 0, dtype=torch.long, device=device)  # each beam's words, for the rules
     scores = torch.full((n, k), float("-inf"), device=device)
-    scores[:, 0] = 0.0  # all beams start identical: keep one so the first step yields k different words
+    scores[:, ::kg] = 0.0  # all beams start identical: keep one a group so the first step yields kg different words
     first_row = torch.arange(0, n * k, k, device=device).unsqueeze(1)
     words, parents, alphas = [], [], []  # per step: each beam's new word and the beam it extends [n, k]; attention
-    kept: list[list[Kept]] = [[] for _ in range(n)]  # best first
+    kept: list[list[list[Kept]]] = [[[] for _ in range(groups)] for _ in range(n)]  # per image and group, best first
     done = [False] * n
     moved = [False] * len(state)  # state tensors a step has replaced (the rest need no reordering, see below)
 
     def keep(i: int, raw: float, last: int, b: int, end: bool) -> None:
-        """Offer beam ``b`` as it stood after step ``last`` (+ <end> if ``end``) to image ``i``'s best ``k``."""
-        score = normalise(raw, last + 1, length_penalty)
-        if len(kept[i]) < k or score > kept[i][-1][0]:  # a tie with the worst kept one would be dropped
-            kept[i].append((score, raw, last, b, end))
-            kept[i].sort(key=lambda x: -x[0])
-            del kept[i][k:]
+        """Offer beam ``b`` as it stood after step ``last`` (+ <end> if ``end``) to its group's best ``kg``."""
+        score, best = normalise(raw, last + 1, length_penalty), kept[i][b // kg]
+        if len(best) < kg or score > best[-1][0]:  # a tie with the worst kept one would be dropped
+            best.append((score, raw, last, b, end))
+            best.sort(key=lambda x: -x[0])
+            del best[kg:]
 
     for t in range(max_len):
         log_probs, new, alpha = step(tokens, state, so_far)
@@ -178,9 +183,7 @@ def beam_search(decoder: Decoder, features: torch.Tensor, beam: int = 3, max_len
         total = scores.unsqueeze(-1) + log_probs.view(n, k, -1)
         ended = total[:, :, END].tolist()
         total[:, :, END] = float("-inf")
-        vocab = total.size(-1)
-        scores, flat = total.view(n, -1).topk(k, dim=1)
-        beams, tokens = flat // vocab, flat % vocab
+        scores, beams, tokens = _top(total, groups, diversity)
         words.append(tokens)
         parents.append(beams)
         for i in range(n):
@@ -193,9 +196,9 @@ def beam_search(decoder: Decoder, features: torch.Tensor, beam: int = 3, max_len
                     if not done[i] and raw > float("-inf"):
                         keep(i, raw, t, b, False)
             break
-        best = scores.max(1).values.tolist()
-        done = [d or (len(kept[i]) == k and kept[i][-1][0] >= normalise(best[i], max_len, length_penalty))
-                for i, d in enumerate(done)]
+        best = scores.view(n, groups, kg).max(2).values.tolist()
+        done = [d or all(len(g) == kg and g[-1][0] >= normalise(top, max_len, length_penalty)
+                         for g, top in zip(kept[i], best[i], strict=True)) for i, d in enumerate(done)]
         if all(done):
             break
         # a tensor no step replaced still holds k equal rows per image (e.g. the attention's values), so
@@ -204,16 +207,36 @@ def beam_search(decoder: Decoder, features: torch.Tensor, beam: int = 3, max_len
         state = tuple(s.index_select(0, rows) if m else s for s, m in zip(state, moved, strict=True))
         tokens = tokens.view(-1)
         so_far = torch.cat([so_far.index_select(0, rows), tokens.unsqueeze(1)], 1)
-    return _read_back(kept, torch.stack(words).tolist(), torch.stack(parents).tolist(), alphas, k)
+    merged = [sorted((c for g in row for c in g), key=lambda x: -x[0]) for row in kept]  # stable: group order
+    return _read_back(merged, torch.stack(words).tolist(), torch.stack(parents).tolist(), alphas, k)
+
+
+def _top(total: torch.Tensor, groups: int, diversity: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The best beam / ``groups`` extensions of each group's beams in ``total`` [n, k, V] (raw scores), a group's
+    choice penalised by ``diversity`` per earlier group's beam with the same word: their raw scores, beams, words."""
+    n, k, vocab = total.shape
+    if groups == 1:
+        scores, flat = total.view(n, -1).topk(k, dim=1)
+        return scores, flat // vocab, flat % vocab
+    kg, chosen = k // groups, total.new_zeros(n, vocab)
+    out = []
+    for g in range(groups):
+        part = total[:, g * kg:(g + 1) * kg].reshape(n, -1)
+        flat = (part - diversity * chosen.repeat(1, kg)).topk(kg, dim=1).indices
+        raw = part.gather(1, flat)
+        chosen.scatter_add_(1, flat % vocab, (raw > float("-inf")).float())
+        out.append((raw, flat // vocab + g * kg, flat % vocab))
+    return tuple(torch.cat(x, 1) for x in zip(*out, strict=True))
 
 
 def _read_back(kept: list[list[Kept]], words: list, parents: list, alphas: list[torch.Tensor | None],
                k: int) -> list[list[Hypothesis]]:
-    """The kept captions' words and attention maps, following the back-pointers from their last step."""
+    """The kept captions' words and attention maps, following the back-pointers from their last step (a caption
+    kept twice, by two groups, once)."""
     maps = None if alphas[0] is None else torch.stack(alphas)  # [steps, n * k, N]
     out = []
     for i, row in enumerate(kept):
-        hyps = []
+        hyps, seen = [], set()
         for score, raw, last, b, end in row:
             ids, cells = [], [(last + 1, i * k + b)] if end else []  # <end>'s attention map was taken on beam b
             for t in range(last, -1, -1):
@@ -221,6 +244,9 @@ def _read_back(kept: list[list[Kept]], words: list, parents: list, alphas: list[
                 ids.append(words[t][i][b])
                 cells.append((t, i * k + parent))
                 b = parent
+            if tuple(ids) in seen:
+                continue
+            seen.add(tuple(ids))
             steps, rows = zip(*reversed(cells), strict=True)
             hyps.append(Hypothesis(ids[::-1], score, None if maps is None else maps[list(steps), list(rows)], raw))
         out.append(hyps)

@@ -121,29 +121,30 @@ def greedy(step: Step, state: State, n: int, max_len: int, block_ngram: int = 0,
 
 
 def beam_search(step: Step, state: State, replaced: list[int], n: int, k: int, max_len: int,
-                length_penalty: float, block_ngram: int = 0,
-                bad_endings: Sequence[int] | None = None) -> list[list[Hyp]]:
-    """decode.beam_search: the ``k`` best captions per image by normalised score, with its exact stopping rule.
+                length_penalty: float, block_ngram: int = 0, bad_endings: Sequence[int] | None = None,
+                groups: int = 1, diversity: float = 0.0) -> list[list[Hyp]]:
+    """decode.beam_search: the ``k`` best captions per image by normalised score, with its exact stopping rule
+    (and its diverse beam search with ``groups`` > 1).
 
     Only the ``replaced`` state entries are reordered: the others hold k equal rows per image from the start.
     """
-    rules = Rules(max_len, block_ngram, bad_endings)
+    rules, kg = Rules(max_len, block_ngram, bad_endings), k // groups
     state = [s.repeat(k, axis=0) for s in state]
     tokens = np.full(n * k, START, np.int64)
     so_far = np.zeros((n * k, 0), np.int64)
     scores = np.full((n, k), -np.inf, np.float32)
-    scores[:, 0] = 0.0
+    scores[:, ::kg] = 0.0
     first_row = np.arange(0, n * k, k)[:, None]
     words, parents, alphas = [], [], []
-    kept: list[list[Kept]] = [[] for _ in range(n)]
+    kept: list[list[list[Kept]]] = [[[] for _ in range(groups)] for _ in range(n)]
     done = [False] * n
 
     def keep(i: int, raw: float, last: int, b: int, end: bool) -> None:
-        score = normalise(raw, last + 1, length_penalty)
-        if len(kept[i]) < k or score > kept[i][-1][0]:
-            kept[i].append((score, raw, last, b, end))
-            kept[i].sort(key=lambda x: -x[0])
-            del kept[i][k:]
+        score, best = normalise(raw, last + 1, length_penalty), kept[i][b // kg]
+        if len(best) < kg or score > best[-1][0]:
+            best.append((score, raw, last, b, end))
+            best.sort(key=lambda x: -x[0])
+            del best[kg:]
 
     for t in range(max_len):
         log_probs, state, alpha = step(tokens, state)
@@ -152,12 +153,7 @@ def beam_search(step: Step, state: State, replaced: list[int], n: int, k: int, m
         total = scores[:, :, None] + log_probs.reshape(n, k, -1)
         ended = total[:, :, END].tolist()
         total[:, :, END] = -np.inf
-        vocab = total.shape[-1]
-        flat = total.reshape(n, -1)
-        top = np.argpartition(-flat, k - 1, axis=1)[:, :k]
-        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(flat, top, 1), 1, kind="stable"), 1)
-        scores = np.take_along_axis(flat, top, 1)
-        beams, tokens = top // vocab, top % vocab
+        scores, beams, tokens = _top(total, groups, diversity)
         words.append(tokens)
         parents.append(beams)
         for i in range(n):
@@ -170,9 +166,9 @@ def beam_search(step: Step, state: State, replaced: list[int], n: int, k: int, m
                     if not done[i] and raw > -np.inf:
                         keep(i, raw, t, b, False)
             break
-        best = scores.max(1).tolist()
-        done = [d or (len(kept[i]) == k and kept[i][-1][0] >= normalise(best[i], max_len, length_penalty))
-                for i, d in enumerate(done)]
+        best = scores.reshape(n, groups, kg).max(2).tolist()
+        done = [d or all(len(g) == kg and g[-1][0] >= normalise(top, max_len, length_penalty)
+                         for g, top in zip(kept[i], best[i], strict=True)) for i, d in enumerate(done)]
         if all(done):
             break
         rows = (beams + first_row).reshape(-1)
@@ -181,19 +177,37 @@ def beam_search(step: Step, state: State, replaced: list[int], n: int, k: int, m
         so_far = np.concatenate([so_far[rows], tokens[:, None]], 1)
     maps = None if alphas[0] is None else np.stack(alphas)
     out = []
-    for i, row in enumerate(kept):
-        hyps = []
-        for score, raw, last, b, end in row:
+    for i, by_group in enumerate(kept):
+        hyps, seen = [], set()
+        for score, raw, last, b, end in sorted((c for g in by_group for c in g), key=lambda x: -x[0]):
             ids, cells = [], [(last + 1, i * k + b)] if end else []
             for t in range(last, -1, -1):
                 parent = int(parents[t][i, b])
                 ids.append(int(words[t][i, b]))
                 cells.append((t, i * k + parent))
                 b = parent
+            if tuple(ids) in seen:
+                continue
+            seen.add(tuple(ids))
             steps, rows = zip(*reversed(cells), strict=True)
             hyps.append((ids[::-1], score, None if maps is None else maps[list(steps), list(rows)], raw))
         out.append(hyps)
     return out
+
+
+def _top(total: np.ndarray, groups: int, diversity: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """decode._top: each group's best extensions, a group's choice penalised for earlier groups' words."""
+    n, k, vocab = total.shape
+    kg, chosen, out = k // groups, np.zeros((n, vocab), np.float32), []
+    for g in range(groups):
+        part = total[:, g * kg:(g + 1) * kg].reshape(n, -1)
+        ranked = part - np.float32(diversity) * np.tile(chosen, kg) if groups > 1 else part
+        top = np.argpartition(-ranked, kg - 1, axis=1)[:, :kg]
+        top = np.take_along_axis(top, np.argsort(-np.take_along_axis(ranked, top, 1), 1, kind="stable"), 1)
+        raw = np.take_along_axis(part, top, 1)
+        np.add.at(chosen, (np.arange(n)[:, None], top % vocab), (raw > -np.inf).astype(np.float32))
+        out.append((raw, top // vocab + g * kg, top % vocab))
+    return tuple(np.concatenate(x, 1) for x in zip(*out, strict=True))
 
 
 def sample(step: Step, state: State, images: int, n: int, max_len: int, temperature: float = 1.0, top_k: int = 0,
@@ -306,7 +320,8 @@ class OnnxCaptioner:
             elif beam == 1:
                 rows = [[h] for h in greedy(self.step, state, len(x), max_len, **rules)]
             else:
-                rows = beam_search(self.step, state, self.replaced, len(x), beam, max_len, length_penalty, **rules)
+                rows = beam_search(self.step, state, self.replaced, len(x), beam, max_len, length_penalty, **rules,
+                                   groups=o.groups, diversity=o.diversity)
             out += [[Caption(self.vocab.decode(ids), score, log_prob, None if maps is None else maps.reshape(-1, g, g))
                      for ids, score, maps, log_prob in row] for row in rows]
         return out
