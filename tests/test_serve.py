@@ -46,6 +46,12 @@ def image_bytes(fmt: str = "JPEG", mode: str = "RGB", size: tuple[int, int] = (9
     return buf.getvalue()
 
 
+def png(image: Image.Image) -> bytes:
+    buf = BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
 def blank_png(size: tuple[int, int]) -> bytes:
     """A plain PNG: many pixels in few bytes."""
     buf = BytesIO()
@@ -313,6 +319,30 @@ def test_a_timed_out_request_drops_its_images_at_once(model_dir: Path, monkeypat
         release.set()
         assert late[0] == 504 and first.result(5)[0] == 504
     assert alive == [True, False]  # a.jpg is in the model's hands; b.jpg, which never reached it, is gone
+
+
+def test_a_request_leaving_during_the_model_call_leaves_the_others_their_captions(
+        model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = create_app(model_dir, max_wait_ms=500)
+    calls, entered, release = _hold_first_call(app.state.model, monkeypatch)
+    files = [("files", ("white.png", png(Image.new("RGB", (96, 72), "white")))), ("files", ("b.jpg", image_bytes()))]
+
+    async def scenario(c: httpx.AsyncClient) -> tuple[list, list]:
+        black = png(Image.new("RGB", (96, 72)))
+        leaving = asyncio.create_task(c.post("/v1/captions", files={"files": ("black.png", black)}))
+        await asyncio.sleep(0.1)
+        staying = asyncio.create_task(c.post("/v1/captions", files=files))
+        assert await asyncio.to_thread(entered.wait, 5)
+        leaving.cancel()  # the client goes away while its image is being captioned with the others
+        await asyncio.sleep(0.1)
+        release.set()
+        together = (await staying).json()["results"]
+        return together, (await c.post("/v1/captions", files=files)).json()["results"]
+
+    together, alone = run_async(app, scenario)
+    assert calls == [3, 2]
+    scores = [[c["score"] for r in results for c in r["captions"]] for results in (together, alone)]
+    assert scores[0] == pytest.approx(scores[1], abs=1e-4)  # not the leaving image's captions, nor shifted
 
 
 def _count_calls(model: Captioner, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
