@@ -307,7 +307,55 @@ def _score_main(out: str, rank: str, port: str) -> None:
     dist.destroy_process_group()
 
 
+def test_a_batch_whose_images_all_failed_on_one_rank_is_skipped_under_ddp(tmp_path) -> None:
+    """Lightning drops a None batch (and refuses a None step) in distributed training: rank 1's second batch,
+    every image of it unreadable, becomes a zero loss, so both ranks take the same 3 steps and keep the same
+    weights (it hung, then gloo aborted, as rank 1 skipped a step that rank 0 took)."""
+    port = str(_free_port())
+    logs = [tmp_path / f"skip-rank{r}.log" for r in range(2)]
+    procs = [launch([sys.executable, __file__, "skip", str(tmp_path), str(r), port], log)
+             for r, log in enumerate(logs)]
+    finish(procs, logs)
+    import json
+
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["steps"] for r in ranks] == [3, 3] and ranks[0]["weights"] == ranks[1]["weights"]
+
+
+def _skip_main(out: str, rank: str, port: str) -> None:
+    """One DDP training process of a gloo group of 2 (Lightning, its processes started here): 3 batches of 2 items,
+    where rank 1's second holds two Nones (images that failed to load), collated as training collates them."""
+    import json
+    from dataclasses import asdict
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, WORLD_SIZE="2", NODE_RANK="0", LOCAL_RANK=rank)
+    import lightning as L
+    import torch
+
+    from captioner.data.vocab import Vocabulary
+    from captioner.models.captioner import ModelConfig
+    from captioner.train import CaptionModule, TrainConfig, caption_collate
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    vocab = Vocabulary.build(["a red circle", "a blue square"], threshold=1)
+    config = ModelConfig(vocab_size=len(vocab), backbone="resnet18", encoder_weights="none", grid=1, embed_size=8,
+                         hidden_size=8)
+    module = CaptionModule(asdict(config), vocab.itos, asdict(TrainConfig(data="unused", epochs=1)))
+    good = [(torch.randn(1, 512), torch.tensor(vocab.encode("a red circle"))) for _ in range(2)]
+    batches = [good, [None, None] if rank == "1" else good, good]
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, limit_val_batches=0,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, use_distributed_sampler=False)
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None,
+                                                                      collate_fn=caption_collate))
+    weights = sum(float(p.double().sum()) for p in module.model.decoder.parameters())
+    Path(out, f"rank{rank}.json").write_text(json.dumps({"steps": trainer.global_step, "weights": weights}))
+
+
 if __name__ == "__main__" and len(sys.argv) == 8 and sys.argv[1] == "extract":
     _extract_main(*sys.argv[2:])
 if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "score":
     _score_main(*sys.argv[2:])
+if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "skip":
+    _skip_main(*sys.argv[2:])

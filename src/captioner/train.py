@@ -155,7 +155,7 @@ class CaptionData(L.LightningDataModule):
     def _loader(self, dataset, shuffle: bool) -> DataLoader:
         cached, epoch = isinstance(dataset, CachedCaptions | CachedImages), self.trainer.current_epoch
         collate = (lambda batch: batch) if cached else image_collate if isinstance(dataset, SampledImages) \
-            else pad_collate
+            else caption_collate
         common = dict(collate_fn=collate, pin_memory=torch.cuda.is_available(),
                       num_workers=0 if cached else self.cfg.num_workers)
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if shuffle else (0, 1)
@@ -191,10 +191,17 @@ class SampledImages(Dataset):
         return (image[0], index) if ok else None
 
 
-def image_collate(batch: list[tuple[torch.Tensor, int] | None]) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Stacked images and their record indices; unreadable ones dropped, None when none is left."""
+def image_collate(batch: list[tuple[torch.Tensor, int] | None]) -> tuple[torch.Tensor, ...]:
+    """Stacked images and their record indices; unreadable ones dropped, () when none is left (see
+    ``caption_collate``)."""
     kept = [item for item in batch if item is not None]
-    return (torch.stack([x for x, _ in kept]), torch.tensor([i for _, i in kept])) if kept else None
+    return (torch.stack([x for x, _ in kept]), torch.tensor([i for _, i in kept])) if kept else ()
+
+
+def caption_collate(batch: list[tuple[torch.Tensor, torch.Tensor] | None]) -> tuple[torch.Tensor, ...]:
+    """``pad_collate``, but a batch whose images all failed is () rather than None: Lightning drops a None batch
+    before ``training_step``, so under DDP that rank would skip a step the others take, and all would hang."""
+    return pad_collate(batch) or ()
 
 
 class CaptionModule(L.LightningModule):
@@ -241,7 +248,10 @@ class CaptionModule(L.LightningModule):
         return -((reward - base).view(-1) * log_probs).mean()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
-        if batch is None:  # every image of the batch failed to load (pad_collate): skip it
+        if not batch:  # every image of the batch failed to load (caption_collate): skip it
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                # DDP needs a backward from every rank: a zero loss on every trained weight adds nothing to the sum
+                return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
             return None
         if self.cfg.scst:
             return self._self_critical(batch)
@@ -251,7 +261,7 @@ class CaptionModule(L.LightningModule):
         return objective
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        if batch is None:
+        if not batch:
             return
         self.log("val_loss", self._loss(batch)[0], on_epoch=True, prog_bar=True, sync_dist=True,
                  batch_size=batch[1].size(0))
