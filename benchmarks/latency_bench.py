@@ -6,6 +6,8 @@ Random weights give captions of any length, so <end> is held off (output bias -1
 ended candidate every step, as with trained weights) and max_len fixes the number of decoder steps: 11 for a
 10-word caption (its <end> costs a step) and 20, the max_len worst case. The searches run on the encoder's
 features; encoder and searches are timed in interleaved rounds (medians) and a caption's time is their sum.
+The search options (n-gram blocking, no bad endings, sampling, diverse beam) are timed the same way on the float32
+decoders at 20 steps: a decoder step's time for the batch, and its ratio to the plain search's.
 """
 from __future__ import annotations
 
@@ -17,20 +19,28 @@ import torch
 from benchmarks.common import device, row, say, timed_together
 
 SECTION = "latency"
-FULL = dict(backbone="resnet50", size=224, vocab=10_000, batches=(1, 16), repeat=7)
-QUICK = dict(backbone="resnet18", size=64, vocab=1_000, batches=(1, 4), repeat=2)
 FAMILIES = ("show-tell", "attention")
+FULL = dict(backbone="resnet50", size=224, vocab=10_000, batches=(1, 16), repeat=7, option_families=FAMILIES)
+QUICK = dict(backbone="resnet18", size=64, vocab=1_000, batches=(1, 4), repeat=2, option_families=("attention",))
 LENGTHS = ((10, 11), (20, 20))  # (words, decoder steps)
 BEAMS = (1, 3)
+OPTIONS = (("block-ngram 3", 1, dict(block_ngram=3)), ("no bad endings", 1, dict(bad_endings=True)),
+           ("sampling (temperature 0.7, top-k 50, top-p 0.9, seeded)", 1,
+            dict(sample=True, temperature=0.7, top_k=50, top_p=0.9, seed=0)),
+           ("block-ngram 3", 3, dict(block_ngram=3)), ("no bad endings", 3, dict(bad_endings=True)),
+           ("3 diverse groups", 3, dict(groups=3, diversity=0.5)))
 
 
 def run(quick: bool) -> list[dict]:
+    from captioner.data.endings import bad_ending_words
     from captioner.data.vocab import END, SPECIALS, Vocabulary
     from captioner.inference import Captioner
     from captioner.models.captioner import ModelConfig
+    from captioner.search_options import SearchOptions
 
     s, dev = QUICK if quick else FULL, device()
-    vocab = Vocabulary(list(SPECIALS) + [f"word{i}" for i in range(s["vocab"] - len(SPECIALS))])
+    real = bad_ending_words()  # so that the bad-endings rule has words to rule on
+    vocab = Vocabulary([*SPECIALS, *real, *(f"word{i}" for i in range(s["vocab"] - len(SPECIALS) - len(real)))])
     models = {}
     for family in FAMILIES:
         config = ModelConfig(vocab_size=len(vocab), decoder=family, backbone=s["backbone"], encoder_weights="none",
@@ -53,7 +63,11 @@ def run(quick: bool) -> list[dict]:
             fns = {"encoder": partial(encoder, x)}
             fns |= {(family, words, steps, beam): partial(model.generate, features, beam, steps)
                     for family, model in models.items() for words, steps in LENGTHS for beam in BEAMS}
+            fns |= {("option", family, name, beam): partial(models[family].generate, features, beam, 20,
+                                                  options=SearchOptions(**o))
+                    for family in s["option_families"] for name, beam, o in OPTIONS}
             times = timed_together(fns, dev, s["repeat"])
+        options = {key[1:]: times.pop(key) for key in list(times) if key[0] == "option"}
         encode = times.pop("encoder")
         rows.append(row(SECTION, f"batch {b}: encoder forward", 1000 * encode / b, "ms/image", setup))
         for (family, words, steps, beam), search in times.items():
@@ -61,4 +75,14 @@ def run(quick: bool) -> list[dict]:
             note = f"encoder + {steps} decoder steps"
             rows += [row(SECTION, name, 1000 * (encode + search) / b, "ms/image", note),
                      row(SECTION, f"{name}: ratio to the encoder", (encode + search) / encode, "x", note)]
+        for family in s["option_families"]:
+            for beam in BEAMS:
+                search = f"{family} {'greedy' if beam == 1 else f'beam-{beam}'}"
+                plain = times[(family, 20, 20, beam)]
+                rows.append(row(SECTION, f"batch {b}: {search}, a step", 1000 * plain / 20, "ms/step",
+                                "20 decoder steps, the whole batch"))
+                for name, _, _ in [o for o in OPTIONS if o[1] == beam]:
+                    t = options[(family, name, beam)]
+                    rows += [row(SECTION, f"batch {b}: {search} + {name}, a step", 1000 * t / 20, "ms/step"),
+                             row(SECTION, f"batch {b}: {search} + {name}: ratio to plain {search}", t / plain, "x")]
     return rows
