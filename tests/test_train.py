@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from captioner import load
-from captioner import train as train_module
+from captioner import load, train_module
 from captioner.data.captions import CachedCaptions
 from captioner.data.images import eval_transform, load_rgb
 from captioner.data.vocab import Vocabulary
@@ -26,7 +25,9 @@ from captioner.io import read_csv
 from captioner.models.backbones import build_trunk
 from captioner.models.captioner import ModelConfig
 from captioner.rewards import CiderD, reference_ids
-from captioner.train import CaptionData, CaptionModule, TrainConfig, caption_collate, load_records, train
+from captioner.train import TrainConfig, cider_document_frequencies, load_records, train
+from captioner.train_data import CaptionData, caption_collate
+from captioner.train_module import CaptionModule
 
 TINY = dict(backbone="resnet18", encoder_weights="none", image_size=64, grid=2, embed_size=16, hidden_size=32)
 CLI_TINY = ["--backbone", "resnet18", "--encoder-weights", "none", "--image-size", "64", "--grid", "2",
@@ -311,15 +312,15 @@ def test_cider_frequencies_left_by_another_run_are_recomputed(tmp_path, capsys) 
     new = [reference_ids(vocab, ["a green star"]), reference_ids(vocab, ["a blue square"])]
     path = tmp_path / "cider_df.npz"
     CiderD.from_references(old).save(path)
-    cider = train_module.cider_document_frequencies(path, new, vocab)
+    cider = cider_document_frequencies(path, new, vocab)
     expected = CiderD.from_references(new)
     np.testing.assert_array_equal(cider.document_frequency, expected.document_frequency)
     np.testing.assert_array_equal(CiderD.load(path).ngrams, expected.ngrams)
     assert "recomputing" in capsys.readouterr().out
-    assert train_module.cider_document_frequencies(path, new, vocab).key == cider.key  # its own file: reused
+    assert cider_document_frequencies(path, new, vocab).key == cider.key  # its own file: reused
     assert "recomputing" not in capsys.readouterr().out
     other = Vocabulary(vocab.itos[:4] + sorted(vocab.itos[4:], reverse=True))  # the same ids spell other words
-    assert train_module.cider_document_frequencies(path, new, other).key != cider.key
+    assert cider_document_frequencies(path, new, other).key != cider.key
 
 
 def test_fine_tuning_validates_on_the_eval_transform(tiny_synth) -> None:
