@@ -216,6 +216,8 @@ def train(data: DataArg,
 
 MaxLenOpt = Annotated[int | None, typer.Option(min=1, help="Longest caption, in tokens (default: the model's "
                                                 "max_len)")]
+BeamOpt = Annotated[int | None, typer.Option(help=f"Beam width (1: greedy; default {recipe.SEARCH['beam']}, 1 with "
+                                             "--sample)")]
 PenaltyOpt = Annotated[float, typer.Option(help="Beam length penalty alpha (GNMT): 0 raw log-probability, "
                                            "larger favours longer captions")]
 RuntimeOpt = Annotated[str, typer.Option(help="torch (--model is a model folder), int8 (the same on the CPU with "
@@ -223,8 +225,8 @@ RuntimeOpt = Annotated[str, typer.Option(help="torch (--model is a model folder)
                                          "folder from `captioner export --onnx`: onnxruntime, no torch)")]
 BlockOpt = Annotated[int, typer.Option(help="Rule out a word that would complete an n-gram already in the caption "
                                        "(e.g. 3; 0: off)")]
-BadEndingsOpt = Annotated[bool, typer.Option("--no-bad-endings", help="Rule out <end> after a function word (a, the, "
-                                             "of, with, ...: captioner/data/bad_endings/en.txt)")]
+BadEndingsOpt = Annotated[bool, typer.Option("--no-bad-endings/--allow-bad-endings", help="Rule out <end> after a "
+                                             "function word (a, the, of, with, ...: captioner/data/bad_endings/)")]
 SampleOpt = Annotated[bool, typer.Option("--sample", help="Draw captions from the model instead of searching")]
 TemperatureOpt = Annotated[float, typer.Option(help="Sampling temperature (below 1 sharper, above 1 flatter)")]
 TopKOpt = Annotated[int, typer.Option(help="Sample among the k likeliest words (0: all)")]
@@ -237,19 +239,22 @@ DiversityOpt = Annotated[float, typer.Option(help="Diverse beam search: a group'
                                              "with the same word at that step")]
 
 
-def _options(beam: int, *flags: Any) -> SearchOptions:
-    """The search options from a command's flags (in SearchOptions' field order), checked against its --beam."""
+def _options(beam: int | None, *flags: Any) -> tuple[int, SearchOptions]:
+    """The beam width (unset: the recipe's, 1 with --sample) and the search options from a command's flags (in
+    SearchOptions' field order), checked together."""
     options = SearchOptions(*flags)
+    beam = beam if beam is not None else 1 if options.sample else recipe.SEARCH["beam"]
     options.check(beam)
-    return options
+    return beam, options
 
 
 @app.command()
 def caption(model: Annotated[Path, typer.Option(help="Model folder (model.safetensors, config.json, vocab.json)")],
             images: Annotated[list[Path], typer.Argument(help="Image files, or folders: their images (not recursive)")],
-            beam: Annotated[int, typer.Option(help="Beam size (1: greedy)")] = 1,
-            max_len: MaxLenOpt = None, length_penalty: PenaltyOpt = 0.0,
-            block_ngram: BlockOpt = 0, no_bad_endings: BadEndingsOpt = False, sample: SampleOpt = False,
+            beam: BeamOpt = None,
+            max_len: MaxLenOpt = None, length_penalty: PenaltyOpt = recipe.SEARCH["length_penalty"],
+            block_ngram: BlockOpt = recipe.SEARCH["block_ngram"],
+            no_bad_endings: BadEndingsOpt = recipe.SEARCH["bad_endings"], sample: SampleOpt = False,
             temperature: TemperatureOpt = 1.0, top_k: TopKOpt = 0, top_p: TopPOpt = 1.0, n: NOpt = 1,
             seed: SeedOpt = None, groups: GroupsOpt = 1, diversity: DiversityOpt = 0.0,
             grid: Annotated[Path | None, typer.Option(help="Write a PNG grid of the images with captions")] = None,
@@ -261,8 +266,8 @@ def caption(model: Annotated[Path, typer.Option(help="Model folder (model.safete
     from captioner.data.rgb import load_rgb
 
     try:
-        options = _options(beam, block_ngram, no_bad_endings, sample, temperature, top_k, top_p, n, seed, groups,
-                           diversity)
+        beam, options = _options(beam, block_ngram, no_bad_endings, sample, temperature, top_k, top_p, n, seed, groups,
+                                 diversity)
         m = load(str(model), runtime=runtime)
         if warning := m.config.synthetic_warning():
             typer.secho(f"warning: {warning}", fg="yellow", err=True)
@@ -310,8 +315,10 @@ def _image_files(paths: list[Path]) -> list[Path]:
 
 @app.command()
 def evaluate(model: Annotated[Path, typer.Option(help="Model folder")], data: DataArg, images: ImagesOpt = None,
-             split: str = "test", beam: int = 1, max_len: MaxLenOpt = None, length_penalty: PenaltyOpt = 0.0,
-             block_ngram: BlockOpt = 0, no_bad_endings: BadEndingsOpt = False, sample: SampleOpt = False,
+             split: str = "test", beam: BeamOpt = None, max_len: MaxLenOpt = None,
+             length_penalty: PenaltyOpt = recipe.SEARCH["length_penalty"],
+             block_ngram: BlockOpt = recipe.SEARCH["block_ngram"],
+             no_bad_endings: BadEndingsOpt = recipe.SEARCH["bad_endings"], sample: SampleOpt = False,
              temperature: TemperatureOpt = 1.0, top_k: TopKOpt = 0, top_p: TopPOpt = 1.0, n: NOpt = 1,
              seed: SeedOpt = None, groups: GroupsOpt = 1, diversity: DiversityOpt = 0.0,
              out: Annotated[Path | None, typer.Option(help="Where results/metrics JSON go (default: model folder)")]
@@ -328,8 +335,8 @@ def evaluate(model: Annotated[Path, typer.Option(help="Model folder")], data: Da
     try:
         if runtime not in ("torch", "int8"):
             raise ValueError(f"evaluate runs with --runtime torch or int8, not {runtime!r}")
-        options = _options(beam, block_ngram, no_bad_endings, sample, temperature, top_k, top_p, n, seed, groups,
-                           diversity)
+        beam, options = _options(beam, block_ngram, no_bad_endings, sample, temperature, top_k, top_p, n, seed, groups,
+                                 diversity)
         evaluate_split(model, data, split, images, beam, out, java, spice, cache_dir, max_len, length_penalty,
                        int8=runtime == "int8", options=options)
     except (OSError, ValueError, JavaMissingError) as e:
@@ -354,8 +361,10 @@ def score(results: Annotated[Path, typer.Option(help="COCO results JSON [{image_
 @app.command()
 def serve(model: Annotated[Path, typer.Option(help="Model folder")],
           host: Annotated[str, typer.Option(help="Address to bind (loopback by default)")] = "127.0.0.1",
-          port: int = 8000, beam: int = 1, max_len: MaxLenOpt = None, length_penalty: PenaltyOpt = 0.0,
-          block_ngram: BlockOpt = 0, no_bad_endings: BadEndingsOpt = False, sample: SampleOpt = False,
+          port: int = 8000, beam: BeamOpt = None, max_len: MaxLenOpt = None,
+          length_penalty: PenaltyOpt = recipe.SEARCH["length_penalty"],
+          block_ngram: BlockOpt = recipe.SEARCH["block_ngram"],
+          no_bad_endings: BadEndingsOpt = recipe.SEARCH["bad_endings"], sample: SampleOpt = False,
           temperature: TemperatureOpt = 1.0, top_k: TopKOpt = 0, top_p: TopPOpt = 1.0, n: NOpt = 1,
           seed: SeedOpt = None, groups: GroupsOpt = 1, diversity: DiversityOpt = 0.0,
           max_batch: Annotated[int, typer.Option(help="Most images in one model batch")] = 16,
@@ -370,8 +379,8 @@ def serve(model: Annotated[Path, typer.Option(help="Model folder")],
     from captioner.serve.app import serve as run
 
     try:
-        options = _options(beam, block_ngram, no_bad_endings, sample, temperature, top_k, top_p, n, seed, groups,
-                           diversity)
+        beam, options = _options(beam, block_ngram, no_bad_endings, sample, temperature, top_k, top_p, n, seed, groups,
+                                 diversity)
         run(model, host=host, port=port, beam=beam, max_batch=max_batch, max_wait_ms=max_wait_ms,
             max_queue=max_queue, request_timeout_s=timeout, max_request_pixels=max_request_pixels, max_len=max_len,
             length_penalty=length_penalty, runtime=runtime, options=options)

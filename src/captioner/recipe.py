@@ -13,7 +13,7 @@ FAMILY = {"show-tell": {}, "attention": {}}  # per-family changes to MODEL and T
 DEMO_FAMILIES = ("show-tell",)
 SCST = dict(epochs=2, batch_size=50, lr=5e-5, scst_samples=5)
 GREEDY = dict(beam=1)
-SEARCH = dict(beam=3, length_penalty=0.0)  # the served default
+SEARCH = dict(beam=3, length_penalty=0.0, block_ngram=0, bad_endings=False)  # caption, evaluate, serve defaults
 
 
 def xe(family: str) -> dict[str, dict[str, Any]]:
