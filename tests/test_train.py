@@ -23,7 +23,7 @@ from captioner.data.images import eval_transform, load_rgb
 from captioner.data.vocab import Vocabulary
 from captioner.io import read_csv
 from captioner.models.backbones import build_trunk
-from captioner.models.captioner import ModelConfig
+from captioner.models.captioner import CaptionModel, ModelConfig, save_artifact
 from captioner.rewards import CiderD, reference_ids
 from captioner.train import TrainConfig, cider_document_frequencies, load_records, train
 from captioner.train_data import CaptionData, caption_collate
@@ -38,10 +38,16 @@ def rows(run: Path) -> list[dict[str, str]]:
     return read_csv(run / "metrics.csv")
 
 
-def test_train_writes_artifact_curves_and_reuses_cache(tiny_synth, tmp_path, capsys) -> None:
+def test_train_writes_artifact_curves_epoch_lines_and_reuses_cache(tiny_synth, tmp_path, capsys, recwarn) -> None:
+    """Also: progress bars are on by default, but captured output (a log file, CI) is no terminal: it gets one line
+    per epoch, no carriage-return updates, and no "module(s) in eval mode" warning for the frozen encoder."""
     cfg = dict(data=str(tiny_synth), epochs=2, batch_size=16, threshold=1, cache_dir=str(tmp_path / "cache"),
-               progress=False, val_images=8)
+               val_images=8)
     run = train(TrainConfig(out=str(tmp_path / "run"), **cfg), TINY)
+    out = capsys.readouterr()
+    assert "\r" not in out.out + out.err and "encoded 24 images" in out.out
+    assert [line.split()[1] for line in out.out.splitlines() if line.startswith("epoch ")] == ["0", "1"]
+    assert not [w for w in recwarn if "eval mode" in str(w.message)]
     for name in ("model.safetensors", "config.json", "vocab.json", "metrics.csv", "loss.png", "train_config.json",
                  "checkpoints/last.ckpt", "checkpoints/best.ckpt"):
         assert (run / name).is_file(), name
@@ -51,7 +57,6 @@ def test_train_writes_artifact_curves_and_reuses_cache(tiny_synth, tmp_path, cap
         assert float(r["lr"]) > 0 and float(r["train_loss"]) > 0 and float(r["val_ppl"]) > 1
         assert 0 <= float(r["val_cider"]) and 0 <= float(r["val_bleu4"]) <= 100  # the 0-100 scale, as printed
     assert float(table[0]["lr"]) > float(table[1]["lr"])  # the scheduler lowers it
-    assert "encoded 24 images" in capsys.readouterr().out
     model = load(run)
     assert model.config.backbone == "resnet18" and len(model.vocab) == model.config.vocab_size
     train(TrainConfig(out=str(tmp_path / "run2"), **cfg), TINY)
@@ -292,8 +297,11 @@ def test_self_critical_fine_tunes_from_a_fine_tuned_run_and_resumes_with_its_own
     """SCST from a --fine-tune run reads images (it crashed on caption batches), and its resume ignores the model
     flags as its first run did (the CLI passes them all: they were compared with the --init model's)."""
     cli_like = TINY | {"backbone": "resnet50", "hidden_size": 512}  # what the command line said: unused with --init
-    xe = train(TrainConfig(data=str(tiny_synth), out=str(tmp_path / "xe"), epochs=1, batch_size=32, threshold=1,
-                           eval_every=10, progress=False), TINY | {"fine_tune": True})
+    records, _ = load_records(TrainConfig(data=str(tiny_synth)), log=lambda _: None)
+    vocab = Vocabulary.build((c for r in records for c in r.captions), threshold=1)
+    torch.manual_seed(0)
+    xe = save_artifact(CaptionModel(ModelConfig(vocab_size=len(vocab), fine_tune=True, **TINY)), vocab,
+                       tmp_path / "xe")  # a fine-tuned run's artifact (its training is another test's)
     cfg = dict(data=str(tiny_synth), out=str(tmp_path / "scst"), batch_size=8, threshold=1, eval_every=10,
                progress=False, scst=True, init=str(xe), lr=1e-3, min_lr=1e-3, scheduler="none")
     train(TrainConfig(**cfg, epochs=1), cli_like)
@@ -337,13 +345,3 @@ def test_fine_tuning_validates_on_the_eval_transform(tiny_synth) -> None:
     expected = eval_transform(64, spec.mean, spec.std)(load_rgb(val_records[0].path))
     assert all(torch.equal(data.val_set[0][0], expected) for _ in range(3))
 
-
-def test_output_that_is_no_terminal_gets_one_line_per_epoch_and_no_eval_mode_warning(tiny_synth, tmp_path, capsys,
-                                                                                  recwarn) -> None:
-    """Progress bars are on by default, but captured output (a log file, CI) is no terminal: epoch lines instead."""
-    train(TrainConfig(data=str(tiny_synth), out=str(tmp_path / "run"), epochs=2, batch_size=16, threshold=1,
-                      eval_every=10, cache_dir=str(tmp_path / "cache")), TINY)
-    out = capsys.readouterr()
-    assert "\r" not in out.out + out.err
-    assert [line.split()[1] for line in out.out.splitlines() if line.startswith("epoch ")] == ["0", "1"]
-    assert not [w for w in recwarn if "eval mode" in str(w.message)]
