@@ -1,6 +1,7 @@
-"""Caption search on the decoder interface (start / step), for every model family: greedy, beam, sampling.
+"""Caption search on the decoder interface (start / step), for every model family: greedy, beam (and diverse beam),
+sampling; ``search`` picks one from SearchOptions.
 
-Conventions shared by all three: a caption has at least one word and at most ``max_len`` tokens; its log-probability
+Conventions shared by all: a caption has at least one word and at most ``max_len`` tokens; its log-probability
 counts the words it returns plus <end> when <end> was produced (a caption cut at ``max_len`` has no <end>); its
 ``score`` is what its list is ordered by: in beam search the log-probability divided by the length penalty
 ``((5 + words) / 6) ** alpha`` (GNMT), words counted without <end>; elsewhere the log-probability itself.
@@ -324,10 +325,10 @@ def _draw(log_probs: torch.Tensor, n: int, temperature: float, top_k: int, top_p
         return torch.multinomial(log_probs.exp(), 1).squeeze(1)  # SCST's draw, as it always was
     probs = (log_probs.double() / temperature).softmax(-1)
     if top_k:
-        kth = probs.topk(min(top_k, probs.size(1)), -1).values[:, -1:]
-        probs = torch.where(probs >= kth, probs, 0.0)
+        ranked = probs.topk(min(top_k, probs.size(1)), -1).values  # best first
+        probs = torch.where(probs >= ranked[:, -1:], probs, 0.0)
     if top_p < 1:
-        ranked = probs.sort(-1, descending=True).values
+        ranked = ranked if top_k else probs.sort(-1, descending=True).values
         before = ranked.cumsum(-1) - ranked  # the mass of the likelier words
         last = (before < top_p * probs.sum(-1, keepdim=True)).sum(-1, keepdim=True) - 1
         probs = torch.where(probs >= ranked.gather(1, last), probs, 0.0)

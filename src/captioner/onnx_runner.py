@@ -1,12 +1,14 @@
 """Caption with the ONNX graphs of ``captioner export --onnx`` on onnxruntime, without torch: ``load_onnx(folder)``
 gives a model with inference.Captioner's ``caption(images, beam, ...)``, ``config`` and ``vocab``.
 
-Greedy and beam search are written again here in numpy, because torch is absent: this is the one place search is
-duplicated, and it mirrors decode.py's conventions exactly (at most ``max_len`` tokens; a caption's score counts its
-words and <end> when produced; GNMT length penalty; the beam keeps the best k ended captions and stops once no live
-beam can beat them). Preprocessing replicates data/images.eval_transform on PIL images: the centre at most 3:1
-(rgb.crop_aspect), PIL's antialiased bilinear resize of the short side, centre crop, scale to [0, 1], normalise with
-the backbone's mean and std.
+Greedy, beam (and diverse beam) search and sampling are written again here in numpy, because torch is absent: this
+is the one place search is duplicated, and it mirrors decode.py's conventions exactly (at most ``max_len`` tokens; a
+caption's log-probability counts its words and <end> when produced, its score is what its list is ordered by; GNMT
+length penalty; the beam keeps the best k ended captions and stops once no live beam can beat them; n-gram blocking
+and bad endings; seeded sampling draws decode's uniforms, so the same captions).
+Preprocessing replicates data/images.eval_transform on PIL images: the centre at most 3:1 (rgb.crop_aspect), PIL's
+antialiased bilinear resize of the short side, centre crop, scale to [0, 1], normalise with the backbone's mean and
+std.
 """
 from __future__ import annotations
 
@@ -249,10 +251,11 @@ def draw(log_probs: np.ndarray, n: int, temperature: float, top_k: int, top_p: f
     probs /= probs.sum(1, keepdims=True)
     vocab = probs.shape[1]
     if top_k:
-        kth = -np.partition(-probs, min(top_k, vocab) - 1, axis=1)[:, min(top_k, vocab) - 1, None]
-        probs = np.where(probs >= kth, probs, 0.0)
+        k = min(top_k, vocab)
+        ranked = -np.sort(np.partition(-probs, k - 1, axis=1)[:, :k], axis=1)  # best first
+        probs = np.where(probs >= ranked[:, -1:], probs, 0.0)
     if top_p < 1:
-        ranked = -np.sort(-probs, axis=1)
+        ranked = ranked if top_k else -np.sort(-probs, axis=1)
         before = ranked.cumsum(1) - ranked
         last = (before < top_p * probs.sum(1, keepdims=True)).sum(1, keepdims=True) - 1
         probs = np.where(probs >= np.take_along_axis(ranked, last, 1), probs, 0.0)
