@@ -78,11 +78,12 @@ def run_photo_demo(data: str | Path, images: str | Path | None = None, out: str 
     texts = {}
     for name, model in models.items():
         for label, search in (("greedy", recipe.GREEDY), ("beam 3", recipe.SEARCH)):
-            caps = caption_features(model, features, rows, progress=False, **search)
+            caps = caption_features(model, features, rows, progress=False, **recipe.search_kwargs(search))
             texts[f"{name}, {label}"] = [c.text for c in caps]
     blind = np.zeros((1, *features.shape[1:]), dtype=np.float32)
     texts["blind (same input for every image)"] = [c.text for c in caption_features(
-        models[families[0]], blind, np.zeros(len(records), dtype=int), progress=False, **recipe.GREEDY)]
+        models[families[0]], blind, np.zeros(len(records), dtype=int), progress=False,
+        **recipe.search_kwargs(recipe.GREEDY))]
     columns = score_columns({label: dict(zip(refs, caps, strict=True)) for label, caps in texts.items()}, refs, print)
     diagnostics = {label: diagnose(caps, refs.values()) for label, caps in texts.items()}
     phases["scoring"] = time.perf_counter() - t
@@ -102,7 +103,7 @@ def run_photo_demo(data: str | Path, images: str | Path | None = None, out: str 
         from captioner.data.images import load_rgb
 
         sample = [load_rgb(r.path) for r in records[:6]]
-        maps = models[attention].caption(sample, **recipe.SEARCH)
+        maps = models[attention].caption(sample, **recipe.search_kwargs(recipe.SEARCH))
         pictures.append(attention_maps(sample, [c[0] for c in maps], out / f"attention_{split}.png"))
     phases["total"] = time.perf_counter() - start
     summary = {"split": split, "metrics": columns, "diagnostics": diagnostics, "served": served, "phases_s": phases}

@@ -11,9 +11,9 @@ TRAIN = dict(epochs=8, batch_size=128, lr=5e-3, min_lr=5e-4, scheduler="cosine",
              ema=0.99, threshold=5, attention_penalty=1.0, val_images=500, eval_every=1)
 FAMILY = {"show-tell": {}, "attention": {}}  # per-family changes to MODEL and TRAIN
 DEMO_FAMILIES = ("show-tell",)
-SCST = dict(epochs=2, batch_size=50, lr=5e-5, scst_samples=5)
+SCST = dict(epochs=1, batch_size=50, lr=5e-4, scst_samples=5)
 GREEDY = dict(beam=1)
-SEARCH = dict(beam=3, length_penalty=0.0, block_ngram=0, bad_endings=False)  # caption, evaluate, serve defaults
+SEARCH = dict(beam=3, length_penalty=1.0, block_ngram=3, bad_endings=True)  # caption, evaluate, serve defaults
 
 
 def xe(family: str) -> dict[str, dict[str, Any]]:
@@ -27,3 +27,12 @@ def scst(epochs: int) -> dict[str, Any]:
     """TrainConfig kwargs of the self-critical phase (constant learning rate)."""
     return dict(epochs=epochs, batch_size=SCST["batch_size"], lr=SCST["lr"], min_lr=SCST["lr"], scheduler="none",
                 scst_samples=SCST["scst_samples"], val_images=TRAIN["val_images"], threshold=TRAIN["threshold"])
+
+
+def search_kwargs(search: dict[str, Any]) -> dict[str, Any]:
+    """``caption_features``/``generate`` keyword arguments of a search setting (beam, penalty, SearchOptions)."""
+    from captioner.search_options import SearchOptions
+
+    return dict(beam=search["beam"], length_penalty=search.get("length_penalty", 0.0),
+                options=SearchOptions(block_ngram=search.get("block_ngram", 0),
+                                      bad_endings=search.get("bad_endings", False)))
