@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from captioner import recipe
 from captioner.cli import app
 from captioner.data.vocab import END, Vocabulary
 from captioner.inference import Captioner, load
@@ -243,7 +244,8 @@ def test_caption_evaluate_and_serve_take_the_search_options(model, synth, tmp_pa
     served = {}
     monkeypatch.setattr(captioner.serve.app, "serve", lambda *a, **k: served.update(k))  # never binds a port
     assert invoke("serve", "--model", model, "--sample", "--top-k", 5).exit_code == 0
-    assert served["options"] == SearchOptions(sample=True, top_k=5)
+    assert served["options"] == SearchOptions(sample=True, top_k=5, block_ngram=recipe.SEARCH["block_ngram"],
+                                             bad_endings=recipe.SEARCH["bad_endings"])  # the recipe defaults
     for flags, words in ((["--block-ngram", -1], "--block-ngram (block_ngram) must be >= 0"),
                          (["--top-k", 3], "add --sample"), (["--sample", "--beam", 2], "leave --beam"),
                          (["--sample", "--top-p", 0], "--top-p (top_p) must be in (0, 1]"),
