@@ -6,6 +6,7 @@ This file doubles as the extraction worker: ``python tests/test_distributed.py e
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -71,6 +72,15 @@ def finish(procs: list[subprocess.Popen], logs: list[Path], timeout: float = TIM
     assert not any(overran), f"killed after {timeout} s:\n{out[-3000:]}"
     assert all(p.returncode == 0 for p in procs), f"exit codes {[p.returncode for p in procs]}:\n{out[-3000:]}"
     return out
+
+
+def two_ranks(mode: str, tmp_path: Path) -> list[dict]:
+    """Run this file's ``mode`` as a gloo group of 2 processes; each writes rank<r>.json, returned in rank order."""
+    port = str(_free_port())
+    logs = [tmp_path / f"{mode}-rank{r}.log" for r in range(2)]
+    finish([launch([sys.executable, __file__, mode, str(tmp_path), str(r), port], log) for r, log in enumerate(logs)],
+           logs)
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
 
 
 def rows(run: Path) -> list[dict[str, str]]:
@@ -254,14 +264,7 @@ def _extract_main(images: str, cache: str, rank: str, world: str, port: str, slo
 
 
 def test_validation_is_decoded_in_shards_and_scored_once(tmp_path) -> None:
-    port = str(_free_port())
-    logs = [tmp_path / f"score-rank{r}.log" for r in range(2)]
-    procs = [launch([sys.executable, __file__, "score", str(tmp_path), str(r), port], log)
-             for r, log in enumerate(logs)]
-    finish(procs, logs)
-    import json
-
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    ranks = two_ranks("score", tmp_path)
     assert [r["decoded"] for r in ranks] == [5, 5]  # each rank decodes its half of the 10 val images
     assert ranks[0]["scorer_calls"] == [10] and ranks[1]["scorer_calls"] == []  # java runs once, on rank 0
     assert ranks[0]["scores"] == ranks[1]["scores"] == {"Bleu_4": 1.0, "CIDEr": 10.0}  # broadcast to every rank
@@ -269,7 +272,6 @@ def test_validation_is_decoded_in_shards_and_scored_once(tmp_path) -> None:
 
 def _score_main(out: str, rank: str, port: str) -> None:
     """One validation process of a gloo group of 2: decode its shard, let rank 0 score, record what happened."""
-    import json
     from datetime import timedelta
 
     import torch
@@ -311,21 +313,13 @@ def test_a_batch_whose_images_all_failed_on_one_rank_is_skipped_under_ddp(tmp_pa
     """Lightning drops a None batch (and refuses a None step) in distributed training: rank 1's second batch,
     every image of it unreadable, becomes a zero loss, so both ranks take the same 3 steps and keep the same
     weights (it hung, then gloo aborted, as rank 1 skipped a step that rank 0 took)."""
-    port = str(_free_port())
-    logs = [tmp_path / f"skip-rank{r}.log" for r in range(2)]
-    procs = [launch([sys.executable, __file__, "skip", str(tmp_path), str(r), port], log)
-             for r, log in enumerate(logs)]
-    finish(procs, logs)
-    import json
-
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    ranks = two_ranks("skip", tmp_path)
     assert [r["steps"] for r in ranks] == [3, 3] and ranks[0]["weights"] == ranks[1]["weights"]
 
 
 def _skip_main(out: str, rank: str, port: str) -> None:
     """One DDP training process of a gloo group of 2 (Lightning, its processes started here): 3 batches of 2 items,
     where rank 1's second holds two Nones (images that failed to load), collated as training collates them."""
-    import json
     from dataclasses import asdict
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, WORLD_SIZE="2", NODE_RANK="0", LOCAL_RANK=rank)

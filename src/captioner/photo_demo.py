@@ -12,12 +12,9 @@ from captioner.data.datasets import open_split
 from captioner.diagnostics import diagnose, format_diagnostics
 from captioner.evaluate import format_table, score_columns, write_results
 from captioner.inference import load
-from captioner.io import read_csv, write_json
+from captioner.io import write_json
+from captioner.pipeline import best_val_cider
 from captioner.predict import caption_features, record_features
-
-
-def _best_val_cider(run: Path) -> float:
-    return max(float(r["val_cider"]) for r in read_csv(run / "metrics.csv") if r.get("val_cider"))
 
 
 def scored_split(data: str | Path, images: str | Path | None) -> str:
@@ -56,7 +53,7 @@ def run_photo_demo(data: str | Path, images: str | Path | None = None, out: str 
                           **common), settings["model"])
         phases[family] = time.perf_counter() - t
         runs[family] = run
-    served = max(runs, key=lambda d: _best_val_cider(runs[d]))
+    served = max(runs, key=lambda d: best_val_cider(runs[d]))
     if scst_epochs:
         run = out / f"{served}-scst"
         print(f"\n== self-critical training of the {served} model on CIDEr-D ({scst_epochs} epochs) ==", flush=True)
@@ -65,7 +62,7 @@ def run_photo_demo(data: str | Path, images: str | Path | None = None, out: str 
                           resume=(run / "checkpoints" / "last.ckpt").is_file(), **common))
         phases["scst"] = time.perf_counter() - t
         runs[f"{served} + SCST"] = run
-        served = max(runs, key=lambda d: _best_val_cider(runs[d]))
+        served = max(runs, key=lambda d: best_val_cider(runs[d]))
 
     t = time.perf_counter()
     records, report = open_split(data, split, images)
@@ -110,7 +107,7 @@ def run_photo_demo(data: str | Path, images: str | Path | None = None, out: str 
     write_json(out / "demo_summary.json", summary)
     print(f"\n{split} split of {data} ({len(records)} images)\n" + format_table(columns))
     print("\n" + format_diagnostics(diagnostics))
-    scores = " / ".join(f"{d} {_best_val_cider(r):.1f}" for d, r in runs.items())
+    scores = " / ".join(f"{d} {best_val_cider(r):.1f}" for d, r in runs.items())
     print(f"\nserved model: {served} (best val CIDEr: {scores})")
     print("phases: " + ", ".join(f"{k} {v:.0f} s" for k, v in phases.items()))
     print(f"outputs:\n  runs         {', '.join(str(r) for r in runs.values())}\n  model        {best}\n  summary      "

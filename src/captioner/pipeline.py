@@ -55,7 +55,8 @@ SCST_BATCH, SCST_LR = 50, 1e-3  # images per batch (x 5 samples each), learning 
 # 2.5e-4 / 5e-4 / 1e-3)
 
 
-def _best_val_cider(run: Path) -> float:
+def best_val_cider(run: Path) -> float:
+    """The best val CIDEr a run's metrics.csv records (the score the demos choose their served model by)."""
     return max(float(r["val_cider"]) for r in read_csv(run / "metrics.csv") if r.get("val_cider"))
 
 
@@ -89,7 +90,7 @@ def run_demo(out: str | Path = "runs/demo", train_images: int = 4000, epochs: in
                         context_size=128, dropout=0.3))
         print(f"{decoder} phase: {time.perf_counter() - phase_start:.0f} s", flush=True)
         runs[decoder] = run
-    served = max(runs, key=lambda d: _best_val_cider(runs[d]))
+    served = max(runs, key=lambda d: best_val_cider(runs[d]))
     if scst_epochs:
         run = out / f"{served}-scst"
         print(f"\n== self-critical training of the {served} model on CIDEr-D ({scst_epochs} epochs) ==", flush=True)
@@ -100,7 +101,7 @@ def run_demo(out: str | Path = "runs/demo", train_images: int = 4000, epochs: in
                           resume=(run / "checkpoints" / "last.ckpt").is_file()))
         print(f"self-critical phase: {time.perf_counter() - phase_start:.0f} s", flush=True)
         runs[f"{served} + SCST"] = run
-        served = max(runs, key=lambda d: _best_val_cider(runs[d]))
+        served = max(runs, key=lambda d: best_val_cider(runs[d]))
     records, _ = open_split(data, "test")
     images = {im["id"]: im for im in json.loads(find_annotation(data, "test").read_text())["images"]}
     refs = {r.image_id: list(r.captions) for r in records}
@@ -138,8 +139,8 @@ def run_demo(out: str | Path = "runs/demo", train_images: int = 4000, epochs: in
     att_png = attention_maps(photos, [c[0] for c in att_captions],
                              out / "attention_test.png")
     print("\n" + demo_table(columns, shares))
-    print(f"\nserved model: {served} (best val CIDEr {_best_val_cider(runs[served]):.1f} vs "
-          f"{' / '.join(f'{d} {_best_val_cider(r):.1f}' for d, r in runs.items())})")
+    print(f"\nserved model: {served} (best val CIDEr {best_val_cider(runs[served]):.1f} vs "
+          f"{' / '.join(f'{d} {best_val_cider(r):.1f}' for d, r in runs.items())})")
     print(f"\ndone in {time.perf_counter() - start:.0f} s. Outputs:\n  data set     {data}\n  runs         "
           f"{', '.join(str(r) for r in runs.values())} (metrics.csv, loss.png, checkpoints)\n  model        {best} "
           f"(model.safetensors, config.json, vocab.json, results_test.json, metrics_test.json)\n  summary      "

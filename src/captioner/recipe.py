@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from captioner.search_options import SearchOptions
+
 MODEL = dict(backbone="efficientnet_lite0", encoder_weights="imagenet", image_size=224, grid=7, output_stride=32,
              embed_size=256, hidden_size=512, num_layers=1, attention_size=256, context_size=256, dropout=0.5,
              batch_norm=True, fine_tune=False, max_len=20)
@@ -31,8 +33,6 @@ def scst(epochs: int) -> dict[str, Any]:
 
 def search_kwargs(search: dict[str, Any]) -> dict[str, Any]:
     """``caption_features``/``generate`` keyword arguments of a search setting (beam, penalty, SearchOptions)."""
-    from captioner.search_options import SearchOptions
-
     return dict(beam=search["beam"], length_penalty=search.get("length_penalty", 0.0),
                 options=SearchOptions(block_ngram=search.get("block_ngram", 0),
                                       bad_endings=search.get("bad_endings", False)))
