@@ -67,6 +67,15 @@ def test_bad_input_is_a_clear_error(tmp_path) -> None:
     assert result.exit_code == 2 and "size" in result.output
 
 
+@pytest.mark.parametrize("flags, words", [(["--data", "captions.txt", "--epochs", 3, "--grid", 5],
+                                           "--epochs, --grid: only for the synthetic demo"),
+                                          (["--families", "attention"], "--families: only for the demo with --data")])
+def test_demo_refuses_flags_of_the_other_demo(tmp_path, flags: list, words: str) -> None:
+    result = invoke("demo", "--out", tmp_path, *flags)
+    assert result.exit_code == 2 and words in result.output, result.output
+    assert not any(tmp_path.iterdir())  # nothing was started
+
+
 def test_caption_and_evaluate(model, synth, tmp_path) -> None:
     images = sorted((synth / "test").glob("*.png"))[:3]
     result = invoke("caption", "--model", model, *images, "--beam", 2, "--grid", tmp_path / "c.png")

@@ -401,8 +401,13 @@ def export(model: Annotated[Path, typer.Option(help="Model folder (model.safeten
         raise _fail(e) from None
 
 
+SYNTHETIC_ONLY = ("train_images", "epochs", "attention_epochs", "image_size", "grid", "backbone", "output_stride")
+PHOTOS_ONLY = ("images", "families", "cache_dir")
+
+
 @app.command()
-def demo(out: Annotated[Path | None, typer.Option(help="Folder for the data set, the runs and the served model "
+def demo(ctx: typer.Context,
+         out: Annotated[Path | None, typer.Option(help="Folder for the data set, the runs and the served model "
                                                 "(default runs/demo, with --data runs/photos)")] = None,
          data: Annotated[Path | None, typer.Option(help="A real photo set instead of the synthetic scenes: a "
                                                   "Flickr token file, captions CSV, Karpathy JSON or COCO folder")]
@@ -429,6 +434,13 @@ def demo(out: Annotated[Path | None, typer.Option(help="Folder for the data set,
     from captioner.models.backbones import WeightsUnavailableError
 
     try:
+        given = [n for n in SYNTHETIC_ONLY if data is not None] + [n for n in PHOTOS_ONLY if data is None]
+        given = [n for n in given if ctx.get_parameter_source(n).name == "COMMANDLINE"]
+        if given:
+            flags = ", ".join("--" + n.replace("_", "-") for n in given)
+            which = "synthetic demo (without --data)" if data else "demo with --data"
+            raise ValueError(f"{flags}: only for the {which}; the real-photo recipe's settings are in "
+                             f"captioner/recipe.py")
         if data is not None:
             from captioner.photo_demo import run_photo_demo
 
