@@ -31,7 +31,7 @@ def test_upload_in_browser(shared: Path, tmp_path: Path) -> None:
         model.decoder.out.bias[END] = -50  # an untrained model that never ends: five words to point at
     model.save(tmp_path / "model")
     shot = tmp_path / "serve.png"
-    with running(create_app(tmp_path / "model")) as url, sync_api.sync_playwright() as pw:
+    with running(create_app(tmp_path / "model", beam=3, length_penalty=1.0)) as url, sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         try:
             page = browser.new_page(viewport={"width": 900, "height": 700})
@@ -44,6 +44,8 @@ def test_upload_in_browser(shared: Path, tmp_path: Path) -> None:
             assert page.locator("#captions li").count() == 3  # the page asks for 3 alternatives
             assert "ms" in page.locator("#latency").inner_text()
             assert page.locator("#error").inner_text() == ""
+            score = page.locator("#captions li:first-child .score").inner_text()  # what orders them, and the raw one
+            assert "(length-normalised)" in score and "log-prob" in score, score
             word = page.locator("#captions li:first-child .word").first
             assert not page.locator("#overlay").is_visible()
             word.hover()  # the attention map of the word appears over the photo
