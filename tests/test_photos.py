@@ -12,12 +12,12 @@ from captioner.evaluate import score_any
 from captioner.predict import caption_features, record_features
 from captioner.train import TrainConfig, train
 
-TRAIN_IMAGES, VAL_IMAGES = 400, 100
+TRAIN_IMAGES, VAL_IMAGES = 800, 100
 
 
 @pytest.fixture(scope="module")
 def flickr_subset(shared: Path, tmp_path_factory) -> Path:
-    """The first 400 train and 100 dev photos of Flickr8k in the archive's layout (token file + lists)."""
+    """The first 800 train and 100 dev photos of Flickr8k in the archive's layout (token file + lists)."""
     root = shared / "data" / "flickr8k"
     out = tmp_path_factory.mktemp("flickr8k")
     train_names = (root / "Flickr_8k.trainImages.txt").read_text().split()[:TRAIN_IMAGES]
@@ -48,5 +48,5 @@ def test_a_short_real_photo_run_beats_the_blind_baseline(flickr_subset: Path, sh
     blind = [c.text for c in caption_features(model, blind_input, np.zeros(len(val), dtype=int), progress=False)]
     ours = score_any(dict(zip(refs, captions, strict=True)), refs, ("CIDEr",))["CIDEr"]
     baseline = score_any(dict(zip(refs, blind, strict=True)), refs, ("CIDEr",))["CIDEr"]
-    assert ours > 1.25 * baseline, (ours, baseline)  # measured 24.3 vs 16.4; an untrained model scores ~1x
-    assert len(set(captions)) > 10  # the photos get different captions
+    assert ours > 1.25 * baseline, (ours, baseline)  # measured 26.2 vs 11.7; an untrained model ~1x
+    assert len(set(captions)) > 10  # the photos get different captions (measured 32 of 100)
