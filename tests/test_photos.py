@@ -48,5 +48,5 @@ def test_a_short_real_photo_run_beats_the_blind_baseline(flickr_subset: Path, sh
     blind = [c.text for c in caption_features(model, blind_input, np.zeros(len(val), dtype=int), progress=False)]
     ours = score_any(dict(zip(refs, captions, strict=True)), refs, ("CIDEr",))["CIDEr"]
     baseline = score_any(dict(zip(refs, blind, strict=True)), refs, ("CIDEr",))["CIDEr"]
-    assert ours > 1.25 * baseline, (ours, baseline)  # measured 26.2 vs 11.7; an untrained model ~1x
+    assert ours > 1.5 * baseline, (ours, baseline)  # measured 26.2 vs 11.7; an untrained model ~1x
     assert len(set(captions)) > 10  # the photos get different captions (measured 32 of 100)
