@@ -6,7 +6,9 @@ from typing import Any
 
 from captioner.search_options import SearchOptions
 
-MODEL = dict(backbone="efficientnet_lite0", encoder_weights="imagenet", image_size=224, grid=7, output_stride=32,
+# Lite2 at 260 px over Lite0 at 224 (Flickr8k dev, beam 3): BLEU-4 16.3 -> 16.9, METEOR 16.7 -> 17.4,
+# CIDEr 34.9 -> 36.6, distinct 40 -> 45%, for 2.2x the encoding time (greedy unchanged: CIDEr 33.1 / 32.7)
+MODEL = dict(backbone="efficientnet_lite2", encoder_weights="imagenet", image_size=260, grid=7, output_stride=32,
              embed_size=256, hidden_size=512, num_layers=1, attention_size=256, context_size=256, dropout=0.5,
              batch_norm=True, fine_tune=False, max_len=20)
 TRAIN = dict(epochs=8, batch_size=128, lr=5e-3, min_lr=5e-4, scheduler="cosine", weight_decay=0.0, clip=5.0,
