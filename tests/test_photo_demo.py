@@ -8,7 +8,7 @@ import pytest
 
 from captioner import recipe
 from captioner.data.datasets import open_split
-from captioner.photo_demo import run_photo_demo, scored_split
+from captioner.photo_demo import run_photo_demo, scored_split, served_run
 
 TINY_MODEL = dict(backbone="resnet18", encoder_weights="none", image_size=64, grid=2, embed_size=16, hidden_size=32,
                   attention_size=16, context_size=16)
@@ -52,3 +52,23 @@ def test_photo_demo_scores_val_when_there_is_no_test_split(flickr_layout: Path, 
     trained = json.loads((out / "show-tell" / "train_config.json").read_text())
     assert trained["val_split"] == "none"  # the scored split never validated the runs: a hold-out of train did
     assert len(val_names) == 8 and summary["phases_s"]["total"] > 0
+
+
+def fake_run(folder: Path, rows: list[tuple[float, float]]) -> Path:
+    """A run folder whose metrics.csv has one (val_cider, val_distinct) row an epoch."""
+    folder.mkdir()
+    lines = ["epoch,val_cider,val_distinct"] + [f"{i},{c},{d}" for i, (c, d) in enumerate(rows)]
+    (folder / "metrics.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_the_served_model_is_the_best_by_val_cider_among_those_with_varied_captions(tmp_path: Path, capsys) -> None:
+    xe = fake_run(tmp_path / "xe", [(30.0, 50.0), (35.0, 45.0), (34.0, 30.0)])  # its best epoch: 35.0, 45%
+    scst = fake_run(tmp_path / "scst", [(37.0, 22.0)])  # better CIDEr, the same few captions for many photos
+    assert served_run({"show-tell": xe, "show-tell + SCST": scst}) == "show-tell"
+    assert "serving show-tell, not show-tell + SCST" in capsys.readouterr().out
+    varied = fake_run(tmp_path / "varied", [(36.0, 41.0)])
+    assert served_run({"show-tell": xe, "show-tell + SCST": varied}) == "show-tell + SCST"
+    assert capsys.readouterr().out == ""
+    narrow = fake_run(tmp_path / "narrow", [(33.0, 10.0)])  # none varied enough: the best CIDEr of all
+    assert served_run({"a": scst, "b": narrow}) == "a"

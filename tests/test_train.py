@@ -56,6 +56,7 @@ def test_train_writes_artifact_curves_epoch_lines_and_reuses_cache(tiny_synth, t
     for r in table:
         assert float(r["lr"]) > 0 and float(r["train_loss"]) > 0 and float(r["val_ppl"]) > 1
         assert 0 <= float(r["val_cider"]) and 0 <= float(r["val_bleu4"]) <= 100  # the 0-100 scale, as printed
+        assert 0 < float(r["val_distinct"]) <= 100  # % of the val images with a caption of their own
     assert float(table[0]["lr"]) > float(table[1]["lr"])  # the scheduler lowers it
     model = load(run)
     assert model.config.backbone == "resnet18" and len(model.vocab) == model.config.vocab_size

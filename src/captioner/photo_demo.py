@@ -13,7 +13,7 @@ from captioner.diagnostics import diagnose, format_diagnostics
 from captioner.evaluate import format_table, score_columns, write_results
 from captioner.inference import load
 from captioner.io import write_json
-from captioner.pipeline import best_val_cider
+from captioner.pipeline import best_val_cider, best_val_row
 from captioner.predict import caption_features, record_features
 
 
@@ -24,6 +24,18 @@ def scored_split(data: str | Path, images: str | Path | None) -> str:
     except FileNotFoundError:
         return "val"
     return "test" if records else "val"
+
+
+def served_run(runs: dict[str, Path]) -> str:
+    """The run with the best val CIDEr among those whose greedy val captions (at that epoch) are at least
+    ``recipe.MIN_DISTINCT`` % distinct; all runs compete when none is. Said in the log when it changes the choice."""
+    varied = [d for d in runs if float(best_val_row(runs[d]).get("val_distinct") or 100) >= recipe.MIN_DISTINCT]
+    best = max(varied or runs, key=lambda d: best_val_cider(runs[d]))
+    top = max(runs, key=lambda d: best_val_cider(runs[d]))
+    if best != top:
+        print(f"serving {best}, not {top}: {top}'s val captions are only "
+              f"{float(best_val_row(runs[top])['val_distinct']):.0f}% distinct (< {recipe.MIN_DISTINCT}%)", flush=True)
+    return best
 
 
 def run_photo_demo(data: str | Path, images: str | Path | None = None, out: str | Path = "runs/photos",
@@ -62,7 +74,7 @@ def run_photo_demo(data: str | Path, images: str | Path | None = None, out: str 
                           resume=(run / "checkpoints" / "last.ckpt").is_file(), **common))
         phases["scst"] = time.perf_counter() - t
         runs[f"{served} + SCST"] = run
-        served = max(runs, key=lambda d: best_val_cider(runs[d]))
+        served = served_run(runs)
 
     t = time.perf_counter()
     records, report = open_split(data, split, images)

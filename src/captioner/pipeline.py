@@ -55,9 +55,14 @@ SCST_BATCH, SCST_LR = 50, 1e-3  # images per batch (x 5 samples each), learning 
 # 2.5e-4 / 5e-4 / 1e-3)
 
 
+def best_val_row(run: Path) -> dict[str, str]:
+    """The row of a run's metrics.csv with the best val CIDEr (the epoch its model was exported from)."""
+    return max((r for r in read_csv(run / "metrics.csv") if r.get("val_cider")), key=lambda r: float(r["val_cider"]))
+
+
 def best_val_cider(run: Path) -> float:
     """The best val CIDEr a run's metrics.csv records (the score the demos choose their served model by)."""
-    return max(float(r["val_cider"]) for r in read_csv(run / "metrics.csv") if r.get("val_cider"))
+    return float(best_val_row(run)["val_cider"])
 
 
 def run_demo(out: str | Path = "runs/demo", train_images: int = 4000, epochs: int = 6, attention_epochs: int = 8,

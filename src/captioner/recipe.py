@@ -16,6 +16,7 @@ TRAIN = dict(epochs=8, batch_size=128, lr=5e-3, min_lr=5e-4, scheduler="cosine",
 FAMILY = {"show-tell": {}, "attention": {}}  # per-family changes to MODEL and TRAIN
 DEMO_FAMILIES = ("show-tell",)
 SCST = dict(epochs=1, batch_size=50, lr=5e-4, scst_samples=5)
+MIN_DISTINCT = 40  # % of val images with a caption of their own that a served model needs (SCST narrows them)
 GREEDY = dict(beam=1)
 SEARCH = dict(beam=3, length_penalty=1.0, block_ngram=3, bad_endings=True)  # caption, evaluate, serve defaults
 

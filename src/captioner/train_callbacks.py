@@ -56,7 +56,7 @@ class EpochCSV(Callback):
     """One row per completed epoch in metrics.csv (lr, losses, perplexities, val scores 0-100), written atomically."""
 
     COLUMNS = ("epoch", "lr", "train_loss", "train_ppl", "val_loss", "val_ppl", "val_bleu4", "val_cider",
-               "train_reward", "sample_len", "seconds")
+               "val_distinct", "train_reward", "sample_len", "seconds")
 
     def __init__(self, path: Path, echo: bool = False) -> None:
         self.path, self.echo, self.lr, self.start = path, echo, math.nan, 0.0
@@ -74,7 +74,7 @@ class EpochCSV(Callback):
                 row[f"{split}_loss"] = m[f"{split}_loss"]
                 row[f"{split}_ppl"] = math.exp(min(m[f"{split}_loss"], 50))
         if (trainer.current_epoch + 1) % module.cfg.eval_every == 0:
-            row |= {k: m[k] for k in ("val_bleu4", "val_cider") if k in m}
+            row |= {k: m[k] for k in ("val_bleu4", "val_cider", "val_distinct") if k in m}
         row |= {k: m[k] for k in ("train_reward", "sample_len") if k in m}
         done = read_csv(self.path) if self.path.is_file() else []
         rows = [r for r in done if int(r["epoch"]) < trainer.current_epoch]

@@ -95,6 +95,7 @@ class CaptionModule(L.LightningModule):
                                    self.trainer.global_rank, self.trainer.world_size)
         self.log("val_bleu4", scores["Bleu_4"], prog_bar=False)  # the same value on every rank (broadcast)
         self.log("val_cider", scores["CIDEr"], prog_bar=True)
+        self.log("val_distinct", scores["distinct"], prog_bar=False)  # % of the images with a caption of their own
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -175,6 +176,8 @@ def generation_scores(model: CaptionModel, vocab: Vocabulary, inputs: torch.Tens
         results = {k: v for share in shares for k, v in share.items()}
     refs = {r.image_id: list(r.captions) for r in records}
     scores = (scorer or partial(score_any, metrics=("Bleu", "CIDEr")))(results, refs) if rank == 0 else {}
+    if rank == 0:
+        scores["distinct"] = 100 * len(set(results.values())) / max(1, len(results))
     if world_size > 1:
         box = [scores]
         torch.distributed.broadcast_object_list(box, src=0)
