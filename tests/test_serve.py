@@ -183,6 +183,18 @@ def test_search_options_in_the_query(model_dir: Path, tmp_path: Path) -> None:
     assert logp == sorted(logp, reverse=True)
 
 
+def test_the_apps_beam_requests_are_length_normalised_by_default(model_dir: Path, tmp_path: Path) -> None:
+    """The page asks for beam 3: without the recipe's length penalty raw log-probability favours two-word captions."""
+    wordy = load(model_dir)
+    with torch.no_grad():
+        wordy.decoder.out.bias[END] = -1e4  # never ends: 5-word captions
+    with TestClient(create_app(wordy.save(tmp_path / "wordy"), max_len=5)) as client:
+        status, body = post(client, ("photo.jpg", image_bytes()), beam=3)
+    assert status == 200, body
+    captions = body["results"][0]["captions"]
+    assert len(captions) == 3 and all(c["score"] > c["log_prob"] for c in captions)  # divided by (5 + 5) / 6
+
+
 def test_health_model_page_and_schema(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     info = client.get("/v1/model").json()

@@ -23,7 +23,7 @@ from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from captioner import load
+from captioner import load, recipe
 from captioner.data.rgb import to_rgb, upright
 from captioner.io import read_json
 from captioner.search_options import SearchOptions
@@ -289,10 +289,11 @@ def create_app(model_dir: str | Path, beam: int = 1, max_batch: int = 16, max_wa
                max_bytes: int = 10 * 2**20, max_pixels: int = 40_000_000, batching: bool = True,
                max_files: int = 16, max_queue: int = 64, request_timeout_s: float = 30.0,
                max_request_pixels: int = 50_000_000, max_len: int | None = None,
-               length_penalty: float = 0.0, options: SearchOptions | None = None,
+               length_penalty: float = recipe.SEARCH["length_penalty"], options: SearchOptions | None = None,
                runtime: str = "torch", max_decoded_bytes: int = 2**29,
                max_aspect: float = 20.0) -> FastAPI:
-    """Load the model in ``model_dir`` and build the app; ``batching=False`` runs each request alone.
+    """Load the model in ``model_dir`` and build the app; ``batching=False`` runs each request alone. Beam requests
+    (the page asks for 3 alternatives) are length-normalised as `captioner serve`'s are (the recipe's penalty).
 
     The server holds at most ``max_queue`` images and ``max_decoded_bytes`` of decoded pixels (PIXEL_BYTES each)
     at once (more: 503), answers each request within ``request_timeout_s`` (or 504), decodes at most
