@@ -131,6 +131,8 @@ def train(data: DataArg,
           val_image_dir: Annotated[Path | None, typer.Option(help="Image folder of a --val-data COCO file")] = None,
           val_fraction: Annotated[float, typer.Option(help="Share of training images held out (seeded) when the "
                                                       "data has no val split")] = 0.05,
+          val_split: Annotated[str, typer.Option(help="The data's split to validate on; 'none': hold out "
+                                                 "--val-fraction of train (to keep val unseen for scoring)")] = "val",
           decoder: Annotated[str, typer.Option(help="show-tell (pooled image as the LSTM's first input) or attention "
                                                "(Show, Attend and Tell over the G x G grid)")] = "show-tell",
           backbone: Annotated[str, typer.Option(help="efficientnet_lite0 (ImageNet weights ship with the package: "
@@ -150,6 +152,15 @@ def train(data: DataArg,
           attention_penalty: Annotated[float, typer.Option(help="Weight of the doubly stochastic attention "
                                                          "regulariser (attention)")]
           = recipe.TRAIN["attention_penalty"],
+          label_smoothing: Annotated[float, typer.Option(help="Cross-entropy label smoothing eps (0: off)")] = 0.0,
+          scheduled_sampling: Annotated[str, typer.Option(help="P[:START:EVERY:MAX]: after epoch START the model is "
+                                                          "fed its own sampled word with probability P x periods of "
+                                                          "EVERY epochs, at most MAX (defaults 0:5:0.25; '': off)")]
+          = "",
+          word_dropout: Annotated[float, typer.Option(help="Share of input words replaced by <unk> in training")]
+          = 0.0,
+          train_max_len: Annotated[int, typer.Option(help="Cut training captions to this many words (0: whole)")]
+          = 0,
           dropout: Annotated[float, typer.Option(help="Dropout on the LSTM's output (and between its layers)")]
           = recipe.MODEL["dropout"],
           batch_norm: Annotated[bool, typer.Option(help="BatchNorm after the image embedding (show-tell)")] = True,
@@ -197,6 +208,9 @@ def train(data: DataArg,
         cfg = TrainConfig(data=str(data), out=str(out), images=str(images) if images else None,
                           val_data=str(val_data) if val_data else None,
                           val_image_dir=str(val_image_dir) if val_image_dir else None, val_fraction=val_fraction,
+                          val_split=val_split, label_smoothing=label_smoothing,
+                          scheduled_sampling=scheduled_sampling, word_dropout=word_dropout,
+                          train_max_len=train_max_len,
                           epochs=epochs, batch_size=batch_size, lr=lr, min_lr=min_lr, scheduler=scheduler,
                           weight_decay=weight_decay, clip=clip, ema=ema, attention_penalty=attention_penalty,
                           threshold=threshold, batching=batching, cache_views=cache_views,
