@@ -2,10 +2,11 @@
 ``python -m benchmarks.controls_bench --data Flickr8k.token.txt --runs /work/runs/ctl [--cache-dir DIR]``.
 
 RUNS holds ``base`` (the recipe model, trained with ``--val-split none`` so that the scored ``val`` split stays
-unseen) and optionally ``ls01`` (+ ``--label-smoothing 0.1``), ``ss`` (+ ``--scheduled-sampling``) and ``seed1``
-(``--seed 1``, for the ensemble), all at the same epochs. Prints one markdown table (BLEU-4, METEOR, CIDEr,
-distinct %, repeated 3-grams %, bad endings %) and writes it with every figure to RUNS/controls.json. Not part of
-``python -m benchmarks``: it needs trained models (~25 min of CPU for them, ~10 min for this).
+unseen) and optionally ``ls01`` (+ ``--label-smoothing 0.1``) and ``ss`` (+ ``--scheduled-sampling``), all at the
+same epochs and seed (so the same held-out images and vocabulary: the ensemble rows join base with each). Prints one
+markdown table (BLEU-4, METEOR, CIDEr, distinct %, repeated 3-grams %, bad endings %, mean words) and writes it with
+every figure to RUNS/controls.json. Not part of ``python -m benchmarks``: it needs trained models (~15 min of CPU
+each on one thread), then ~10 min.
 """
 from __future__ import annotations
 
@@ -42,22 +43,27 @@ SEARCHES = [
         **RULES, sample=True, temperature=0.5, top_p=0.9, n=5, seed=0))),
 ]
 GREEDY_AND_RECIPE = [SEARCHES[0], SEARCHES[7]]
-TRAINED = {"ls01": "label smoothing 0.1", "ss": "scheduled sampling", "seed1": "seed 1"}
+TRAINED = {"ls01": "label smoothing 0.1", "ss": "scheduled sampling 0.1:0:1:0.25"}
 METRICS = [("Bleu_4", "BLEU-4"), ("METEOR", "METEOR"), ("CIDEr", "CIDEr"), ("distinct", "distinct %"),
            ("repeated_3grams", "repeated 3-grams %"), ("bad_endings", "bad endings %"), ("mean_len", "words")]
 
 
-def run(data: Path, runs: Path, cache_dir: Path | None, split: str = "val") -> dict[str, dict[str, float]]:
+def run(data: Path, runs: Path, cache_dir: Path | None, only: list[str] | None = None,
+        split: str = "val") -> dict[str, dict[str, float]]:
+    """The rows of ``only`` (default: every run there): "base" (every search), a trained control's name (greedy and
+    the recipe's search, alone and in an ensemble with base)."""
     records, _ = open_split(data, split)
     base = load(runs / "base")
     features, ok = record_features(base, records, cache_dir, progress=False)
     rows = np.flatnonzero(ok)
     records = [records[i] for i in rows]
     refs = {r.image_id: list(r.captions) for r in records}
-    models = [("base", base, SEARCHES)]
-    models += [(TRAINED[name], load(runs / name), GREEDY_AND_RECIPE) for name in TRAINED if (runs / name).is_dir()]
-    if (runs / "seed1").is_dir():
-        models.append(("ensemble base + seed 1", load_ensemble([runs / "base", runs / "seed1"]), GREEDY_AND_RECIPE))
+    only = only or ["base", *(name for name in TRAINED if (runs / name).is_dir())]
+    models = [("base", base, SEARCHES)] if "base" in only else []
+    trained = [name for name in TRAINED if name in only]
+    models += [(TRAINED[name], load(runs / name), GREEDY_AND_RECIPE) for name in trained]
+    models += [(f"ensemble base + {TRAINED[name]}", load_ensemble([runs / "base", runs / name]), GREEDY_AND_RECIPE)
+               for name in trained]
     texts, seconds = {}, {}
     for name, model, searches in models:
         for label, kw in searches:
@@ -82,10 +88,14 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--runs", type=Path, required=True)
     parser.add_argument("--cache-dir", type=Path)
+    parser.add_argument("--only", action="append", choices=["base", *TRAINED],
+                        help="these rows only, merged into RUNS/controls.json (repeatable)")
     args = parser.parse_args()
-    figures = run(args.data, args.runs, args.cache_dir)
+    saved = args.runs / "controls.json"
+    figures = json.loads(saved.read_text())["figures"] if args.only and saved.is_file() else {}
+    figures |= run(args.data, args.runs, args.cache_dir, args.only)
     text = table(figures)
-    (args.runs / "controls.json").write_text(json.dumps({"figures": figures, "table": text}, indent=1))
+    saved.write_text(json.dumps({"figures": figures, "table": text}, indent=1))
     print(text)
 
 
