@@ -7,7 +7,8 @@ ended candidate every step, as with trained weights) and max_len fixes the numbe
 10-word caption (its <end> costs a step) and 20, the max_len worst case. The searches run on the encoder's
 features; encoder and searches are timed in interleaved rounds (medians) and a caption's time is their sum.
 The search options (n-gram blocking, no bad endings, sampling, diverse beam) are timed the same way on the float32
-decoders at 20 steps: a decoder step's time for the batch, and its ratio to the plain search's.
+decoders at 20 steps: a decoder step's time for the batch, and its ratio to the plain search's; so is an ensemble of
+the two families (models/ensemble.py), against the attention decoder alone.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ def run(quick: bool) -> list[dict]:
     from captioner.data.vocab import END, SPECIALS, Vocabulary
     from captioner.inference import Captioner
     from captioner.models.captioner import ModelConfig
+    from captioner.models.ensemble import Ensemble
     from captioner.search_options import SearchOptions
 
     s, dev = QUICK if quick else FULL, device()
@@ -51,6 +53,8 @@ def run(quick: bool) -> list[dict]:
         if dev.type == "cpu":
             models[f"{family} int8"] = model = copy.deepcopy(model)
             model.decoder.affines.int8 = True
+    ensemble = copy.deepcopy(models["attention"])
+    ensemble.decoder = Ensemble([models[f].decoder for f in FAMILIES])  # one encoder config: the same features
     encoder = models[FAMILIES[0]].encoder
     setup = (f"{s['backbone']} at {s['size']} px, random weights, {s['vocab']}-word vocabulary; median of "
              f"{s['repeat']} interleaved rounds")
@@ -66,8 +70,10 @@ def run(quick: bool) -> list[dict]:
             fns |= {("option", family, name, beam): partial(models[family].generate, features, beam, 20,
                                                   options=SearchOptions(**o))
                     for family in s["option_families"] for name, beam, o in OPTIONS}
+            fns |= {("ensemble", beam): partial(ensemble.generate, features, beam, 20) for beam in BEAMS}
             times = timed_together(fns, dev, s["repeat"])
         options = {key[1:]: times.pop(key) for key in list(times) if key[0] == "option"}
+        joined = {key[1]: times.pop(key) for key in list(times) if key[0] == "ensemble"}
         encode = times.pop("encoder")
         rows.append(row(SECTION, f"batch {b}: encoder forward", 1000 * encode / b, "ms/image", setup))
         for (family, words, steps, beam), search in times.items():
@@ -85,4 +91,10 @@ def run(quick: bool) -> list[dict]:
                     t = options[(family, name, beam)]
                     rows += [row(SECTION, f"batch {b}: {search} + {name}, a step", 1000 * t / 20, "ms/step"),
                              row(SECTION, f"batch {b}: {search} + {name}: ratio to plain {search}", t / plain, "x")]
+        for beam, t in joined.items():
+            search = "greedy" if beam == 1 else f"beam-{beam}"
+            plain = times[("attention", 20, 20, beam)]
+            rows += [row(SECTION, f"batch {b}: ensemble of show-tell + attention {search}, a step", 1000 * t / 20,
+                         "ms/step", "log-probabilities averaged every step"),
+                     row(SECTION, f"batch {b}: ensemble {search}: ratio to attention {search} alone", t / plain, "x")]
     return rows

@@ -34,9 +34,11 @@ def test_quick_benchmarks_print_one_table() -> None:
     assert len([c for c in latency if c[3] == "ms/image"]) == 2 + searches
     assert len([c for c in latency if c[3] == "x" and c[1].endswith("ratio to the encoder")]) == searches
     assert len([c for c in latency if c[3] == "x" and " int8 " in c[1]]) == searches // 2
-    # and (quick: the attention decoder's) step time of greedy and beam-3, plain and with each search option
+    # and (quick: the attention decoder's) step time of greedy and beam-3, plain and with each search option, and
+    # of an ensemble of both families
     steps = [c[1] for c in latency if c[3] == "ms/step"]
-    assert len(steps) == 2 * (2 + 6) and "batch 4: attention beam-3 + 3 diverse groups, a step" in steps
+    assert len(steps) == 2 * (2 + 6 + 2) and "batch 4: attention beam-3 + 3 diverse groups, a step" in steps
+    assert "batch 1: ensemble of show-tell + attention beam-3, a step" in steps
 
 
 def _scale_rows(env: dict[str, str]) -> list[list[str]]:

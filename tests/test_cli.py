@@ -91,6 +91,45 @@ def test_caption_and_evaluate(model, synth, tmp_path) -> None:
     assert set(json.loads((tmp_path / "metrics_test.json").read_text())) >= {"Bleu_4", "METEOR", "CIDEr"}
 
 
+def test_caption_json_gives_the_n_best_with_their_tokens_and_per_word_log_probabilities(model, synth) -> None:
+    images = sorted((synth / "test").glob("*.png"))[:2]
+    result = invoke("caption", "--model", model, *images, "--json", "--beam", 3, "--n-best", 3)
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.output.splitlines()]
+    assert [line["file"] for line in lines] == [str(p) for p in images]
+    for line in lines:
+        caps = line["captions"]
+        assert len(caps) == 3 and line["error"] is None
+        assert [c["score"] for c in caps] == sorted((c["score"] for c in caps), reverse=True)
+        for c in caps:
+            assert {"text", "score", "log_prob", "tokens", "word_log_probs"} == c.keys()  # no attention unasked
+            assert len(c["tokens"]) == len(c["word_log_probs"])
+            assert " ".join(t for t in c["tokens"] if t != "<end>") == c["text"]
+            assert sum(c["word_log_probs"]) == pytest.approx(c["log_prob"], abs=1e-4)
+    result = invoke("caption", "--model", model, *images, "--beam", 4, "--groups", 2, "--diversity", 10,
+                    "--n-best", 4)
+    assert result.exit_code == 0, result.output
+    rows = [line.split("\t") for line in result.output.splitlines()]
+    assert [r[1] for r in rows] == ["1", "2", "3", "4"] * 2
+    for image in images:  # four different captions of every image
+        assert len({r[3] for r in rows if r[0] == str(image)}) == 4
+    result = invoke("caption", "--model", model, *images, "--beam", 3, "--n-best", 4)
+    assert result.exit_code == 2 and "--n-best 4: the search keeps 3" in result.output
+
+
+def test_caption_and_evaluate_with_an_ensemble_of_a_model_with_itself(model, synth, tmp_path) -> None:
+    images = sorted((synth / "test").glob("*.png"))[:3]
+    alone = invoke("caption", "--model", model, *images)
+    twice = invoke("caption", "--model", model, "--model", model, *images)
+    assert twice.exit_code == 0 and twice.output == alone.output
+    result = invoke("evaluate", "--model", model, "--model", model, "--data", synth, "--split", "test", "--no-java")
+    assert result.exit_code == 2 and "give --out" in result.output
+    result = invoke("evaluate", "--model", model, "--model", model, "--data", synth, "--split", "test", "--no-java",
+                    "--out", tmp_path, "--cache-dir", tmp_path / "cache")
+    assert result.exit_code == 0, result.output
+    assert f"{model.name} + {model.name} (test, beam" in result.output
+
+
 def test_caption_search_flags_and_attention_maps(model, synth, tmp_path) -> None:
     images = sorted((synth / "test").glob("*.png"))[:2]
     result = invoke("caption", "--model", model, *images, "--beam", 3, "--max-len", 3, "--length-penalty", 0.7)

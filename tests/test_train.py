@@ -168,14 +168,18 @@ def test_cli_flags_reach_their_fields_and_epoch_lines_read_well(tiny_synth, tmp_
     done = subprocess.run([sys.executable, "-m", "captioner", "train", "--data", str(tiny_synth), "--out", str(run),
                            "--epochs", "1", "--batch-size", "8", "--lr", "0.02", "--min-lr", "0.003",
                            "--clip", "2.5", "--threshold", "1", "--eval-every", "3", "--val-images", "5",
-                           "--seed", "4", "--cache-dir", str(tmp_path / "cache"), "--no-progress", *CLI_TINY],
+                           "--seed", "4", "--cache-dir", str(tmp_path / "cache"), "--no-progress", *CLI_TINY,
+                           "--label-smoothing", "0.1", "--scheduled-sampling", "0.05:0:5", "--word-dropout", "0.1",
+                           "--train-max-len", "30", "--val-split", "none"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     saved = json.loads((run / "train_config.json").read_text())
     assert {k: saved[k] for k in ("epochs", "batch_size", "lr", "min_lr", "clip", "threshold", "eval_every",
-                                  "val_images", "seed")} == dict(epochs=1, batch_size=8, lr=0.02, min_lr=0.003,
-                                                                 clip=2.5, threshold=1, eval_every=3, val_images=5,
-                                                                 seed=4)
+                                  "val_images", "seed", "label_smoothing", "scheduled_sampling", "word_dropout",
+                                  "train_max_len", "val_split")} == dict(
+        epochs=1, batch_size=8, lr=0.02, min_lr=0.003, clip=2.5, threshold=1, eval_every=3, val_images=5, seed=4,
+        label_smoothing=0.1, scheduled_sampling="0.05:0:5", word_dropout=0.1, train_max_len=30, val_split="none")
+    assert "no 'none' split" in done.stdout  # validated on a held-out share of train
     assert any(line.startswith("epoch 0  lr 0.02") for line in done.stdout.splitlines()), done.stdout
 
 

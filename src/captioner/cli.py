@@ -131,6 +131,8 @@ def train(data: DataArg,
           val_image_dir: Annotated[Path | None, typer.Option(help="Image folder of a --val-data COCO file")] = None,
           val_fraction: Annotated[float, typer.Option(help="Share of training images held out (seeded) when the "
                                                       "data has no val split")] = 0.05,
+          val_split: Annotated[str, typer.Option(help="The data's split to validate on; 'none': hold out "
+                                                 "--val-fraction of train (to keep val unseen for scoring)")] = "val",
           decoder: Annotated[str, typer.Option(help="show-tell (pooled image as the LSTM's first input) or attention "
                                                "(Show, Attend and Tell over the G x G grid)")] = "show-tell",
           backbone: Annotated[str, typer.Option(help="efficientnet_lite0/1/2 (ImageNet weights ship with the "
@@ -151,6 +153,15 @@ def train(data: DataArg,
           attention_penalty: Annotated[float, typer.Option(help="Weight of the doubly stochastic attention "
                                                          "regulariser (attention)")]
           = recipe.TRAIN["attention_penalty"],
+          label_smoothing: Annotated[float, typer.Option(help="Cross-entropy label smoothing eps (0: off)")] = 0.0,
+          scheduled_sampling: Annotated[str, typer.Option(help="P[:START:EVERY:MAX]: after epoch START the model is "
+                                                          "fed its own sampled word with probability P x periods of "
+                                                          "EVERY epochs, at most MAX (defaults 0:5:0.25; '': off)")]
+          = "",
+          word_dropout: Annotated[float, typer.Option(help="Share of input words replaced by <unk> in training")]
+          = 0.0,
+          train_max_len: Annotated[int, typer.Option(help="Cut training captions to this many words (0: whole)")]
+          = 0,
           dropout: Annotated[float, typer.Option(help="Dropout on the LSTM's output (and between its layers)")]
           = recipe.MODEL["dropout"],
           batch_norm: Annotated[bool, typer.Option(help="BatchNorm after the image embedding (show-tell)")] = True,
@@ -198,6 +209,9 @@ def train(data: DataArg,
         cfg = TrainConfig(data=str(data), out=str(out), images=str(images) if images else None,
                           val_data=str(val_data) if val_data else None,
                           val_image_dir=str(val_image_dir) if val_image_dir else None, val_fraction=val_fraction,
+                          val_split=val_split, label_smoothing=label_smoothing,
+                          scheduled_sampling=scheduled_sampling, word_dropout=word_dropout,
+                          train_max_len=train_max_len,
                           epochs=epochs, batch_size=batch_size, lr=lr, min_lr=min_lr, scheduler=scheduler,
                           weight_decay=weight_decay, clip=clip, ema=ema, attention_penalty=attention_penalty,
                           threshold=threshold, batching=batching, cache_views=cache_views,
@@ -249,8 +263,13 @@ def _options(beam: int | None, *flags: Any) -> tuple[int, SearchOptions]:
     return beam, options
 
 
+ModelsOpt = Annotated[list[Path], typer.Option("--model", help="Model folder (model.safetensors, config.json, "
+                                              "vocab.json); repeated: an ensemble of models sharing the vocabulary "
+                                              "and encoder, their log-probabilities averaged at every step")]
+
+
 @app.command()
-def caption(model: Annotated[Path, typer.Option(help="Model folder (model.safetensors, config.json, vocab.json)")],
+def caption(model: ModelsOpt,
             images: Annotated[list[Path], typer.Argument(help="Image files, or folders: their images (not recursive)")],
             beam: BeamOpt = None,
             max_len: MaxLenOpt = None, length_penalty: PenaltyOpt = recipe.SEARCH["length_penalty"],
@@ -261,15 +280,29 @@ def caption(model: Annotated[Path, typer.Option(help="Model folder (model.safete
             grid: Annotated[Path | None, typer.Option(help="Write a PNG grid of the images with captions")] = None,
             attention: Annotated[Path | None, typer.Option(help="Write a PNG of each word's attention map over its "
                                                        "image (attention models)")] = None,
-            runtime: RuntimeOpt = "torch") -> None:
-    """Print one caption per image (and optionally draw them in a grid, or their attention maps)."""
+            runtime: RuntimeOpt = "torch",
+            json: Annotated[bool, typer.Option("--json", help="One JSON line per image: file, captions best first "
+                                               "(text, score, log_prob, tokens, word_log_probs)")] = False,
+            n_best: Annotated[int, typer.Option(min=1, help="Captions per image, best first: up to --beam (with "
+                                                "--groups from different groups), or --n with --sample")] = 1,
+            json_attention: Annotated[bool, typer.Option(help="With --json: each caption's attention maps "
+                                                         "(attention models)")] = False) -> None:
+    """Print the best caption of each image (--n-best: several; --json: with scores per word), and optionally draw
+    them in a grid, or their attention maps."""
     from captioner import load
     from captioner.data.rgb import load_rgb
+    from captioner.inference import load_ensemble
 
     try:
         beam, options = _options(beam, block_ngram, no_bad_endings, sample, temperature, top_k, top_p, n, seed, groups,
                                  diversity)
-        m = load(str(model), runtime=runtime)
+        kept = options.n if options.sample else beam
+        if n_best > kept:
+            raise ValueError(f"--n-best {n_best}: the search keeps {kept} caption(s) per image; raise "
+                             f"{'--n' if options.sample else '--beam'} to at least {n_best}")
+        if len(model) > 1 and runtime == "onnx":
+            raise ValueError("an ensemble (--model given twice or more) runs with --runtime torch or int8")
+        m = load(str(model[0]), runtime=runtime) if len(model) == 1 else load_ensemble(model, int8=runtime == "int8")
         if warning := m.config.synthetic_warning():
             typer.secho(f"warning: {warning}", fg="yellow", err=True)
         if attention and m.config.decoder != "attention":
@@ -282,13 +315,18 @@ def caption(model: Annotated[Path, typer.Option(help="Model folder (model.safete
                 readable.append((path, load_rgb(path)))
             except OSError as e:
                 typer.secho(f"skipped: {e}", fg="yellow", err=True)
+                if json:  # one line per image, as the API's result of a skipped file
+                    typer.echo(caption_line(path, [], error=str(e)))
                 skipped += 1
         results = m.caption([im for _, im in readable], beam, max_len=max_len, length_penalty=length_penalty,
-                            options=options)
+                            options=options, word_scores=json)
     except (OSError, ValueError, ImportError) as e:
         raise _fail(e) from None
     for (path, _), hyps in zip(readable, results, strict=True):
-        typer.echo(f"{path}\t{hyps[0].text}")
+        if json:
+            typer.echo(caption_line(path, hyps[:n_best], json_attention))
+        for rank, h in enumerate(hyps[:n_best] if not json else []):
+            typer.echo(f"{path}\t{h.text}" if n_best == 1 else f"{path}\t{rank + 1}\t{h.score:.4f}\t{h.text}")
     if grid and readable:
         from captioner.plots import caption_grid
 
@@ -303,6 +341,18 @@ def caption(model: Annotated[Path, typer.Option(help="Model folder (model.safete
         raise typer.Exit(1)
 
 
+def caption_line(path: Path, captions: list[Any], attention: bool = False, error: str | None = None) -> str:
+    """The JSON line of one image for ``caption --json``: the API's fields (serve/app.py's Result) and, per
+    caption, its tokens and their log-probabilities."""
+    import json
+
+    return json.dumps({"file": str(path), "captions": [
+        {"text": c.text, "score": c.score, "log_prob": c.log_prob, "tokens": c.tokens,
+         "word_log_probs": c.word_log_probs} | (
+            {"attention": None if c.attention is None else c.attention.tolist()} if attention else {})
+        for c in captions], "error": error})
+
+
 def _image_files(paths: list[Path]) -> list[Path]:
     """The paths, each folder replaced by its files with an image extension that Pillow knows, sorted."""
     from PIL import Image
@@ -315,14 +365,15 @@ def _image_files(paths: list[Path]) -> list[Path]:
 
 
 @app.command()
-def evaluate(model: Annotated[Path, typer.Option(help="Model folder")], data: DataArg, images: ImagesOpt = None,
+def evaluate(model: ModelsOpt, data: DataArg, images: ImagesOpt = None,
              split: str = "test", beam: BeamOpt = None, max_len: MaxLenOpt = None,
              length_penalty: PenaltyOpt = recipe.SEARCH["length_penalty"],
              block_ngram: BlockOpt = recipe.SEARCH["block_ngram"],
              no_bad_endings: BadEndingsOpt = recipe.SEARCH["bad_endings"], sample: SampleOpt = False,
              temperature: TemperatureOpt = 1.0, top_k: TopKOpt = 0, top_p: TopPOpt = 1.0, n: NOpt = 1,
              seed: SeedOpt = None, groups: GroupsOpt = 1, diversity: DiversityOpt = 0.0,
-             out: Annotated[Path | None, typer.Option(help="Where results/metrics JSON go (default: model folder)")]
+             out: Annotated[Path | None, typer.Option(help="Where results/metrics JSON go (default: the model "
+                                                      "folder; an ensemble needs it)")]
              = None,
              java: Annotated[bool, typer.Option(help="Official PTB tokenizer + METEOR (needs java)")] = True,
              spice: Annotated[bool, typer.Option(help="Also SPICE (needs Stanford CoreNLP models)")] = False,

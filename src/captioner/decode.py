@@ -254,6 +254,31 @@ def _read_back(kept: list[list[Kept]], words: list, parents: list, alphas: list[
     return out
 
 
+@torch.inference_mode()
+def word_log_probs(decoder: Decoder, features: torch.Tensor, captions: list[list[list[int]]],
+                   max_len: int) -> list[list[list[float]]]:
+    """Per image and caption (word ids), each token's log-probability as a search scored it: its words, then <end>
+    unless the caption has ``max_len`` words (cut, no <end>). All captions of all images in one batched pass."""
+    rows = [(i, ids + [END] if len(ids) < max_len else ids) for i, caps in enumerate(captions) for ids in caps]
+    if not rows:
+        return [[] for _ in captions]
+    device, longest = features.device, max(len(t) for _, t in rows)
+    targets = torch.full((len(rows), longest), PAD, dtype=torch.long, device=device)
+    for r, (_, tokens) in enumerate(rows):
+        targets[r, :len(tokens)] = torch.tensor(tokens, device=device)
+    state = _reorder(decoder.start(features), torch.tensor([i for i, _ in rows], device=device))
+    tokens, steps = torch.full((len(rows),), START, dtype=torch.long, device=device), []
+    for t in range(longest):
+        log_probs, state, _ = decoder.step(tokens, state)
+        steps.append(log_probs.gather(1, targets[:, t:t + 1]).squeeze(1))
+        tokens = targets[:, t]
+    table = torch.stack(steps, 1).tolist()
+    out: list[list[list[float]]] = [[] for _ in captions]
+    for (i, tokens), values in zip(rows, table, strict=True):
+        out[i].append(values[:len(tokens)])
+    return out
+
+
 def sample(decoder: Decoder, features: torch.Tensor, n: int = 5, max_len: int = 20, temperature: float = 1.0,
            top_k: int = 0, top_p: float = 1.0, seed: int | None = None, block_ngram: int = 0,
            bad_endings: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:

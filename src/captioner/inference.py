@@ -10,8 +10,9 @@ from PIL import Image
 
 from captioner.data.images import eval_transform, to_rgb
 from captioner.data.vocab import Vocabulary
-from captioner.decode import search
+from captioner.decode import search, word_log_probs
 from captioner.models.captioner import CaptionModel, ModelConfig, load_state, read_artifact, save_artifact
+from captioner.models.ensemble import Ensemble
 from captioner.search_options import SearchOptions
 
 
@@ -24,6 +25,9 @@ class Caption:
     score: float
     log_prob: float
     attention: torch.Tensor | None = None  # [tokens, G, G]: a map per word (+ <end> when produced)
+    tokens: list[str] | None = None  # with ``word_scores``: the words, then <end> when produced
+    word_log_probs: list[float] | None = None  # with ``word_scores``: each token's log-probability (they sum to
+    # log_prob)
 
 
 class Captioner(CaptionModel):
@@ -37,20 +41,27 @@ class Captioner(CaptionModel):
 
     @torch.inference_mode()
     def generate(self, features: torch.Tensor, beam: int = 1, max_len: int | None = None,
-                 length_penalty: float = 0.0, options: SearchOptions | None = None) -> list[list[Caption]]:
-        """Captions of grid features [B, N, C] (or images): per image a best-first list (``options``: decode.search)."""
+                 length_penalty: float = 0.0, options: SearchOptions | None = None,
+                 word_scores: bool = False) -> list[list[Caption]]:
+        """Captions of grid features [B, N, C] (or images): per image a best-first list (``options``: decode.search);
+        ``word_scores``: with each caption's tokens and their log-probabilities."""
         features, g = self.features(features), self.config.grid
         max_len = self.config.max_len if max_len is None else max_len
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1 tokens, got {max_len}")
         rows = search(self.decoder, features, self.vocab, beam, max_len, length_penalty, options)
+        per_word = word_log_probs(self.decoder, features, [[h.ids for h in row] for row in rows], max_len) \
+            if word_scores else [[None] * len(row) for row in rows]
         return [[Caption(self.vocab.decode(h.ids), h.score, h.log_prob,
-                         None if h.attention is None else h.attention.view(-1, g, g).cpu()) for h in row]
-                for row in rows]
+                         None if h.attention is None else h.attention.view(-1, g, g).cpu(),
+                         None if lps is None else [self.vocab.itos[i] for i in h.ids] + ["<end>"] * (
+                             len(lps) > len(h.ids)), lps)
+                 for h, lps in zip(row, lp_row, strict=True)] for row, lp_row in zip(rows, per_word, strict=True)]
 
     @torch.inference_mode()
     def caption(self, images: Sequence[Image.Image], beam: int = 1, batch_size: int = 32, max_len: int | None = None,
-                length_penalty: float = 0.0, options: SearchOptions | None = None) -> list[list[Caption]]:
+                length_penalty: float = 0.0, options: SearchOptions | None = None,
+                word_scores: bool = False) -> list[list[Caption]]:
         """Caption PIL images with the eval preprocessing (resize, centre crop, normalise)."""
         self.eval()
         spec, device = self.encoder.spec, next(self.parameters()).device
@@ -58,11 +69,13 @@ class Captioner(CaptionModel):
         out: list[list[Caption]] = []
         for start in range(0, len(images), batch_size):
             x = torch.stack([transform(to_rgb(im)) for im in images[start:start + batch_size]]).to(device)
-            out += self.generate(x, beam, max_len, length_penalty, options)
+            out += self.generate(x, beam, max_len, length_penalty, options, word_scores)
         return out
 
     def save(self, folder: str | Path) -> Path:
         """Write model.safetensors + config.json + vocab.json into ``folder``."""
+        if isinstance(self.decoder, Ensemble):
+            raise ValueError("an ensemble is not one model: save or export each of its models instead")
         return save_artifact(self, self.vocab, folder)
 
 
@@ -79,3 +92,33 @@ def load(folder: str | Path, device: str | torch.device | None = None, int8: boo
         raise ValueError(f"int8 decoding runs on the CPU, not {device}: leave the device out or use --runtime torch")
     model.decoder.affines.int8 = int8
     return model.to(device).eval()
+
+
+ENCODER = ("backbone", "encoder_weights", "image_size", "grid", "output_stride", "fine_tune")  # what makes features
+
+
+def load_ensemble(folders: Sequence[str | Path], device: str | torch.device | None = None,
+                  int8: bool = False) -> Captioner:
+    """One captioner that searches with several models at once (models/ensemble.py: their log-probabilities
+    averaged at every step), any mix of families; they must share the vocabulary and the frozen encoder, whose
+    features are computed once. Attention maps are the first model's. One folder: that model."""
+    models = [load(f, device, int8) for f in folders]
+    first, name = models[0], folders[0]
+    for folder, m in zip(folders[1:], models[1:], strict=True):
+        if m.vocab.itos != first.vocab.itos:
+            differ = next((i for i, (a, b) in enumerate(zip(first.vocab.itos, m.vocab.itos, strict=False)) if a != b),
+                          min(len(first.vocab), len(m.vocab)))
+            raise ValueError(f"--model {name} and --model {folder} have different vocabularies ({len(first.vocab)} "
+                             f"and {len(m.vocab)} words, first difference at id {differ}): an ensemble averages "
+                             f"word by word, so its models must share one vocab.json (train them on the same data "
+                             f"and --threshold)")
+        keys = [k for k in ENCODER if getattr(m.config, k) != getattr(first.config, k)]
+        if m.config.encoder_weights == "none" and m.config.seed != first.config.seed:
+            keys.append("seed")
+        if keys or m.config.fine_tune:
+            what = ", ".join(f"{k} {getattr(first.config, k)!r} vs {getattr(m.config, k)!r}" for k in keys)
+            raise ValueError(f"--model {name} and --model {folder} read different image features "
+                             f"({what or 'fine-tuned encoders'}): an ensemble's models share one frozen encoder")
+    if len(models) > 1:
+        first.decoder = Ensemble([m.decoder for m in models]).eval()
+    return first

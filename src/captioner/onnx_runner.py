@@ -44,6 +44,8 @@ class Caption:
     score: float
     log_prob: float
     attention: np.ndarray | None = None  # [tokens, G, G]: a map per word (+ <end> when produced)
+    tokens: list[str] | None = None  # with ``word_scores``: the words, then <end> when produced
+    word_log_probs: list[float] | None = None  # with ``word_scores``: each token's log-probability
 
 
 def preprocess(image: Image.Image, size: int, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -212,6 +214,28 @@ def _top(total: np.ndarray, groups: int, diversity: float) -> tuple[np.ndarray, 
     return tuple(np.concatenate(x, 1) for x in zip(*out, strict=True))
 
 
+def word_log_probs(step: Step, state: State, captions: list[list[list[int]]], max_len: int) -> list[list[list[float]]]:
+    """decode.word_log_probs: per image and caption each token's log-probability (words, then <end> unless cut)."""
+    rows = [(i, ids + [END] if len(ids) < max_len else ids) for i, caps in enumerate(captions) for ids in caps]
+    if not rows:
+        return [[] for _ in captions]
+    longest = max(len(t) for _, t in rows)
+    targets = np.full((len(rows), longest), PAD, np.int64)
+    for r, (_, tokens) in enumerate(rows):
+        targets[r, :len(tokens)] = tokens
+    owner = np.array([i for i, _ in rows])
+    state, tokens, steps = [s[owner] for s in state], np.full(len(rows), START, np.int64), []
+    for t in range(longest):
+        log_probs, state, _ = step(tokens, state)
+        steps.append(log_probs[np.arange(len(rows)), targets[:, t]])
+        tokens = targets[:, t]
+    table = np.stack(steps, 1).tolist()
+    out: list[list[list[float]]] = [[] for _ in captions]
+    for (i, tokens), values in zip(rows, table, strict=True):
+        out[i].append(values[:len(tokens)])
+    return out
+
+
 def sample(step: Step, state: State, images: int, n: int, max_len: int, temperature: float = 1.0, top_k: int = 0,
            top_p: float = 1.0, seed: int | None = None, block_ngram: int = 0,
            bad_endings: Sequence[int] | None = None) -> list[list[Hyp]]:
@@ -306,7 +330,8 @@ class OnnxCaptioner:
         return log_probs, state, out[-1] if self.attention else None
 
     def caption(self, images: Sequence[Image.Image], beam: int = 1, batch_size: int = 32, max_len: int | None = None,
-                length_penalty: float = 0.0, options: SearchOptions | None = None) -> list[list[Caption]]:
+                length_penalty: float = 0.0, options: SearchOptions | None = None,
+                word_scores: bool = False) -> list[list[Caption]]:
         """Caption PIL images (as inference.Captioner.caption): per image a best-first list."""
         o = options or SearchOptions()
         o.check(beam)
@@ -325,8 +350,13 @@ class OnnxCaptioner:
             else:
                 rows = beam_search(self.step, state, self.replaced, len(x), beam, max_len, length_penalty, **rules,
                                    groups=o.groups, diversity=o.diversity)
-            out += [[Caption(self.vocab.decode(ids), score, log_prob, None if maps is None else maps.reshape(-1, g, g))
-                     for ids, score, maps, log_prob in row] for row in rows]
+            per_word = word_log_probs(self.step, state, [[h[0] for h in row] for row in rows], max_len) \
+                if word_scores else [[None] * len(row) for row in rows]
+            out += [[Caption(self.vocab.decode(ids), score, log_prob, None if maps is None else maps.reshape(-1, g, g),
+                             None if lps is None else [self.vocab.itos[i] for i in ids] + ["<end>"] * (
+                                 len(lps) > len(ids)), lps)
+                     for (ids, score, maps, log_prob), lps in zip(row, lp_row, strict=True)]
+                    for row, lp_row in zip(rows, per_word, strict=True)]
         return out
 
 

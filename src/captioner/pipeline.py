@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -10,20 +11,24 @@ import numpy as np
 from captioner.data.datasets import find_annotation, open_split
 from captioner.diagnostics import diagnose
 from captioner.evaluate import format_table, score_captions, score_columns, write_results
-from captioner.inference import load
+from captioner.inference import load, load_ensemble
 from captioner.io import read_csv, write_json
 from captioner.predict import caption_features, record_features
 from captioner.search_options import SearchOptions
 
 
-def evaluate_split(model_dir: str | Path, data: str | Path, split: str = "test", images: str | Path | None = None,
-                   beam: int = 1, out: str | Path | None = None, java: bool = True, spice: bool = False,
-                   cache_dir: str | Path | None = None, max_len: int | None = None,
+def evaluate_split(model_dir: str | Path | Sequence[str | Path], data: str | Path, split: str = "test",
+                   images: str | Path | None = None, beam: int = 1, out: str | Path | None = None, java: bool = True,
+                   spice: bool = False, cache_dir: str | Path | None = None, max_len: int | None = None,
                    length_penalty: float = 0.0, int8: bool = False,
                    options: SearchOptions | None = None) -> dict[str, float]:
     """Decode a split, write results_<split>.json and metrics_<split>.json, print the table (0-100); ``int8``
-    decodes with int8 copies of the decoder's weights (``--runtime int8``); ``options``: decode.search."""
-    model = load(model_dir, int8=int8)
+    decodes with int8 copies of the decoder's weights (``--runtime int8``); ``options``: decode.search. Several
+    model folders: their ensemble (inference.load_ensemble), whose files go to ``out`` (then required)."""
+    folders = [model_dir] if isinstance(model_dir, str | Path) else list(model_dir)
+    if len(folders) > 1 and out is None:
+        raise ValueError("an ensemble's results and metrics need a folder of their own: give --out")
+    model, model_dir = load_ensemble(folders, int8=int8), folders[0]
     records, report = open_split(data, split, images)
     print(report.summary())
     if not records:
@@ -38,7 +43,7 @@ def evaluate_split(model_dir: str | Path, data: str | Path, split: str = "test",
     out = Path(out or model_dir)
     write_results(out / f"results_{split}.json", results)
     write_json(out / f"metrics_{split}.json", metrics)
-    print(format_table({f"{Path(model_dir).name} ({split}, beam {beam})": metrics}))
+    print(format_table({f"{' + '.join(Path(f).name for f in folders)} ({split}, beam {beam})": metrics}))
     print(f"results: {out / f'results_{split}.json'}\nmetrics: {out / f'metrics_{split}.json'}")
     return metrics
 

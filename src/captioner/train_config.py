@@ -4,6 +4,8 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
+from captioner.schedule import parse_schedule
+
 SAFE_ON_RESUME = ("epochs", "min_lr", "eval_every", "early_stop", "val_images")  # --force may change these
 NOT_COMPARED = ("out", "resume", "force", "progress", "num_workers", "cache_dir", "encode_batch_size", "accelerator")
 
@@ -28,6 +30,10 @@ class TrainConfig:
     clip: float = 5.0
     ema: float = 0.0  # decay of the weights' moving average, which is validated and saved (0: none)
     attention_penalty: float = 1.0
+    label_smoothing: float = 0.0  # cross-entropy's target: 1 - eps on the word, eps spread over the vocabulary
+    scheduled_sampling: str = ""  # "P[:START:EVERY:MAX]" (schedule.py; "": teacher forcing only)
+    word_dropout: float = 0.0  # share of the input words (never <start>) replaced by <unk> in teacher forcing
+    train_max_len: int = 0  # training captions cut to this many words (0: whole)
     threshold: int = 5
     batching: str = "bucket"
     cache_views: int = 1
@@ -64,6 +70,12 @@ class TrainConfig:
             raise ValueError("--scst starts from a cross-entropy model: give --init RUN_FOLDER")
         if self.scst and self.scst_samples < 2:
             raise ValueError(f"--scst-samples must be >= 2 (the others are the baseline), got {self.scst_samples}")
+        for name in ("label_smoothing", "word_dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
+        if self.train_max_len < 0:
+            raise ValueError(f"--train-max-len must be >= 0 (0: captions whole), got {self.train_max_len}")
+        parse_schedule(self.scheduled_sampling)
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
 

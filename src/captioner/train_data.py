@@ -40,8 +40,8 @@ class CaptionData(L.LightningDataModule):
                 self.train_set = SampledImages(ImageViews([r.path for r in self.train_records],
                                                           self.model_cfg.image_size, 1, spec.mean, spec.std))
             else:
-                self.train_set = ImageCaptions(self.train_records, CaptionIds(self.train_records, self.vocab),
-                                               self.model_cfg.image_size, mean=spec.mean, std=spec.std)
+                self.train_set = ImageCaptions(self.train_records, self._train_ids(), self.model_cfg.image_size,
+                                               mean=spec.mean, std=spec.std)
             self.val_set = ImageCaptions(self.val_records, CaptionIds(self.val_records, self.vocab),
                                          self.model_cfg.image_size, augment=False, mean=spec.mean, std=spec.std)
             views = ImageViews([r.path for r in self.eval_records], self.model_cfg.image_size, 1, spec.mean, spec.std)
@@ -53,13 +53,20 @@ class CaptionData(L.LightningDataModule):
         if self.cfg.scst:  # self-critical: batches of images, each sampled n times and scored against its refs
             self.train_set = CachedImages(train_feats, ok)
         else:
-            self.train_set = CachedCaptions(train_feats, CaptionIds(self.train_records, self.vocab, ok),
-                                            self.cfg.seed)
+            self.train_set = CachedCaptions(train_feats, self._train_ids(ok), self.cfg.seed)
         val_feats, val_ok = self._features(self.val_records, 1)
         self.val_set = CachedCaptions(val_feats, CaptionIds(self.val_records, self.vocab, val_ok), random_view=False)
         n = len(self.eval_records)
         self.eval_inputs = torch.from_numpy(np.asarray(val_feats[:n, 0], dtype=np.float32))[val_ok[:n]]
         self.eval_records = [r for r, good in zip(self.eval_records, val_ok[:n], strict=True) if good]
+
+    def _train_ids(self, ok: np.ndarray | None = None) -> CaptionIds:
+        """The training captions' ids, cut at ``--train-max-len`` words (said how many)."""
+        ids, most = CaptionIds(self.train_records, self.vocab, ok, self.cfg.train_max_len), self.cfg.train_max_len
+        if most:
+            _say(self.trainer)(f"--train-max-len {most}: {ids.cut} of {len(ids)} training captions were longer than "
+                               f"{most} words and are cut to their first {most} (without <end>)")
+        return ids
 
     def _loader(self, dataset, shuffle: bool) -> DataLoader:
         cached, epoch = isinstance(dataset, CachedCaptions | CachedImages), self.trainer.current_epoch

@@ -11,13 +11,14 @@ import numpy as np
 import torch
 
 from captioner.data.datasets import ImageRecord
-from captioner.data.vocab import PAD, Vocabulary
+from captioner.data.vocab import END, PAD, START, UNK, Vocabulary
 from captioner.decode import greedy, sample
 from captioner.evaluate import score_any
 from captioner.models.attention import attention_penalty
 from captioner.models.captioner import CaptionModel, ModelConfig
-from captioner.models.decoder import caption_loss
+from captioner.models.decoder import caption_loss, unroll
 from captioner.rewards import CiderD, padded
+from captioner.schedule import parse_schedule
 from captioner.train_config import TrainConfig
 
 
@@ -32,12 +33,22 @@ class CaptionModule(L.LightningModule):
         self.model = CaptionModel(ModelConfig(**model_config))
         self.cider: CiderD | None = None  # SCST reward, set by ``train``
         self.references: list[list[list[int]]] = []  # SCST: each training image's reference word ids
+        self.schedule = parse_schedule(self.cfg.scheduled_sampling)
+        self.own = 0.0  # this epoch's scheduled-sampling probability
 
     def _loss(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cross-entropy, training objective): the attention regulariser is added to the latter only."""
+        """(cross-entropy, training objective): the attention regulariser is added to the latter only. In training
+        the cross-entropy is label-smoothed, inputs have word dropout and, when scheduled sampling's probability is
+        above 0, some are the model's own words (step by step; teacher forcing's single pass otherwise)."""
         x, captions, lengths = batch
-        hidden, alphas = self.model(x, captions, lengths)
-        loss = caption_loss(self.model.decoder.out, hidden, captions)
+        train, cfg = self.training, self.cfg
+        inputs = word_dropout(captions, cfg.word_dropout) if train and cfg.word_dropout else captions
+        if train and self.own > 0:
+            hidden, alphas = unroll(self.model.decoder, self.model.features(x), inputs, self.own)
+        else:
+            hidden, alphas = self.model(x, inputs, lengths)
+        loss = caption_loss(self.model.decoder.out, hidden, captions,
+                            label_smoothing=cfg.label_smoothing if train else 0.0)
         if alphas is None or not self.cfg.attention_penalty:
             return loss, loss
         return loss, loss + self.cfg.attention_penalty * attention_penalty(alphas, captions)
@@ -63,6 +74,14 @@ class CaptionModule(L.LightningModule):
         self.log("sample_len", (ids != PAD).sum(1).float().mean(), on_step=False, on_epoch=True, sync_dist=True,
                  batch_size=size)
         return -((reward - base).view(-1) * log_probs).mean()
+
+    def on_train_epoch_start(self) -> None:
+        if self.schedule is not None:
+            self.own = self.schedule.prob(self.current_epoch)
+            if self.trainer.is_global_zero:
+                print(f"epoch {self.current_epoch + 1}: scheduled sampling feeds the model's own word with "
+                      "probability "
+                      f"{self.own:g}", flush=True)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
         if not batch:  # every image of the batch failed to load (caption_collate): skip it
@@ -140,6 +159,12 @@ class CaptionModule(L.LightningModule):
                                      for base in sched["base_lrs"]]
                 for group, lr in zip(opt["param_groups"], sched["_last_lr"], strict=True):
                     group["lr"] = lr
+
+
+def word_dropout(captions: torch.Tensor, p: float) -> torch.Tensor:
+    """``captions`` with each word (not <start>, <end> or <pad>) replaced by <unk> with probability ``p``."""
+    words = (captions != START) & (captions != END) & (captions != PAD)
+    return captions.masked_fill(words & (torch.rand(captions.shape, device=captions.device) < p), UNK)
 
 
 def _weight_states(checkpoint: dict[str, Any]) -> list[dict[str, torch.Tensor]]:

@@ -46,19 +46,26 @@ class CaptionIds:
     ~85 MB.
     """
 
-    def __init__(self, records: Sequence[ImageRecord], vocab: Vocabulary, keep: np.ndarray | None = None) -> None:
-        self.image, self.lengths = [], []
+    def __init__(self, records: Sequence[ImageRecord], vocab: Vocabulary, keep: np.ndarray | None = None,
+                 max_words: int = 0) -> None:
+        """``max_words`` > 0: a caption longer than that keeps its first ``max_words`` words and no <end> (as a search
+        cuts one at max_len); ``cut`` counts them."""
+        self.image, self.lengths, self.cut = [], [], 0
         plain, mirrored = array("i"), array("i")
         for i, record in enumerate(records):
             if keep is not None and not keep[i]:
                 continue
             for caption in record.captions:
                 tokens = tokenize(caption)
-                ids = vocab.encode(tokens)
+                long = 0 < max_words < len(tokens)
+                tokens = tokens[:max_words] if long else tokens
+                ids, flipped = vocab.encode(tokens), vocab.encode(swap_left_right(tokens))
+                if long:  # no <end>
+                    ids, flipped, self.cut = ids[:-1], flipped[:-1], self.cut + 1
                 self.image.append(i)
                 self.lengths.append(len(ids))
                 plain.extend(ids)
-                mirrored.extend(vocab.encode(swap_left_right(tokens)))
+                mirrored.extend(flipped)
         offsets = np.concatenate([[0], np.cumsum(self.lengths, dtype=np.int64)])
         self.plain, self.mirrored = Ragged(plain, offsets), Ragged(mirrored, offsets)
 

@@ -73,13 +73,22 @@ class ShowAttendTell(nn.Module):
 
     def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, torch.Tensor]:
         """Log-probabilities [B, V] of the word after ``tokens`` [B], the next state, the attention [B, N]."""
+        affines = self.affines(self.parameters())
+        hidden, state, alpha = self._advance(tokens, state, affines)
+        return F.log_softmax(affines[-1](hidden), dim=-1), state, alpha
+
+    def advance(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, torch.Tensor]:
+        """``step`` up to the output layer's input [B, H] (before dropout), for step-by-step training."""
+        return self._advance(tokens, state, self.affines(self.parameters()))
+
+    def _advance(self, tokens: torch.Tensor, state: State, affines: tuple) -> tuple[torch.Tensor, State, torch.Tensor]:
         h, c, mean, values, keys = state
-        lstm, query_gate, mix, out = self.affines(self.parameters())
+        lstm, query_gate, mix, _ = affines
         h, c = lstm_cell(torch.cat([self.embed(tokens), mean, h], 1), c, lstm)
         query, gate = query_gate(h).split([self.query.out_features, self.gate.out_features], 1)
         alpha = self._attend(keys, query.unsqueeze(1)).squeeze(1)
         context = torch.sigmoid(gate) * torch.bmm(alpha.unsqueeze(1), values).squeeze(1)
-        return F.log_softmax(out(h + mix(context)), dim=-1), (h, c, mean, values, keys), alpha
+        return h + mix(context), (h, c, mean, values, keys), alpha
 
     def _attend(self, keys: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         """Bahdanau attention weights [B, T, N] from the cells' keys [B, N, A] and the queries [B, T, A]."""

@@ -178,6 +178,11 @@ class ShowTell(nn.Module):
         state = self._cells(self.embed(tokens), state, affines)
         return F.log_softmax(affines[-1](state[-2]), dim=-1), state, None
 
+    def advance(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, None]:
+        """``step`` up to the output layer's input [B, H] (before dropout), for step-by-step training."""
+        state = self._cells(self.embed(tokens), state, self.affines(self.parameters()))
+        return state[-2], state, None
+
     def _cells(self, x: torch.Tensor, state: State, affines: tuple[Affine, ...]) -> State:
         """One time step through the LSTM's layers as cells (a one-step nn.LSTM call costs several times more)."""
         out: list[torch.Tensor] = []
@@ -195,8 +200,29 @@ class ShowTell(nn.Module):
             (self.out.weight, self.out.bias)]
 
 
-def caption_loss(out: nn.Linear, hidden: torch.Tensor, captions: torch.Tensor, budget: int = 2**23) -> torch.Tensor:
-    """Mean cross-entropy of the next-word predictions ``out(hidden)`` over the real words (padding ignored).
+def unroll(decoder: nn.Module, features: torch.Tensor, captions: torch.Tensor,
+           own: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Teacher forcing one word at a time (scheduled sampling): the decoder's ``forward`` outputs, but after the first
+    word each caption's input is, with probability ``own``, a word drawn from the model's own prediction at the step
+    before (ruotianluo's ``ss_prob``) instead of the reference's. At ``own`` 0 it computes what ``forward`` does."""
+    state, hidden, alphas = decoder.start(features), [], []
+    for t in range(captions.size(1) - 1):
+        tokens = captions[:, t]
+        if t and own > 0:
+            with torch.no_grad():
+                drawn = torch.multinomial(F.softmax(decoder.out(decoder.drop(hidden[-1])), -1), 1).squeeze(1)
+            tokens = torch.where(torch.rand(len(tokens), device=tokens.device) < own, drawn, tokens)
+        h, state, alpha = decoder.advance(tokens, state)
+        hidden.append(h)
+        alphas.append(alpha)
+    # laid out time-major, as nn.LSTM's batch-first output is: the same dropout mask as ``forward`` draws
+    return decoder.drop(torch.stack(hidden).transpose(0, 1)), None if alphas[0] is None else torch.stack(alphas, 1)
+
+
+def caption_loss(out: nn.Linear, hidden: torch.Tensor, captions: torch.Tensor, budget: int = 2**23,
+                 label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy of the next-word predictions ``out(hidden)`` over the real words (padding ignored), with
+    ``label_smoothing`` eps: the target is 1 - eps on the word and eps spread evenly over the vocabulary.
 
     The logits are made at most ``budget`` numbers at a time and remade in the backward pass, so their memory is
     bounded whatever the batch, length and vocabulary (COCO at batch 512: 0.5 GB a copy, several copies, otherwise).
@@ -206,11 +232,12 @@ def caption_loss(out: nn.Linear, hidden: torch.Tensor, captions: torch.Tensor, b
     hidden, targets = hidden[real], targets[real]
     rows = max(1, budget // out.out_features)
     if len(targets) <= rows:
-        return F.cross_entropy(out(hidden), targets)
-    summed = [checkpoint(_summed_cross_entropy, out, hidden[i:i + rows], targets[i:i + rows], use_reentrant=False)
-              for i in range(0, len(targets), rows)]
+        return F.cross_entropy(out(hidden), targets, label_smoothing=label_smoothing)
+    summed = [checkpoint(_summed_cross_entropy, out, hidden[i:i + rows], targets[i:i + rows], label_smoothing,
+                         use_reentrant=False) for i in range(0, len(targets), rows)]
     return torch.stack(summed).sum() / len(targets)
 
 
-def _summed_cross_entropy(out: nn.Linear, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(out(hidden), targets, reduction="sum")
+def _summed_cross_entropy(out: nn.Linear, hidden: torch.Tensor, targets: torch.Tensor,
+                          label_smoothing: float) -> torch.Tensor:
+    return F.cross_entropy(out(hidden), targets, reduction="sum", label_smoothing=label_smoothing)
