@@ -17,13 +17,14 @@ from captioner.search_options import SearchOptions
 
 @dataclass
 class Caption:
-    """One caption: its text, the score its list is ordered by (beam: length-normalised), its log-probability and
-    per-word attention."""
+    """One caption: its text, the score its list is ordered by (beam: length-normalised), its log-probability,
+    per-word attention and its words (the text joins them as the language writes: Chinese without spaces)."""
 
     text: str
     score: float
     log_prob: float
     attention: torch.Tensor | None = None  # [tokens, G, G]: a map per word (+ <end> when produced)
+    words: tuple[str, ...] = ()
 
 
 class Captioner(CaptionModel):
@@ -45,7 +46,8 @@ class Captioner(CaptionModel):
             raise ValueError(f"max_len must be >= 1 tokens, got {max_len}")
         rows = search(self.decoder, features, self.vocab, beam, max_len, length_penalty, options)
         return [[Caption(self.vocab.decode(h.ids), h.score, h.log_prob,
-                         None if h.attention is None else h.attention.view(-1, g, g).cpu()) for h in row]
+                         None if h.attention is None else h.attention.view(-1, g, g).cpu(),
+                         tuple(self.vocab.words(h.ids))) for h in row]
                 for row in rows]
 
     @torch.inference_mode()

@@ -325,8 +325,8 @@ class OnnxCaptioner:
             else:
                 rows = beam_search(self.step, state, self.replaced, len(x), beam, max_len, length_penalty, **rules,
                                    groups=o.groups, diversity=o.diversity)
-            out += [[Caption(self.vocab.decode(ids), score, log_prob, None if maps is None else maps.reshape(-1, g, g))
-                     for ids, score, maps, log_prob in row] for row in rows]
+            out += [[Caption(self.vocab.decode(ids), score, log_prob, None if maps is None else maps.reshape(-1, g, g),
+                             tuple(self.vocab.words(ids))) for ids, score, maps, log_prob in row] for row in rows]
         return out
 
 

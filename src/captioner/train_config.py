@@ -29,6 +29,8 @@ class TrainConfig:
     ema: float = 0.0  # decay of the weights' moving average, which is validated and saved (0: none)
     attention_penalty: float = 1.0
     threshold: int = 5
+    lang: str | None = None  # caption language (data/tokenizers.py); None: guessed from the training captions
+    tokenizer: str | None = None  # the language's tokenizer (zh: jieba or char); None: its default
     batching: str = "bucket"
     cache_views: int = 1
     cache_dir: str | None = None

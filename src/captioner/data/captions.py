@@ -22,7 +22,7 @@ from captioner.data.images import (
     swap_left_right,
     train_transform,
 )
-from captioner.data.vocab import Vocabulary, tokenize
+from captioner.data.vocab import Vocabulary
 
 
 class Ragged(Sequence[torch.Tensor]):
@@ -53,7 +53,7 @@ class CaptionIds:
             if keep is not None and not keep[i]:
                 continue
             for caption in record.captions:
-                tokens = tokenize(caption)
+                tokens = vocab.tokenizer.split(caption)
                 ids = vocab.encode(tokens)
                 self.image.append(i)
                 self.lengths.append(len(ids))
