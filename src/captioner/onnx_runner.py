@@ -37,13 +37,14 @@ Hyp = tuple[list[int], float, np.ndarray | None, float]  # decode.Hypothesis: id
 
 @dataclass
 class Caption:
-    """One caption: its text, the score its list is ordered by (beam: length-normalised), its log-probability and
-    per-word attention."""
+    """One caption: its text, the score its list is ordered by (beam: length-normalised), its log-probability,
+    per-word attention and its words (the text joins them as the language writes: Chinese without spaces)."""
 
     text: str
     score: float
     log_prob: float
     attention: np.ndarray | None = None  # [tokens, G, G]: a map per word (+ <end> when produced)
+    words: tuple[str, ...] = ()
 
 
 def preprocess(image: Image.Image, size: int, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
