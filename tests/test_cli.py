@@ -265,7 +265,7 @@ def test_a_runs_vocabulary_records_the_threshold_it_was_built_with(synth, tmp_pa
     vocab = Vocabulary.load(run / "vocab.json")
     records = json.loads((synth / "annotations" / "captions_train.json").read_text())["annotations"]
     assert vocab.threshold == 3 and vocab.itos == Vocabulary.build([a["caption"] for a in records], 3).itos
-    assert "(threshold 3)" in result.output
+    assert "(threshold 3; English (en), Treebank words)" in result.output and "guessed" in result.output
 
 
 def test_caption_evaluate_and_serve_take_the_search_options(model, synth, tmp_path, monkeypatch) -> None:

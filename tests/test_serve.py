@@ -199,7 +199,8 @@ def test_health_model_page_and_schema(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     info = client.get("/v1/model").json()
     assert info == {"name": "tiny-model", "decoder": "show-tell", "grid": 7, "backbone": "resnet18", "image_size": 64,
-                    "vocab_size": info["vocab_size"], "beam": 1, "metrics": {"BLEU-4": 0.25, "CIDEr": 0.8},
+                    "vocab_size": info["vocab_size"], "language": "English (en), Treebank words", "beam": 1,
+                    "metrics": {"BLEU-4": 0.25, "CIDEr": 0.8},
                     "warning": None}  # a model not trained on the synthetic shapes
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from nltk.tokenize import TreebankWordTokenizer
 
-from captioner.data.vocab import _PUNCT, END, PAD, SPECIALS, START, UNK, Vocabulary, tokenize
+from captioner.data.tokenizers import _PUNCT, tokenize
+from captioner.data.vocab import END, PAD, SPECIALS, START, UNK, Vocabulary
 
 CAPTIONS = ["A dog runs.", "A dog sleeps on the sofa!", "a cat, a dog", "The cat sleeps", "A bird"]
 # counts: a 5, dog 3, cat 2, sleeps 2, the 2, runs/on/sofa/bird 1
@@ -65,9 +66,12 @@ def test_encode_and_decode() -> None:
 def test_save_load_round_trip_as_json(tmp_path: Path) -> None:
     v = Vocabulary.build(CAPTIONS, threshold=2)
     path = v.save(tmp_path / "sub" / "vocab.json")
-    assert json.loads(path.read_text(encoding="utf-8")) == {"threshold": 2, "itos": v.itos}
+    assert json.loads(path.read_text(encoding="utf-8")) == {"threshold": 2, "language": "en", "tokenizer": "treebank",
+                                                            "itos": v.itos}
     loaded = Vocabulary.load(path)
     assert loaded.itos == v.itos and loaded.stoi == v.stoi and loaded.threshold == 2
+    path.write_text(json.dumps({"threshold": 2, "itos": v.itos}))  # a file from before languages: English
+    assert Vocabulary.load(path).tokenizer.describe() == "English (en), Treebank words"
 
 
 def test_load_rejects_bad_files(tmp_path: Path) -> None:

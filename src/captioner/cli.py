@@ -21,6 +21,11 @@ DataArg = Annotated[Path, typer.Option("--data", help="Data set: a folder with a
 ImagesOpt = Annotated[Path | None, typer.Option(help="Image folder (COCO file, Flickr token file or CSV; found "
                                                 "beside a Flickr file by its usual name) or image root (Karpathy)")]
 
+LangOpt = Annotated[str | None, typer.Option("--lang", help="Caption language: en, zh, de, fr, es, it, nl (stored in "
+                                             "vocab.json; default: guessed from the captions, said in the log)")]
+TokenizerOpt = Annotated[str | None, typer.Option(help="The language's tokenizer: zh jieba (words, default) or char; "
+                                                  "en treebank; others unicode")]
+
 
 def _fail(e: Exception) -> typer.Exit:
     typer.secho(f"error: {e}", fg="red", err=True)
@@ -53,10 +58,11 @@ def inspect(data: Annotated[Path | None, typer.Option(help="Data set folder, Kar
             images: ImagesOpt = None,
             split: Annotated[str, typer.Option(help="Split to read (train/val/test)")] = "train",
             grid: Annotated[Path | None, typer.Option(help="Write a PNG of sample images with captions")] = None,
-            n: Annotated[int, typer.Option(help="Images in the grid")] = 8) -> None:
+            n: Annotated[int, typer.Option(help="Images in the grid")] = 8, lang: LangOpt = None,
+            tokenizer: TokenizerOpt = None) -> None:
     """Report a data set: images and captions per split, caption lengths, skipped images with reasons."""
     from captioner.data.datasets import has_splits, open_split
-    from captioner.data.vocab import tokenize
+    from captioner.data.tokenizers import choose_tokenizer
 
     source = data or coco or karpathy
     if source is None:
@@ -70,9 +76,10 @@ def inspect(data: Annotated[Path | None, typer.Option(help="Data set folder, Kar
                 splits[other] = f"{len(found)} images, {sum(len(r.captions) for r in found)} captions"
             except FileNotFoundError as e:
                 splits[other] = f"none ({e})"
+        words = choose_tokenizer(lang, tokenizer, [c for r in records[:200] for c in r.captions], typer.echo)
     except (OSError, ValueError) as e:
         raise _fail(e) from None
-    lengths = Counter(len(tokenize(c)) for r in records for c in r.captions)
+    lengths = Counter(len(words.split(c)) for r in records for c in r.captions)
     for name, line in splits.items():
         typer.echo(f"{name}: {line}")
     typer.echo(f"source: {source} (split {split})")
@@ -87,7 +94,7 @@ def inspect(data: Annotated[Path | None, typer.Option(help="Data set folder, Kar
         typer.echo(f"note: {note}")
     if lengths:
         top = max(lengths.values())
-        typer.echo("caption length (words): count")
+        typer.echo(f"caption length ({words.describe()}): count")
         for length in sorted(lengths):
             typer.echo(f"  {length:3d}: {lengths[length]:7d} {'#' * max(1, round(40 * lengths[length] / top))}")
     if grid and records:
@@ -102,20 +109,23 @@ def inspect(data: Annotated[Path | None, typer.Option(help="Data set folder, Kar
 def vocab(data: DataArg, images: ImagesOpt = None,
           split: Annotated[str, typer.Option(help="Split whose captions build it")] = "train",
           threshold: Annotated[int, typer.Option(help="Keep words seen at least this often")] = 5,
-          out: Annotated[Path | None, typer.Option(help="Save the vocabulary JSON here")] = None) -> None:
+          out: Annotated[Path | None, typer.Option(help="Save the vocabulary JSON here")] = None,
+          lang: LangOpt = None, tokenizer: TokenizerOpt = None) -> None:
     """Build a vocabulary from a split's captions and print its size (and save it as JSON)."""
     from captioner.data.datasets import open_split
+    from captioner.data.tokenizers import choose_tokenizer
     from captioner.data.vocab import Vocabulary
 
     start = time.perf_counter()
     try:
         records, _ = open_split(data, split, images, check_images=False)
-        v = Vocabulary.build((c for r in records for c in r.captions), threshold, progress=True)
+        words = choose_tokenizer(lang, tokenizer, [c for r in records[:200] for c in r.captions], typer.echo)
+        v = Vocabulary.build((c for r in records for c in r.captions), threshold, progress=True, tokenizer=words)
     except (OSError, ValueError) as e:
         raise _fail(e) from None
     n = sum(len(r.captions) for r in records)
-    typer.echo(f"vocabulary: {len(v)} words (threshold {threshold}) from {n} captions of {len(records)} images "
-               f"in {time.perf_counter() - start:.1f} s")
+    typer.echo(f"vocabulary: {len(v)} words (threshold {threshold}; {words.describe()}) from {n} captions of "
+               f"{len(records)} images in {time.perf_counter() - start:.1f} s")
     if out:
         typer.echo(f"saved: {v.save(out)}")
 
@@ -176,6 +186,7 @@ def train(data: DataArg,
           ema: Annotated[float, typer.Option(help="Decay of an exponential moving average of the weights, which is "
                                              "validated and saved (e.g. 0.99; 0: none)")] = recipe.TRAIN["ema"],
           threshold: Annotated[int, typer.Option(help="Vocabulary frequency threshold")] = recipe.TRAIN["threshold"],
+          lang: LangOpt = None, tokenizer: TokenizerOpt = None,
           batching: Annotated[str, typer.Option(help="bucket (one caption length per batch) or pad (packed)")]
           = "bucket",
           cache_views: Annotated[int, typer.Option(help="Cached views per image: 1 plain, 2 +mirrored, more +crops")]
@@ -214,7 +225,8 @@ def train(data: DataArg,
                           train_max_len=train_max_len,
                           epochs=epochs, batch_size=batch_size, lr=lr, min_lr=min_lr, scheduler=scheduler,
                           weight_decay=weight_decay, clip=clip, ema=ema, attention_penalty=attention_penalty,
-                          threshold=threshold, batching=batching, cache_views=cache_views,
+                          threshold=threshold, lang=lang, tokenizer=tokenizer, batching=batching,
+                          cache_views=cache_views,
                           cache_dir=str(cache_dir) if cache_dir else None, eval_every=eval_every,
                           val_images=val_images, early_stop=early_stop, seed=seed, accelerator=accelerator,
                           devices=devices, num_nodes=num_nodes, num_workers=num_workers, scst=scst,
@@ -399,15 +411,21 @@ def evaluate(model: ModelsOpt, data: DataArg, images: ImagesOpt = None,
 def score(results: Annotated[Path, typer.Option(help="COCO results JSON [{image_id, caption}]")],
           annotations: Annotated[Path, typer.Option(help="COCO caption annotation JSON (references)")],
           java: Annotated[bool, typer.Option(help="Official PTB tokenizer + METEOR (needs java)")] = True,
-          spice: Annotated[bool, typer.Option(help="Also SPICE (needs Stanford CoreNLP models)")] = False) -> None:
+          spice: Annotated[bool, typer.Option(help="Also SPICE (needs Stanford CoreNLP models)")] = False,
+          lang: Annotated[str, typer.Option("--lang", help="The captions' language (en, zh, de, ...)")] = "en",
+          tokenizer: TokenizerOpt = None) -> None:
     """Score any results file against any COCO annotation file (BLEU-1..4, METEOR, ROUGE-L, CIDEr)."""
-    from captioner.evaluate import JavaMissingError, format_table, score_files
+    from captioner.data.tokenizers import get_tokenizer
+    from captioner.evaluate import JavaMissingError, format_table, metric_note, score_files
 
     try:
-        metrics = score_files(results, annotations, java, spice)
+        words = get_tokenizer(lang, tokenizer)
+        metrics = score_files(results, annotations, java, spice, words)
     except (OSError, ValueError, JavaMissingError) as e:
         raise _fail(e) from None
     typer.echo(format_table({results.name: metrics}))
+    if note := metric_note(words):
+        typer.echo(f"note: {note}")
 
 
 @app.command()
@@ -454,7 +472,7 @@ def export(model: Annotated[Path, typer.Option(help="Model folder (model.safeten
 
 
 SYNTHETIC_ONLY = ("train_images", "epochs", "attention_epochs", "image_size", "grid", "backbone", "output_stride")
-PHOTOS_ONLY = ("images", "families", "cache_dir")
+PHOTOS_ONLY = ("images", "families", "cache_dir", "lang", "tokenizer")
 
 
 @app.command()
@@ -469,6 +487,7 @@ def demo(ctx: typer.Context,
          = ",".join(recipe.DEMO_FAMILIES),
          cache_dir: Annotated[Path | None, typer.Option(help="With --data: feature cache folder (default OUT/cache)")]
          = None,
+         lang: LangOpt = None, tokenizer: TokenizerOpt = None,
          train_images: Annotated[int, typer.Option(help="Synthetic training images")] = 4000,
          epochs: Annotated[int, typer.Option(help="Show-Tell epochs (synthetic)")] = 6,
          attention_epochs: Annotated[int, typer.Option(help="Attention epochs (synthetic)")] = 8,
@@ -501,7 +520,7 @@ def demo(ctx: typer.Context,
             if unknown or not chosen:
                 raise ValueError(f"--families: choose from {', '.join(recipe.FAMILY)}, got {families!r}")
             run_photo_demo(data, images, out or Path("runs/photos"), cache_dir, chosen,
-                           recipe.SCST["epochs"] if scst_epochs is None else scst_epochs, progress)
+                           recipe.SCST["epochs"] if scst_epochs is None else scst_epochs, progress, lang, tokenizer)
             return
         from captioner.pipeline import run_demo
 

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from captioner.data.endings import bad_ending_words
-from captioner.data.vocab import tokenize
+from captioner.data.tokenizers import ENGLISH, Tokenizer
 
 DIAGNOSTICS = ("distinct", "vocab_used", "mean_len", "ref_len", "bad_endings", "repeated_3grams")
 
@@ -18,11 +18,12 @@ def repeats_ngram(words: list[str], n: int = 3) -> bool:
 
 
 def diagnose(captions: Iterable[str], references: Iterable[Iterable[str]] | None = None,
-             language: str = "en") -> dict[str, float]:
+             tokenizer: Tokenizer = ENGLISH) -> dict[str, float]:
     """distinct captions (% of images), distinct words used, mean length in words (and the references' mean),
-    captions ending in a function word (data/bad_endings, %), captions repeating a word 3-gram (%)."""
-    function_words = frozenset(bad_ending_words(language))
-    tokens = [tokenize(c) for c in captions]
+    captions ending in a function word (data/bad_endings, %), captions repeating a word 3-gram (%); words as the
+    language's ``tokenizer`` splits them."""
+    function_words = frozenset(bad_ending_words(tokenizer.language))
+    tokens = [tokenizer.split(c) for c in captions]
     if not tokens:
         raise ValueError("no captions to diagnose")
     out = {"distinct": 100 * len({tuple(t) for t in tokens}) / len(tokens),
@@ -31,7 +32,7 @@ def diagnose(captions: Iterable[str], references: Iterable[Iterable[str]] | None
            "bad_endings": 100 * float(np.mean([bool(t) and t[-1] in function_words for t in tokens])),
            "repeated_3grams": 100 * float(np.mean([repeats_ngram(t) for t in tokens]))}
     if references is not None:
-        out["ref_len"] = float(np.mean([len(tokenize(r)) for refs in references for r in refs]))
+        out["ref_len"] = float(np.mean([len(tokenizer.split(r)) for refs in references for r in refs]))
     return out
 
 

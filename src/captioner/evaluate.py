@@ -5,13 +5,17 @@ Scores are on the 0-100 scale (pycocoevalcap's x 100), as every table, plot and 
 pycocoevalcap's ``COCOEvalCap.evaluate`` runs them, so the numbers are comparable with published ones; we
 never call ``evaluate()`` itself because it builds SPICE first, which downloads Stanford CoreNLP.
 ``java=False`` uses a pure-Python tokenizer and no METEOR: it emits a ``UserWarning`` because those scores
-are close to, but not comparable with, published numbers.
+are close to, but not comparable with, published numbers. Captions in another language (``tokenizer``) are scored
+on that language's own words (data/tokenizers.py), never through the PTB tokenizer; METEOR only where METEOR 1.5
+has the language (``METEOR_LANGUAGES``).
 """
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
@@ -20,16 +24,21 @@ from pathlib import Path
 from nltk.tokenize import TreebankWordTokenizer
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.meteor import meteor as meteor_module
 from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.spice import get_stanford_models
 from pycocoevalcap.spice.spice import Spice
 from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS, PTBTokenizer
 
+from captioner.data.tokenizers import ENGLISH, Tokenizer
 from captioner.io import read_json, write_json
 
 SCORERS = ("Bleu", "METEOR", "ROUGE_L", "CIDEr")  # names accepted by ``metrics``
 PYTHON_SCORERS = ("Bleu", "ROUGE_L", "CIDEr")  # those that need no java
+# METEOR 1.5's languages (its -l code) beyond English; pycocoevalcap ships only the English paraphrase table, so these
+# match exact words and stems
+METEOR_LANGUAGES = {"de": "de", "fr": "fr", "es": "es"}
 TABLE_ORDER = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
 
 
@@ -51,27 +60,38 @@ def score_captions(
     spice: bool = False,
     metrics: tuple[str, ...] | None = None,
     meteor: Meteor | None = None,
+    tokenizer: Tokenizer = ENGLISH,
 ) -> dict[str, float]:
     """Score candidate captions against references; keys Bleu_1..Bleu_4, METEOR, ROUGE_L, CIDEr (0-100 scale).
 
     Scores the image ids of ``results`` (CIDEr's IDF is computed over them); ``metrics`` restricts the scorers
     to some of ``SCORERS``; ``java=False`` warns and skips METEOR; SPICE is skipped with a warning if
     pycocoevalcap's Stanford CoreNLP jars are absent; ``meteor`` reuses a running METEOR scorer (see score_columns).
+    A non-English ``tokenizer`` scores its own words (``metric_note`` says how) without METEOR where METEOR 1.5
+    lacks the language, and without SPICE (English only).
     """
     names = _check_metrics(metrics, java, spice)
+    english = tokenizer.language == "en"
+    if not english:
+        names = tuple(n for n in names if n != "METEOR" or tokenizer.language in METEOR_LANGUAGES)
     if not results:
         raise ValueError("no results to score")
     missing = [i for i in results if not references.get(i)]
     if missing:
         raise ValueError(f"{len(missing)} image ids in results have no references, e.g. {missing[0]}")
     ids = list(results)
-    if java:
+    if not english:
+        if "METEOR" in names and shutil.which("java") is None:
+            raise JavaMissingError()
+        gts = {i: [" ".join(tokenizer.split(c)) for c in references[i]] for i in ids}
+        res = {i: [" ".join(tokenizer.split(results[i]))] for i in ids}
+    elif java:
         if shutil.which("java") is None:
             raise JavaMissingError()
-        tokenizer = PTBTokenizer()
+        ptb = PTBTokenizer()
         with _java_stderr_silenced():
-            gts = tokenizer.tokenize({i: [{"caption": _one_line(c)} for c in references[i]] for i in ids})
-            res = tokenizer.tokenize({i: [{"caption": _one_line(results[i])}] for i in ids})
+            gts = ptb.tokenize({i: [{"caption": _one_line(c)} for c in references[i]] for i in ids})
+            res = ptb.tokenize({i: [{"caption": _one_line(results[i])}] for i in ids})
     else:
         warnings.warn(
             "java=False: python tokenizer and no METEOR; scores are not comparable with published numbers",
@@ -81,29 +101,46 @@ def score_captions(
         res = {i: [_python_tokenize(results[i])] for i in ids}
     scores: dict[str, float] = {}
     for name in names:
-        scores.update(_run_scorer(name, gts, res, meteor))
-    if spice and _spice_ready():
+        scores.update(_run_scorer(name, gts, res, meteor, tokenizer.language))
+    if spice and not english:
+        warnings.warn("SPICE parses English only: skipped", stacklevel=2)
+    elif spice and _spice_ready():
         scores["SPICE"] = 100 * float(Spice().compute_score(gts, res)[0])
     return scores
 
 
 
 def score_any(results: dict[int, str], references: dict[int, list[str]], metrics: tuple[str, ...] | None = None,
-              log: Callable[[str], None] = lambda _: None, meteor: Meteor | None = None) -> dict[str, float]:
+              log: Callable[[str], None] = lambda _: None, meteor: Meteor | None = None,
+              tokenizer: Tokenizer = ENGLISH) -> dict[str, float]:
     """``score_captions`` with java when there is one, else the Python tokenizer (``log`` says so)."""
     try:
-        return score_captions(results, references, metrics=metrics, meteor=meteor)
+        return score_captions(results, references, metrics=metrics, meteor=meteor, tokenizer=tokenizer)
     except JavaMissingError as e:
         log(f"{e}\nfalling back to the Python tokenizer: BLEU/ROUGE-L/CIDEr only, not comparable with papers")
-        return score_captions(results, references, java=False, metrics=metrics)
+        return score_captions(results, references, java=False, metrics=metrics, tokenizer=tokenizer)
 
 
 def score_columns(columns: dict[str, dict[int, str]], references: dict[int, list[str]],
-                  log: Callable[[str], None] = lambda _: None) -> dict[str, dict[str, float]]:
+                  log: Callable[[str], None] = lambda _: None,
+                  tokenizer: Tokenizer = ENGLISH) -> dict[str, dict[str, float]]:
     """``score_any`` of several result sets (e.g. one per model and search), sharing one METEOR java process:
     starting one takes ~6 s, more than the rest of the scoring."""
-    with _meteor() if shutil.which("java") else nullcontext() as meteor:
-        return {label: score_any(results, references, log=log, meteor=meteor) for label, results in columns.items()}
+    language = tokenizer.language
+    with _meteor(language) if shutil.which("java") and language in ("en", *METEOR_LANGUAGES) else nullcontext() \
+            as meteor:
+        return {label: score_any(results, references, log=log, meteor=meteor, tokenizer=tokenizer)
+                for label, results in columns.items()}
+
+
+def metric_note(tokenizer: Tokenizer) -> str | None:
+    """How captions of a language other than English are scored (None for English: pycocoevalcap as published)."""
+    if tokenizer.language == "en":
+        return None
+    meteor = (f"METEOR 1.5 with -l {METEOR_LANGUAGES[tokenizer.language]}, exact and stem matches (pycocoevalcap "
+              f"ships no paraphrase table for it)" if tokenizer.language in METEOR_LANGUAGES
+              else "METEOR left out: METEOR 1.5 has no such language")
+    return f"{tokenizer.describe()}: BLEU, ROUGE-L and CIDEr-D on these words (not the PTB tokenizer); {meteor}"
 
 
 @contextmanager
@@ -144,22 +181,33 @@ def _python_tokenize(caption: str) -> str:
 
 
 def _run_scorer(name: str, gts: dict[int, list[str]], res: dict[int, list[str]],
-                meteor: Meteor | None = None) -> dict[str, float]:
+                meteor: Meteor | None = None, language: str = "en") -> dict[str, float]:
     """Run one pycocoevalcap scorer on tokenized captions; returns its corpus-level score(s)."""
     if name == "Bleu":
         bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
         return {f"Bleu_{n}": 100 * float(b) for n, b in enumerate(bleu, 1)}
     if name == "METEOR":
-        with nullcontext(meteor) if meteor is not None else _meteor() as meteor:
+        with nullcontext(meteor) if meteor is not None else _meteor(language) as meteor:
             return {"METEOR": 100 * float(meteor.compute_score(gts, res)[0])}
     scorer = Rouge() if name == "ROUGE_L" else Cider()
     return {name: 100 * float(scorer.compute_score(gts, res)[0])}
 
 
+class LanguageMeteor(Meteor):
+    """pycocoevalcap's METEOR scorer for another of METEOR 1.5's languages: ``-l <code>``, exact and stem modules."""
+
+    def __init__(self, language: str) -> None:  # Meteor.__init__ starts java with '-l en': the same, our language
+        self.meteor_cmd = ["java", "-Dfile.encoding=UTF-8", "-jar", "-Xmx2G", meteor_module.METEOR_JAR, "-", "-",
+                           "-stdio", "-l", METEOR_LANGUAGES[language], "-norm", "-m", "exact stem"]
+        self.meteor_p = subprocess.Popen(self.meteor_cmd, cwd=os.path.dirname(os.path.abspath(meteor_module.__file__)),
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.lock = threading.Lock()
+
+
 @contextmanager
-def _meteor() -> Iterator[Meteor]:
+def _meteor(language: str = "en") -> Iterator[Meteor]:
     """A Meteor scorer whose java process is ended on exit (pycocoevalcap only ends it in ``__del__``)."""
-    meteor = Meteor()
+    meteor = Meteor() if language == "en" else LanguageMeteor(language)
     try:
         yield meteor
     finally:
@@ -225,7 +273,8 @@ def load_references(path: str | Path) -> dict[int, list[str]]:
 
 
 def score_files(
-    results_path: str | Path, annotations_path: str | Path, java: bool = True, spice: bool = False
+    results_path: str | Path, annotations_path: str | Path, java: bool = True, spice: bool = False,
+    tokenizer: Tokenizer = ENGLISH,
 ) -> dict[str, float]:
     """Score a results file against an annotation file, on the image ids present in the results."""
     results = load_results(results_path)
@@ -236,7 +285,7 @@ def score_files(
             f"{len(unknown)} image ids in results {results_path} are not in annotations {annotations_path}, "
             f"e.g. {unknown[0]}"
         )
-    return score_captions(results, {i: references[i] for i in results}, java=java, spice=spice)
+    return score_captions(results, {i: references[i] for i in results}, java=java, spice=spice, tokenizer=tokenizer)
 
 
 def format_table(columns: dict[str, dict[str, float]]) -> str:

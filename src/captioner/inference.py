@@ -18,8 +18,8 @@ from captioner.search_options import SearchOptions
 
 @dataclass
 class Caption:
-    """One caption: its text, the score its list is ordered by (beam: length-normalised), its log-probability and
-    per-word attention."""
+    """One caption: its text, the score its list is ordered by (beam: length-normalised), its log-probability,
+    per-word attention and its words (the text joins them as the language writes: Chinese without spaces)."""
 
     text: str
     score: float
@@ -28,6 +28,7 @@ class Caption:
     tokens: list[str] | None = None  # with ``word_scores``: the words, then <end> when produced
     word_log_probs: list[float] | None = None  # with ``word_scores``: each token's log-probability (they sum to
     # log_prob)
+    words: tuple[str, ...] = ()
 
 
 class Captioner(CaptionModel):
@@ -55,7 +56,7 @@ class Captioner(CaptionModel):
         return [[Caption(self.vocab.decode(h.ids), h.score, h.log_prob,
                          None if h.attention is None else h.attention.view(-1, g, g).cpu(),
                          None if lps is None else [self.vocab.itos[i] for i in h.ids] + ["<end>"] * (
-                             len(lps) > len(h.ids)), lps)
+                             len(lps) > len(h.ids)), lps, tuple(self.vocab.words(h.ids)))
                  for h, lps in zip(row, lp_row, strict=True)] for row, lp_row in zip(rows, per_word, strict=True)]
 
     @torch.inference_mode()

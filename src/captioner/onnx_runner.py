@@ -37,8 +37,8 @@ Hyp = tuple[list[int], float, np.ndarray | None, float]  # decode.Hypothesis: id
 
 @dataclass
 class Caption:
-    """One caption: its text, the score its list is ordered by (beam: length-normalised), its log-probability and
-    per-word attention."""
+    """One caption: its text, the score its list is ordered by (beam: length-normalised), its log-probability,
+    per-word attention and its words (the text joins them as the language writes: Chinese without spaces)."""
 
     text: str
     score: float
@@ -46,6 +46,7 @@ class Caption:
     attention: np.ndarray | None = None  # [tokens, G, G]: a map per word (+ <end> when produced)
     tokens: list[str] | None = None  # with ``word_scores``: the words, then <end> when produced
     word_log_probs: list[float] | None = None  # with ``word_scores``: each token's log-probability
+    words: tuple[str, ...] = ()
 
 
 def preprocess(image: Image.Image, size: int, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -354,7 +355,7 @@ class OnnxCaptioner:
                 if word_scores else [[None] * len(row) for row in rows]
             out += [[Caption(self.vocab.decode(ids), score, log_prob, None if maps is None else maps.reshape(-1, g, g),
                              None if lps is None else [self.vocab.itos[i] for i in ids] + ["<end>"] * (
-                                 len(lps) > len(ids)), lps)
+                                 len(lps) > len(ids)), lps, tuple(self.vocab.words(ids)))
                      for (ids, score, maps, log_prob), lps in zip(row, lp_row, strict=True)]
                     for row, lp_row in zip(rows, per_word, strict=True)]
         return out

@@ -10,7 +10,7 @@ import numpy as np
 from captioner import recipe
 from captioner.data.datasets import open_split
 from captioner.diagnostics import diagnose, format_diagnostics
-from captioner.evaluate import format_table, score_columns, write_results
+from captioner.evaluate import format_table, metric_note, score_columns, write_results
 from captioner.inference import load
 from captioner.io import write_json
 from captioner.pipeline import best_val_cider, best_val_row
@@ -40,9 +40,11 @@ def served_run(runs: dict[str, Path]) -> str:
 
 def run_photo_demo(data: str | Path, images: str | Path | None = None, out: str | Path = "runs/photos",
                    cache_dir: str | Path | None = None, families: tuple[str, ...] = recipe.DEMO_FAMILIES,
-                   scst_epochs: int = recipe.SCST["epochs"], progress: bool = True) -> dict:
+                   scst_epochs: int = recipe.SCST["epochs"], progress: bool = True, lang: str | None = None,
+                   tokenizer: str | None = None) -> dict:
     """Train the recipe on ``data`` and score the test split (the val split when there is none: training then
-    validates on a held-out share of the training images, so the scored split stays unseen)."""
+    validates on a held-out share of the training images, so the scored split stays unseen); ``lang`` and
+    ``tokenizer``: the captions' language (None: guessed) and its tokenizer."""
     from captioner.plots import attention_maps, caption_grid
     from captioner.train import TrainConfig, train
 
@@ -62,7 +64,7 @@ def run_photo_demo(data: str | Path, images: str | Path | None = None, out: str 
         t = time.perf_counter()
         settings = recipe.xe(family)
         train(TrainConfig(out=str(run), resume=(run / "checkpoints" / "last.ckpt").is_file(), **settings["train"],
-                          **common), settings["model"])
+                          lang=lang, tokenizer=tokenizer, **common), settings["model"])
         phases[family] = time.perf_counter() - t
         runs[family] = run
     served = max(runs, key=lambda d: best_val_cider(runs[d]))
@@ -93,8 +95,10 @@ def run_photo_demo(data: str | Path, images: str | Path | None = None, out: str 
     texts["blind (same input for every image)"] = [c.text for c in caption_features(
         models[families[0]], blind, np.zeros(len(records), dtype=int), progress=False,
         **recipe.search_kwargs(recipe.GREEDY))]
-    columns = score_columns({label: dict(zip(refs, caps, strict=True)) for label, caps in texts.items()}, refs, print)
-    diagnostics = {label: diagnose(caps, refs.values()) for label, caps in texts.items()}
+    words = models[families[0]].vocab.tokenizer
+    columns = score_columns({label: dict(zip(refs, caps, strict=True)) for label, caps in texts.items()}, refs, print,
+                            words)
+    diagnostics = {label: diagnose(caps, refs.values(), words) for label, caps in texts.items()}
     phases["scoring"] = time.perf_counter() - t
 
     best = out / "model"
@@ -115,9 +119,12 @@ def run_photo_demo(data: str | Path, images: str | Path | None = None, out: str 
         maps = models[attention].caption(sample, **recipe.search_kwargs(recipe.SEARCH))
         pictures.append(attention_maps(sample, [c[0] for c in maps], out / f"attention_{split}.png"))
     phases["total"] = time.perf_counter() - start
-    summary = {"split": split, "metrics": columns, "diagnostics": diagnostics, "served": served, "phases_s": phases}
+    summary = {"split": split, "language": words.describe(), "metrics": columns, "diagnostics": diagnostics,
+               "served": served, "phases_s": phases}
     write_json(out / "demo_summary.json", summary)
     print(f"\n{split} split of {data} ({len(records)} images)\n" + format_table(columns))
+    if note := metric_note(words):
+        print(f"note: {note}")
     print("\n" + format_diagnostics(diagnostics))
     scores = " / ".join(f"{d} {best_val_cider(r):.1f}" for d, r in runs.items())
     print(f"\nserved model: {served} (best val CIDEr: {scores})")

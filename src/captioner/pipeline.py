@@ -10,7 +10,7 @@ import numpy as np
 
 from captioner.data.datasets import find_annotation, open_split
 from captioner.diagnostics import diagnose
-from captioner.evaluate import format_table, score_captions, score_columns, write_results
+from captioner.evaluate import format_table, metric_note, score_captions, score_columns, write_results
 from captioner.inference import load, load_ensemble
 from captioner.io import read_csv, write_json
 from captioner.predict import caption_features, record_features
@@ -38,12 +38,15 @@ def evaluate_split(model_dir: str | Path | Sequence[str | Path], data: str | Pat
     captions = caption_features(model, features, np.flatnonzero(ok), beam, max_len=max_len,
                                 length_penalty=length_penalty, options=options)
     results = {r.image_id: c.text for r, c in zip(records, captions, strict=True)}
-    metrics = score_captions(results, {r.image_id: list(r.captions) for r in records}, java, spice)
-    metrics |= diagnose(results.values(), [r.captions for r in records])
+    words = model.vocab.tokenizer
+    metrics = score_captions(results, {r.image_id: list(r.captions) for r in records}, java, spice, tokenizer=words)
+    metrics |= diagnose(results.values(), [r.captions for r in records], words)
     out = Path(out or model_dir)
     write_results(out / f"results_{split}.json", results)
     write_json(out / f"metrics_{split}.json", metrics)
     print(format_table({f"{' + '.join(Path(f).name for f in folders)} ({split}, beam {beam})": metrics}))
+    if note := metric_note(words):
+        print(f"note: {note}")
     print(f"results: {out / f'results_{split}.json'}\nmetrics: {out / f'metrics_{split}.json'}")
     return metrics
 

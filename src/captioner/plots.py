@@ -1,9 +1,14 @@
-"""Pictures a user looks at: training curves from metrics.csv and image grids with captions underneath."""
+"""Pictures a user looks at: training curves from metrics.csv and image grids with captions underneath; Chinese
+captions are drawn with a CJK font found by matplotlib's font manager."""
 from __future__ import annotations
 
 import math
+import re
 import textwrap
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,6 +16,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import font_manager  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from captioner.data.images import load_rgb  # noqa: E402
@@ -18,6 +24,45 @@ from captioner.io import atomic_write, read_csv  # noqa: E402
 
 if TYPE_CHECKING:
     from captioner.inference import Caption
+
+
+# fonts with Chinese glyphs, by family name (Debian's fonts-noto-cjk, fonts-wqy-*, macOS, Windows)
+CJK_FAMILIES = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Sans SC", "Source Han Sans SC", "WenQuanYi Zen Hei",
+                "WenQuanYi Micro Hei", "Droid Sans Fallback", "PingFang SC", "Microsoft YaHei", "SimHei",
+                "Arial Unicode MS")
+_CJK_FILE = re.compile(r"cjk|wqy|droidsansfallback|sourcehan|simhei|msyh|pingfang", re.IGNORECASE)
+_WIDE = re.compile(r"[\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef]")  # CJK characters and full-width forms
+
+
+@cache
+def cjk_font() -> str | None:
+    """A font family with Chinese glyphs known to matplotlib; fonts installed after its font list was cached are
+    added from the system's font files. None, with a warning, when there is none."""
+    def known() -> str | None:
+        names = {f.name for f in font_manager.fontManager.ttflist}
+        return next((n for n in CJK_FAMILIES if n in names), None)
+
+    if (found := known()) is None:
+        for path in font_manager.findSystemFonts():
+            if _CJK_FILE.search(Path(path).name):
+                font_manager.fontManager.addfont(path)
+        found = known()
+    if found is None:
+        warnings.warn("no CJK font found (e.g. apt-get install fonts-noto-cjk): Chinese characters are drawn as "
+                      "empty boxes", stacklevel=3)
+    return found
+
+
+def _fonts(texts: Iterable[str]) -> AbstractContextManager:
+    """The CJK font as the fallback of the default one when some text holds Chinese characters."""
+    if not any(_WIDE.search(t) for t in texts) or (family := cjk_font()) is None:
+        return nullcontext()
+    return plt.rc_context({"font.family": [*plt.rcParams["font.family"], family]})  # matplotlib falls back per glyph
+
+
+def _wrap(text: str, width: int) -> str:
+    """Lines of at most ``width`` columns; a CJK character takes two (lines break between them, as Chinese does)."""
+    return textwrap.fill(text, width // 2 if _WIDE.search(text) else width)
 
 
 def _save(fig: plt.Figure, path: str | Path) -> Path:
@@ -60,18 +105,19 @@ def caption_grid(images: Sequence[str | Path], captions: Sequence[str | Sequence
         raise ValueError("no images to draw")
     cols = min(cols, len(images))
     rows = math.ceil(len(images) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 4.1 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, path, caption in zip(axes.flat, images, captions, strict=False):
-        ax.imshow(load_rgb(path))
-        lines = [caption] if isinstance(caption, str) else list(caption)
-        text = "\n".join(textwrap.fill(line, 40) for line in lines)
-        ax.text(0.5, -0.03, text, transform=ax.transAxes, ha="center", va="top", fontsize=8.5, wrap=True)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return _save(fig, out)
+    texts = [[c] if isinstance(c, str) else list(c) for c in captions]
+    with _fonts(line for lines in texts for line in lines):
+        fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 4.1 * rows), squeeze=False)
+        for ax in axes.flat:
+            ax.axis("off")
+        for ax, path, lines in zip(axes.flat, images, texts, strict=False):
+            ax.imshow(load_rgb(path))
+            text = "\n".join(_wrap(line, 40) for line in lines)
+            ax.text(0.5, -0.03, text, transform=ax.transAxes, ha="center", va="top", fontsize=8.5, wrap=True)
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
+        return _save(fig, out)
 
 
 def attention_maps(images: Sequence[Image.Image], captions: Sequence[Caption], out: str | Path,
@@ -83,19 +129,20 @@ def attention_maps(images: Sequence[Image.Image], captions: Sequence[Caption], o
     from PIL import ImageOps
 
     cols = max(len(c.attention) for c in captions) + 1
-    fig, axes = plt.subplots(len(images), cols, figsize=(1.9 * cols, 2.1 * len(images)), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for row, image, caption in zip(axes, images, captions, strict=True):
-        crop = np.asarray(ImageOps.fit(image.convert("RGB"), (side, side)))  # the region the model saw
-        row[0].imshow(crop)
-        row[0].set_title("\n".join(textwrap.wrap(caption.text, 24)), fontsize=7)
-        words = caption.text.split() + ["<end>"]
-        maps = F.interpolate(torch.as_tensor(caption.attention)[:, None].float(), size=(side, side),
-                             mode="bilinear")[:, 0]
-        for ax, word, m in zip(row[1:], words, maps, strict=False):
-            ax.imshow(crop)
-            ax.imshow(m.numpy(), cmap="jet", alpha=0.5, extent=(0, side, side, 0))
-            ax.set_title(word, fontsize=9)
-    fig.tight_layout()
-    return _save(fig, out)
+    with _fonts(c.text for c in captions):
+        fig, axes = plt.subplots(len(images), cols, figsize=(1.9 * cols, 2.1 * len(images)), squeeze=False)
+        for ax in axes.flat:
+            ax.axis("off")
+        for row, image, caption in zip(axes, images, captions, strict=True):
+            crop = np.asarray(ImageOps.fit(image.convert("RGB"), (side, side)))  # the region the model saw
+            row[0].imshow(crop)
+            row[0].set_title(_wrap(caption.text, 24), fontsize=7)
+            words = [*(caption.words or caption.text.split()), "<end>"]
+            maps = F.interpolate(torch.as_tensor(caption.attention)[:, None].float(), size=(side, side),
+                                 mode="bilinear")[:, 0]
+            for ax, word, m in zip(row[1:], words, maps, strict=False):
+                ax.imshow(crop)
+                ax.imshow(m.numpy(), cmap="jet", alpha=0.5, extent=(0, side, side, 0))
+                ax.set_title(word, fontsize=9)
+        fig.tight_layout()
+        return _save(fig, out)

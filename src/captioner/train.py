@@ -22,6 +22,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from captioner.data.datasets import ImageRecord, SkipReport, describe, has_splits, open_split
+from captioner.data.tokenizers import choose_tokenizer
 from captioner.data.vocab import Vocabulary
 from captioner.io import read_json, write_json
 from captioner.models.captioner import ModelConfig, load_state, read_artifact, save_artifact
@@ -125,15 +126,20 @@ def train(cfg: TrainConfig, model_kwargs: dict[str, Any] | None = None) -> Path:
         write_json(out / "train_config.json", asdict(cfg))
         write_json(out / "config.json", asdict(model_cfg))
     else:
-        vocab = Vocabulary.build((c for r in train_records for c in r.captions), cfg.threshold)
+        tokenizer = choose_tokenizer(cfg.lang, cfg.tokenizer, [c for r in train_records[:200] for c in r.captions],
+                                     lambda line: print(line, flush=True))
+        vocab = Vocabulary.build((c for r in train_records for c in r.captions), cfg.threshold, tokenizer=tokenizer)
         model_cfg = ModelConfig(vocab_size=len(vocab), seed=cfg.seed, trained_on=describe(cfg.data),
                                 **model_kwargs)
         out.mkdir(parents=True, exist_ok=True)
         vocab.save(out / "vocab.json")
         write_json(out / "train_config.json", asdict(cfg))
         write_json(out / "config.json", asdict(model_cfg))
+    if cfg.lang and cfg.lang != vocab.tokenizer.language:
+        raise ValueError(f"--lang {cfg.lang}: the run's vocabulary is {vocab.tokenizer.describe()} (its vocab.json)")
     print(f"{len(train_records)} train / {len(val_records)} val images, vocabulary {len(vocab)} words "
-          f"(threshold {vocab.threshold}), {model_cfg.decoder} decoder on {model_cfg.backbone} "
+          f"(threshold {vocab.threshold}; {vocab.tokenizer.describe()}), {model_cfg.decoder} decoder on "
+          f"{model_cfg.backbone} "
           f"({model_cfg.encoder_weights} weights, {'fine-tuned' if model_cfg.fine_tune else 'frozen'}); "
           f"run folder {out}", flush=True)
     data = CaptionData(cfg, model_cfg, train_records, val_records, vocab)

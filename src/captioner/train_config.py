@@ -35,6 +35,8 @@ class TrainConfig:
     word_dropout: float = 0.0  # share of the input words (never <start>) replaced by <unk> in teacher forcing
     train_max_len: int = 0  # training captions cut to this many words (0: whole)
     threshold: int = 5
+    lang: str | None = None  # caption language (data/tokenizers.py); None: guessed from the training captions
+    tokenizer: str | None = None  # the language's tokenizer (zh: jieba or char); None: its default
     batching: str = "bucket"
     cache_views: int = 1
     cache_dir: str | None = None

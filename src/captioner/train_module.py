@@ -200,7 +200,8 @@ def generation_scores(model: CaptionModel, vocab: Vocabulary, inputs: torch.Tens
         torch.distributed.all_gather_object(shares, local)
         results = {k: v for share in shares for k, v in share.items()}
     refs = {r.image_id: list(r.captions) for r in records}
-    scores = (scorer or partial(score_any, metrics=("Bleu", "CIDEr")))(results, refs) if rank == 0 else {}
+    scorer = scorer or partial(score_any, metrics=("Bleu", "CIDEr"), tokenizer=vocab.tokenizer)
+    scores = scorer(results, refs) if rank == 0 else {}
     if rank == 0:
         scores["distinct"] = 100 * len(set(results.values())) / max(1, len(results))
     if world_size > 1:

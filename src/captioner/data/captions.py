@@ -22,7 +22,7 @@ from captioner.data.images import (
     swap_left_right,
     train_transform,
 )
-from captioner.data.vocab import Vocabulary, tokenize
+from captioner.data.vocab import Vocabulary
 
 
 class Ragged(Sequence[torch.Tensor]):
@@ -56,7 +56,7 @@ class CaptionIds:
             if keep is not None and not keep[i]:
                 continue
             for caption in record.captions:
-                tokens = tokenize(caption)
+                tokens = vocab.tokenizer.split(caption)
                 long = 0 < max_words < len(tokens)
                 tokens = tokens[:max_words] if long else tokens
                 ids, flipped = vocab.encode(tokens), vocab.encode(swap_left_right(tokens))

@@ -16,6 +16,6 @@ def bad_ending_words(language: str = "en") -> list[str]:
     return [w for line in text.splitlines() if (w := line.split("#")[0].strip())]
 
 
-def bad_ending_ids(vocab: Vocabulary, language: str = "en") -> list[int]:
-    """Ids of the language's bad endings that ``vocab`` holds."""
-    return [vocab.stoi[w] for w in bad_ending_words(language) if w in vocab.stoi]
+def bad_ending_ids(vocab: Vocabulary) -> list[int]:
+    """Ids of the bad endings of the vocabulary's language that it holds."""
+    return [vocab.stoi[w] for w in bad_ending_words(vocab.tokenizer.language) if w in vocab.stoi]

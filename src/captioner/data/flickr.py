@@ -59,8 +59,9 @@ def read_captions_csv(path: Path) -> dict[str, list[str]]:
     return captions
 
 
-def split_lists(path: Path) -> dict[str, set[str]]:
-    """The ``*trainImages.txt`` / ``*devImages.txt`` / ``*testImages.txt`` lists beside the file (or one folder up)."""
+def split_lists(path: Path) -> tuple[dict[str, set[str]], Path | None]:
+    """The ``*trainImages.txt`` / ``*devImages.txt`` / ``*testImages.txt`` lists beside the file (or one folder up,
+    as for Flickr8k-CN's and Multi30k's files in subfolders of the Flickr8k folder), and their folder."""
     for folder in (path.parent, path.parent.parent):
         found = {split: sorted(folder.glob(f"*{suffix}")) for split, suffix in SPLIT_LISTS.items()}
         if found["train"]:
@@ -72,8 +73,8 @@ def split_lists(path: Path) -> dict[str, set[str]]:
                 if files:
                     lists[split] = {line.strip() for line in files[0].read_text(encoding="utf-8").splitlines()
                                     if line.strip()}
-            return lists
-    return {}
+            return lists, folder
+    return {}, None
 
 
 def seeded_splits(names: list[str]) -> dict[str, set[str]]:
@@ -105,7 +106,10 @@ def read_flickr(path: str | Path, images: str | Path | None, split: str | None =
     if not image_dir.is_dir():
         raise FileNotFoundError(f"image folder not found: {image_dir} (give the folder of {path.name}'s images)")
     report = SkipReport(str(path))
-    lists = split_lists(path) if kind == "token" else {}
+    lists, folder = split_lists(path) if kind == "token" else ({}, None)
+    if folder is not None and folder != path.parent:
+        report.note(f"split lists (*{', *'.join(SPLIT_LISTS[s] for s in sorted(lists))}) from {folder}, the folder "
+                    f"above {path.name}")
     if lists and split is not None and split not in lists:
         raise FileNotFoundError(f"{path}: no *{SPLIT_LISTS.get(split, split + 'Images.txt')} beside it, so no "
                                 f"'{split}' split (lists found: {', '.join(sorted(lists))})")

@@ -40,12 +40,13 @@ PIXEL_BYTES = 8  # what a pixel costs while decoded: Pillow's pixel (up to 4 byt
 # each goes back to the OS when freed, not into the arena of the thread that decoded it (one 6000 x 6000 PNG at a time
 # from 32 clients: the server's RSS +840 MB -> +160 MB)
 IMAGE_BLOCK_BYTES = 64 * 2**20
-Captions = list[list[Any]]  # per image, best first: objects with .text, .score, .log_prob, .attention (or None)
+Captions = list[list[Any]]  # per image, best first: objects with .text, .words, .score, .log_prob, .attention (or None)
 Beam = tuple[int, SearchOptions]  # a request's beam width and search options: requests with the same share batches
 
 
 class Caption(BaseModel):
-    text: str
+    text: str = Field(description="UTF-8; words joined as the model's language writes them (Chinese: no spaces)")
+    words: list[str] = Field(description="the caption's words, one per attention map")
     score: float = Field(description="what the alternatives are ordered by, best first (higher is better): with a "
                                      "length penalty alpha > 0 in beam search the log-probability divided by "
                                      "((5 + words) / 6) ** alpha (GNMT), otherwise the log-probability")
@@ -75,6 +76,8 @@ class ModelInfo(BaseModel):
     backbone: str
     image_size: int
     vocab_size: int
+    language: str = Field(description="the captions' language and tokenizer (vocab.json), e.g. 'Chinese (zh), jieba "
+                                      "words'")
     beam: int
     metrics: dict[str, float] | None = Field(description="the model folder's metrics_test.json (else metrics_val.json)")
     warning: str | None = Field(None, description="set when the model cannot caption photos (synthetic shapes only)")
@@ -311,7 +314,8 @@ def create_app(model_dir: str | Path, beam: int = 1, max_batch: int = 16, max_wa
                         None)
     info = ModelInfo(name=model_dir.resolve().name, decoder=model.config.decoder, grid=model.config.grid,
                      backbone=model.config.backbone,
-                     image_size=model.config.image_size, vocab_size=len(model.vocab), beam=beam,
+                     image_size=model.config.image_size, vocab_size=len(model.vocab),
+                     language=model.vocab.tokenizer.describe(), beam=beam,
                      metrics=read_json(metrics_file, "metrics") if metrics_file else None,
                      warning=model.config.synthetic_warning())
     if info.warning:
@@ -440,7 +444,7 @@ def create_app(model_dir: str | Path, beam: int = 1, max_batch: int = 16, max_wa
                                          "try again later") from None
         results = [Result(filename=name, captions=[], error=caps.detail) if isinstance(caps, HTTPException) else
                    Result(filename=name, captions=[
-                       Caption(text=c.text, score=c.score, log_prob=c.log_prob,
+                       Caption(text=c.text, words=list(c.words), score=c.score, log_prob=c.log_prob,
                                attention=c.attention.tolist() if attention and c.attention is not None else None)
                        for c in caps])
                    for name, caps in zip(names, out, strict=True)]
