@@ -66,9 +66,10 @@ def test_the_served_model_is_the_best_by_val_cider_among_those_with_varied_capti
     xe = fake_run(tmp_path / "xe", [(30.0, 50.0), (35.0, 45.0), (34.0, 30.0)])  # its best epoch: 35.0, 45%
     scst = fake_run(tmp_path / "scst", [(37.0, 22.0)])  # better CIDEr, the same few captions for many photos
     assert served_run({"show-tell": xe, "show-tell + SCST": scst}) == "show-tell"
-    assert "serving show-tell, not show-tell + SCST" in capsys.readouterr().out
+    assert "serving show-tell, not show-tell + SCST: show-tell + SCST's val captions are 22% distinct" in \
+        capsys.readouterr().out
     varied = fake_run(tmp_path / "varied", [(36.0, 41.0)])
     assert served_run({"show-tell": xe, "show-tell + SCST": varied}) == "show-tell + SCST"
     assert capsys.readouterr().out == ""
-    narrow = fake_run(tmp_path / "narrow", [(33.0, 10.0)])  # none varied enough: the best CIDEr of all
-    assert served_run({"a": scst, "b": narrow}) == "a"
+    narrow = fake_run(tmp_path / "narrow", [(38.0, 10.0)])  # none varied enough: the most varied
+    assert served_run({"a": scst, "b": narrow}) == "a" and "serving a, not b" in capsys.readouterr().out

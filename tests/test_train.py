@@ -283,7 +283,8 @@ def test_forced_resume_applies_the_new_schedule_patience_and_val_subset(tiny_syn
     patience; --force --val-images forgets the best CIDEr measured on the other subset (the scorer is stubbed:
     5.0 in the first run, 1.0 after, so the old best would stop the run and keep the old best.ckpt)."""
     cider = [5.0]
-    monkeypatch.setattr(train_module, "generation_scores", lambda *a, **k: {"Bleu_4": 1.0, "CIDEr": cider[0]})
+    monkeypatch.setattr(train_module, "generation_scores",
+                        lambda *a, **k: {"Bleu_4": 1.0, "CIDEr": cider[0], "distinct": 50.0})
     cfg = dict(data=str(tiny_synth), out=str(tmp_path / "run"), batch_size=16, threshold=1, lr=0.01, min_lr=0.001,
                cache_dir=str(tmp_path / "cache"), progress=False)
     train(TrainConfig(**cfg, epochs=1, early_stop=1, val_images=8), TINY)
