@@ -6,6 +6,12 @@ from pathlib import Path
 
 import pytest
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on the 2 cores: one thread each
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # (and for the processes the tests start)
+    import torch
+
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def tiny_synth(tmp_path_factory) -> Path:

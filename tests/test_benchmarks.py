@@ -9,10 +9,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_quick_benchmarks_print_one_table() -> None:
     done = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--only", "vocab", "--only", "latency",
                            "--only", "gpu"], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -56,6 +58,7 @@ def test_quick_scale_section_skips_without_shared_data() -> None:
     assert all(c[2] == "n/a" and c[4] == "skipped: CAPTIONER_SHARED is unset" for c in rows)
 
 
+@pytest.mark.slow
 def test_quick_scale_section_measures_every_row(shared: Path) -> None:
     start = time.perf_counter()
     rows = _scale_rows(dict(os.environ, CAPTIONER_SHARED=str(shared)))
