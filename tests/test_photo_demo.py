@@ -63,13 +63,15 @@ def fake_run(folder: Path, rows: list[tuple[float, float]]) -> Path:
 
 
 def test_the_served_model_is_the_best_by_val_cider_among_those_with_varied_captions(tmp_path: Path, capsys) -> None:
-    xe = fake_run(tmp_path / "xe", [(30.0, 50.0), (35.0, 45.0), (34.0, 30.0)])  # its best epoch: 35.0, 45%
-    scst = fake_run(tmp_path / "scst", [(37.0, 22.0)])  # better CIDEr, the same few captions for many photos
+    xe = fake_run(tmp_path / "xe", [(30.0, 70.0), (35.0, 62.0), (34.0, 30.0)])  # its best epoch: 35.0, 62%
+    scst = fake_run(tmp_path / "scst", [(37.0, 47.0)])  # better CIDEr, the same few captions for more photos
     assert served_run({"show-tell": xe, "show-tell + SCST": scst}) == "show-tell"
-    assert "serving show-tell, not show-tell + SCST: show-tell + SCST's val captions are 22% distinct" in \
+    assert "serving show-tell, not show-tell + SCST: show-tell + SCST's val captions are 47% distinct" in \
         capsys.readouterr().out
-    varied = fake_run(tmp_path / "varied", [(36.0, 41.0)])
+    varied = fake_run(tmp_path / "varied", [(36.0, 56.0)])  # 90% of 62: varied enough
     assert served_run({"show-tell": xe, "show-tell + SCST": varied}) == "show-tell + SCST"
     assert capsys.readouterr().out == ""
-    narrow = fake_run(tmp_path / "narrow", [(38.0, 10.0)])  # none varied enough: the most varied
-    assert served_run({"a": scst, "b": narrow}) == "a" and "serving a, not b" in capsys.readouterr().out
+    old = fake_run(tmp_path / "old", [(36.0, 0.0)])
+    (old / "metrics.csv").write_text("epoch,val_cider\n0,36.0\n")  # from before val_distinct: not held back
+    assert served_run({"show-tell": xe, "old": old}) == "old"
+    assert served_run({"show-tell": xe, "show-tell + SCST": scst, "old": old}) == "old"
