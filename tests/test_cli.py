@@ -324,3 +324,15 @@ def _tiny(synth: Path, tmp_path: Path, trained_on: str) -> Path:
     config = ModelConfig(vocab_size=len(vocab), backbone="resnet18", encoder_weights="none", image_size=64,
                          embed_size=16, hidden_size=32, trained_on=trained_on)
     return Captioner(config, vocab).save(tmp_path / trained_on.replace(" ", "_"))
+
+
+def test_train_defaults_are_the_recipe() -> None:
+    """Every `captioner train` option named like a recipe setting defaults to it (image size once stayed 224 px when
+    the recipe moved to Lite2 at 260 px, so the CLI trained another model than the demo)."""
+    import typer.main
+
+    params = {p.name: p.default for p in typer.main.get_command(app).commands["train"].params}
+    settings = {**recipe.MODEL, **recipe.TRAIN}
+    shared = sorted(settings.keys() & params.keys())
+    assert {"backbone", "image_size", "grid", "hidden_size", "dropout", "lr", "epochs", "ema"} <= set(shared)
+    assert {k: params[k] for k in shared} == {k: settings[k] for k in shared}

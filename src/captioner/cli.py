@@ -151,7 +151,7 @@ def train(data: DataArg,
           = recipe.MODEL["backbone"],
           encoder_weights: Annotated[str, typer.Option(help="imagenet (resnets: file in $TORCH_HOME/hub/checkpoints) "
                                                        "or none (seeded random)")] = "imagenet",
-          image_size: Annotated[int, typer.Option(help="Encoder input side in pixels")] = 224,
+          image_size: Annotated[int, typer.Option(help="Encoder input side in pixels")] = recipe.MODEL["image_size"],
           grid: Annotated[int, typer.Option(help="Feature grid side G: the last feature map average-pooled to G x G "
                                             "cells (7 at 224 px is the map itself)")] = recipe.MODEL["grid"],
           output_stride: Annotated[int, typer.Option(help="32 (standard), 16 or 8 (dilated last stages: denser "
