@@ -29,10 +29,12 @@ def scored_split(data: str | Path, images: str | Path | None) -> str:
 def served_run(runs: dict[str, Path]) -> str:
     """The run with the best val CIDEr among those whose greedy val captions (at that epoch) are at least
     ``recipe.MIN_DISTINCT`` of the most varied run's distinct share. Said in the log when it changes the choice."""
-    distinct = {d: float(v) for d, run in runs.items() if (v := best_val_row(run).get("val_distinct"))}
+    rows = {d: best_val_row(run) for d, run in runs.items()}  # each metrics.csv read once
+    distinct = {d: float(v) for d, row in rows.items() if (v := row.get("val_distinct"))}
     floor = recipe.MIN_DISTINCT * max(distinct.values(), default=0.0)  # runs logged before it are not held back
-    best = max((d for d in runs if distinct.get(d, floor) >= floor), key=lambda d: best_val_cider(runs[d]))
-    top = max(runs, key=lambda d: best_val_cider(runs[d]))
+    cider = {d: float(row["val_cider"]) for d, row in rows.items()}
+    best = max((d for d in runs if distinct.get(d, floor) >= floor), key=cider.__getitem__)
+    top = max(runs, key=cider.__getitem__)
     if best != top:
         print(f"serving {best}, not {top}: {top}'s val captions are {distinct[top]:.0f}% distinct, below "
               f"{recipe.MIN_DISTINCT:.0%} of the most varied run's {max(distinct.values()):.0f}%", flush=True)
