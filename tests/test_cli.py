@@ -332,7 +332,8 @@ def test_train_defaults_are_the_recipe() -> None:
     import typer.main
 
     params = {p.name: p.default for p in typer.main.get_command(app).commands["train"].params}
-    settings = {**recipe.MODEL, **recipe.TRAIN}
+    settings = {**recipe.MODEL, **recipe.TRAIN, "decoder": recipe.DECODER}
     shared = sorted(settings.keys() & params.keys())
-    assert {"backbone", "image_size", "grid", "hidden_size", "dropout", "lr", "epochs", "ema"} <= set(shared)
+    assert {"backbone", "image_size", "grid", "hidden_size", "dropout", "lr", "epochs", "ema", "decoder",
+            "early_stop"} <= set(shared)
     assert {k: params[k] for k in shared} == {k: settings[k] for k in shared}

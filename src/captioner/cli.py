@@ -144,7 +144,7 @@ def train(data: DataArg,
           val_split: Annotated[str, typer.Option(help="The data's split to validate on; 'none': hold out "
                                                  "--val-fraction of train (to keep val unseen for scoring)")] = "val",
           decoder: Annotated[str, typer.Option(help="show-tell (pooled image as the LSTM's first input) or attention "
-                                               "(Show, Attend and Tell over the G x G grid)")] = "show-tell",
+                                               "(Show, Attend and Tell over the G x G grid)")] = recipe.DECODER,
           backbone: Annotated[str, typer.Option(help="efficientnet_lite0/1/2 (ImageNet weights ship with the "
                                                 "package: offline), resnet18/34/50/101/152, resnext50_32x4d, "
                                                 "wide_resnet50_2")]
@@ -195,7 +195,8 @@ def train(data: DataArg,
           = None,
           eval_every: Annotated[int, typer.Option(help="Val BLEU-4/CIDEr every N epochs")] = 1,
           val_images: Annotated[int, typer.Option(help="Val images decoded for CIDEr")] = recipe.TRAIN["val_images"],
-          early_stop: Annotated[int, typer.Option(help="Stop after N evaluations without better CIDEr (0: off)")] = 0,
+          early_stop: Annotated[int, typer.Option(help="Stop after N evaluations without better CIDEr (0: off)")]
+          = recipe.TRAIN["early_stop"],
           seed: int = 0, accelerator: str = "auto",
           devices: Annotated[int, typer.Option(help="Processes/GPUs per node (DDP when > 1)")] = 1,
           num_nodes: int = 1,

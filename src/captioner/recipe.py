@@ -11,11 +11,15 @@ from captioner.search_options import SearchOptions
 MODEL = dict(backbone="efficientnet_lite2", encoder_weights="imagenet", image_size=260, grid=7, output_stride=32,
              embed_size=256, hidden_size=512, num_layers=1, attention_size=256, context_size=256, dropout=0.5,
              batch_norm=True, fine_tune=False, max_len=20)
-TRAIN = dict(epochs=8, batch_size=128, lr=5e-3, min_lr=5e-4, scheduler="cosine", weight_decay=0.0, clip=5.0,
-             ema=0.99, threshold=5, attention_penalty=1.0, val_images=500, eval_every=1)
+# Flickr8k (issue 27, "probe B"): batch 32 at lr 4e-4 -> 4e-5 over the soft-attention decoder, kept at its best
+# val epoch; test BLEU-4 15.9 -> 21.5, CIDEr 37.5 -> 53.7 against Show-Tell at batch 128, lr 5e-3 (docs/results.md)
+TRAIN = dict(epochs=10, batch_size=32, lr=4e-4, min_lr=4e-5, scheduler="cosine", weight_decay=0.0, clip=5.0,
+             ema=0.99, threshold=5, attention_penalty=1.0, val_images=500, eval_every=1, early_stop=3)
+DECODER = "attention"  # the family `captioner train` and the photo demo train
 FAMILY = {"show-tell": {}, "attention": {}}  # per-family changes to MODEL and TRAIN
-DEMO_FAMILIES = ("show-tell",)
-SCST = dict(epochs=1, batch_size=50, lr=5e-4, scst_samples=5)
+DEMO_FAMILIES = (DECODER,)
+# one epoch at a low constant rate: + SCST, test BLEU-4 21.5 -> 22.3, CIDEr 53.7 -> 56.3 (a second: 22.2, 55.3)
+SCST = dict(epochs=1, batch_size=50, lr=5e-5, scst_samples=5)
 # A served model keeps this share of the most varied run's distinct val captions: SCST narrows them (Flickr8k-CN,
 # held-out: 62 -> 47% distinct, dev 40 -> 25%). Relative, since a small val set has more distinct captions.
 MIN_DISTINCT = 0.9
