@@ -98,8 +98,8 @@ def start_training(tiny_synth: Path, out: Path, cache: Path, devices: int, batch
     """Launch ``captioner train`` on ``devices`` processes (one thread each); ``finish`` waits for it."""
     cmd = [sys.executable, "-m", "captioner", "train", "--data", str(tiny_synth), "--out", str(out), "--epochs",
            str(EPOCHS), "--batch-size", str(GLOBAL_BATCH // devices), "--threshold", "1", "--batching", batching,
-           "--cache-dir", str(cache), "--val-images", "8", "--accelerator", "cpu", "--devices", str(devices),
-           "--no-progress", *TINY]
+           "--early-stop", "0", "--cache-dir", str(cache), "--val-images", "8", "--accelerator", "cpu", "--devices",
+           str(devices), "--no-progress", *TINY]
     log = out.parent / f"{out.name}.log"
     return launch(cmd, log), log
 

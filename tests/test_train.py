@@ -75,8 +75,8 @@ def test_padded_batches_train_too(tiny_synth, tmp_path) -> None:
 def test_sigkill_then_resume_records_every_epoch_once(tiny_synth, tmp_path) -> None:
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "captioner", "train", "--data", str(tiny_synth), "--out", str(run), "--epochs", "6",
-           "--batch-size", "4", "--threshold", "1", "--cache-dir", str(tmp_path / "cache"), "--no-progress",
-           *CLI_TINY]
+           "--batch-size", "4", "--threshold", "1", "--early-stop", "0", "--cache-dir", str(tmp_path / "cache"),
+           "--no-progress", *CLI_TINY]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not ((run / "metrics.csv").is_file() and len(rows(run)) >= 2):
@@ -244,8 +244,8 @@ def test_resume_with_ema_gives_the_same_model_as_one_run_from_checkpoints_withou
 def test_sigterm_exits_non_zero_saying_what_was_saved_and_how_to_resume(tiny_synth, tmp_path) -> None:
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "captioner", "train", "--data", str(tiny_synth), "--out", str(run), "--epochs", "2",
-           "--batch-size", "4", "--threshold", "1", "--cache-dir", str(tmp_path / "cache"), "--no-progress",
-           *CLI_TINY]
+           "--batch-size", "4", "--threshold", "1", "--early-stop", "0", "--cache-dir", str(tmp_path / "cache"),
+           "--no-progress", *CLI_TINY]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not ((run / "metrics.csv").is_file() and rows(run)):

@@ -197,7 +197,7 @@ def train(data: DataArg,
           val_images: Annotated[int, typer.Option(help="Val images decoded for CIDEr")] = recipe.TRAIN["val_images"],
           early_stop: Annotated[int, typer.Option(help="Stop after N evaluations without better CIDEr (0: off)")]
           = recipe.TRAIN["early_stop"],
-          seed: int = 0, accelerator: str = "auto",
+          seed: int = 0, accelerator: str = "auto", precision: PrecisionOpt = "auto",
           devices: Annotated[int, typer.Option(help="Processes/GPUs per node (DDP when > 1)")] = 1,
           num_nodes: int = 1,
           num_workers: Annotated[int, typer.Option(help="DataLoader workers decoding images")] = 0,
@@ -230,7 +230,7 @@ def train(data: DataArg,
                           cache_views=cache_views,
                           cache_dir=str(cache_dir) if cache_dir else None, eval_every=eval_every,
                           val_images=val_images, early_stop=early_stop, seed=seed, accelerator=accelerator,
-                          devices=devices, num_nodes=num_nodes, num_workers=num_workers, scst=scst,
+                          devices=devices, num_nodes=num_nodes, num_workers=num_workers, scst=scst, precision=precision,
                           init=str(init) if init else None, scst_samples=scst_samples, scst_baseline=scst_baseline,
                           resume=resume, force=force,
                           progress=progress)
@@ -263,6 +263,9 @@ NOpt = Annotated[int, typer.Option("--n", help="Captions sampled per image (the 
 SeedOpt = Annotated[int | None, typer.Option(help="Sampling seed: the same seed, the same captions of an image")]
 GroupsOpt = Annotated[int, typer.Option(help="Diverse beam search: the beams in G groups, each kept from the words "
                                         "earlier groups chose (G must divide --beam)")]
+PrecisionOpt = Annotated[str, typer.Option(help="auto (bfloat16 where the processor multiplies it natively: a GPU, "
+                                            "a CPU with AMX or AVX-512 BF16; float32 elsewhere), fp32 or bf16; "
+                                            "the encoder pass (and training's steps); said in the log")]
 DiversityOpt = Annotated[float, typer.Option(help="Diverse beam search: a group's penalty per earlier group's beam "
                                              "with the same word at that step")]
 
@@ -299,7 +302,8 @@ def caption(model: ModelsOpt,
             n_best: Annotated[int, typer.Option(min=1, help="Captions per image, best first: up to --beam (with "
                                                 "--groups from different groups), or --n with --sample")] = 1,
             json_attention: Annotated[bool, typer.Option(help="With --json: each caption's attention maps "
-                                                         "(attention models)")] = False) -> None:
+                                                         "(attention models)")] = False,
+            precision: PrecisionOpt = "auto") -> None:
     """Print the best caption of each image (--n-best: several; --json: with scores per word), and optionally draw
     them in a grid, or their attention maps."""
     from captioner import load
@@ -315,7 +319,8 @@ def caption(model: ModelsOpt,
                              f"{'--n' if options.sample else '--beam'} to at least {n_best}")
         if len(model) > 1 and runtime == "onnx":
             raise ValueError("an ensemble (--model given twice or more) runs with --runtime torch or int8")
-        m = load(str(model[0]), runtime=runtime) if len(model) == 1 else load_ensemble(model, int8=runtime == "int8")
+        m = load(str(model[0]), runtime=runtime, precision=precision) if len(model) == 1 else load_ensemble(
+            model, int8=runtime == "int8", precision=precision)
         if warning := m.config.synthetic_warning():
             typer.secho(f"warning: {warning}", fg="yellow", err=True)
         if attention and m.config.decoder != "attention":
@@ -392,7 +397,8 @@ def evaluate(model: ModelsOpt, data: DataArg, images: ImagesOpt = None,
              spice: Annotated[bool, typer.Option(help="Also SPICE (needs Stanford CoreNLP models)")] = False,
              cache_dir: Path | None = None,
              runtime: Annotated[str, typer.Option(help="torch, or int8 (the decoder's weights in int8 on the CPU, "
-                                                  "as `caption --runtime int8`)")] = "torch") -> None:
+                                                  "as `caption --runtime int8`)")] = "torch",
+             precision: PrecisionOpt = "auto") -> None:
     """Caption a split (generation), write results_<split>.json + metrics_<split>.json, print the metrics."""
     from captioner.evaluate import JavaMissingError
     from captioner.pipeline import evaluate_split
@@ -403,7 +409,7 @@ def evaluate(model: ModelsOpt, data: DataArg, images: ImagesOpt = None,
         beam, options = _options(beam, block_ngram, no_bad_endings, sample, temperature, top_k, top_p, n, seed, groups,
                                  diversity)
         evaluate_split(model, data, split, images, beam, out, java, spice, cache_dir, max_len, length_penalty,
-                       int8=runtime == "int8", options=options)
+                       int8=runtime == "int8", options=options, precision=precision)
     except (OSError, ValueError, JavaMissingError) as e:
         raise _fail(e) from None
 
@@ -445,7 +451,7 @@ def serve(model: Annotated[Path, typer.Option(help="Model folder")],
           timeout: Annotated[float, typer.Option(help="Seconds a request may take after its upload; then 504")] = 30.0,
           max_request_pixels: Annotated[int, typer.Option(help="Most pixels decoded for one request (all its "
                                                                "images, after JPEG reduction); then 413")] = 50_000_000,
-          runtime: RuntimeOpt = "torch") -> None:
+          runtime: RuntimeOpt = "torch", precision: PrecisionOpt = "auto") -> None:
     """Serve captions over HTTP: a web page at /, the API at /v1/captions."""
     from captioner.serve.app import serve as run
 
@@ -454,7 +460,7 @@ def serve(model: Annotated[Path, typer.Option(help="Model folder")],
                                  diversity)
         run(model, host=host, port=port, beam=beam, max_batch=max_batch, max_wait_ms=max_wait_ms,
             max_queue=max_queue, request_timeout_s=timeout, max_request_pixels=max_request_pixels, max_len=max_len,
-            length_penalty=length_penalty, runtime=runtime, options=options)
+            length_penalty=length_penalty, runtime=runtime, options=options, precision=precision)
     except (OSError, ValueError, ImportError) as e:
         raise _fail(e) from None
 
@@ -500,7 +506,7 @@ def demo(ctx: typer.Context,
          = "efficientnet_lite0",
          output_stride: Annotated[int, typer.Option(help="Stride of the encoder's feature map (16: Lite0's "
                                                     "stride-16 stage, whose cells keep colour and place)")] = 16,
-         progress: bool = True) -> None:
+         precision: PrecisionOpt = "auto", progress: bool = True) -> None:
     """The main job, offline: synthetic scenes (or, with --data, a real photo set with the real-photo recipe) ->
     one feature cache -> Show-Tell and attention models -> self-critical training -> a table, pictures."""
     from captioner.models.backbones import WeightsUnavailableError
@@ -521,13 +527,15 @@ def demo(ctx: typer.Context,
             if unknown or not chosen:
                 raise ValueError(f"--families: choose from {', '.join(recipe.FAMILY)}, got {families!r}")
             run_photo_demo(data, images, out or Path("runs/photos"), cache_dir, chosen,
-                           recipe.SCST["epochs"] if scst_epochs is None else scst_epochs, progress, lang, tokenizer)
+                           recipe.SCST["epochs"] if scst_epochs is None else scst_epochs, progress, lang, tokenizer,
+                           precision)
             return
         from captioner.pipeline import run_demo
 
         run_demo(out or Path("runs/demo"), train_images=train_images, epochs=epochs,
                  attention_epochs=attention_epochs, scst_epochs=2 if scst_epochs is None else scst_epochs,
-                 image_size=image_size, grid=grid, backbone=backbone, output_stride=output_stride, progress=progress)
+                 image_size=image_size, grid=grid, backbone=backbone, output_stride=output_stride, progress=progress,
+                 precision=precision)
     except (OSError, ValueError, WeightsUnavailableError) as e:
         raise _fail(e) from None
 

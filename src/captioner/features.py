@@ -35,6 +35,7 @@ from captioner.data.images import (
     train_transform,
 )
 from captioner.io import write_json
+from captioner.precision import autocast
 
 if TYPE_CHECKING:
     from captioner.models.encoder import Encoder
@@ -49,10 +50,12 @@ def default_cache_dir() -> Path:
 
 
 def fingerprint(backbone: str, weights: str, seed: int, image_size: int, views: int, paths: Sequence[Path],
-                output_stride: int = 32, grid: int = 1) -> str:
-    """Key of a cache: changes whenever the encoder, preprocessing, image list or an image's size or mtime changes."""
-    h = hashlib.sha256(json.dumps([CACHE_VERSION, backbone, weights, seed if weights == "none" else None,
-                                   image_size, views, RESIZE_RATIO, output_stride, grid]).encode())
+                output_stride: int = 32, grid: int = 1, precision: str = "fp32") -> str:
+    """Key of a cache: changes whenever the encoder, its precision, preprocessing, image list or an image's size or
+    mtime changes (float32 caches keep the key they had before precisions were told apart)."""
+    settings = [CACHE_VERSION, backbone, weights, seed if weights == "none" else None, image_size, views,
+                RESIZE_RATIO, output_stride, grid] + ([precision] if precision != "fp32" else [])
+    h = hashlib.sha256(json.dumps(settings).encode())
     for p in paths:
         path = Path(p).resolve()
         try:
@@ -210,15 +213,16 @@ def encode_images(paths: Sequence[Path], backbone: str, weights: str, seed: int,
                   device: str | torch.device = "cpu", rank: int = 0, world_size: int = 1,
                   barrier: Callable[[], None] = lambda: None, log: Callable[[str], None] = print,
                   progress: bool = True, output_stride: int = 32, grid: int = 1,
-                  encoder: Encoder | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  encoder: Encoder | None = None, precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
     """Grid features of ``paths`` from the cache, encoding (this rank's share of) what is missing.
 
     Returns (float16 memmap [n, views, grid * grid, dim], ok mask [n]); unreadable images are reported and
     masked out. ``encoder`` is the caller's frozen encoder built from the same settings; without it one is built.
+    ``precision``: the encoder pass's, "fp32" or "bf16" (precision.resolve), part of the cache's key.
     """
     from captioner.models.encoder import Encoder
 
-    key = fingerprint(backbone, weights, seed, image_size, views, paths, output_stride, grid)
+    key = fingerprint(backbone, weights, seed, image_size, views, paths, output_stride, grid, precision)
     cache = FeatureCache(cache_dir or default_cache_dir(), key)
     hit = f"feature cache hit: {cache.array_path} ({len(paths)} images x {views} views; no encoder pass)"
     if world_size == 1 and cache.complete():  # the ranks of a distributed run decide together, below
@@ -241,12 +245,12 @@ def encode_images(paths: Sequence[Path], backbone: str, weights: str, seed: int,
                 f"{len(paths) * views * cells * dim * 2 / 2**20:,.1f} MiB on disk ({views * cells * dim * 2 / 1024:.1f}"
                 f" KiB per image), streamed from {cache.folder}")
             start = time.perf_counter()
-            with _frozen(encoder, device) as encode:
+            with _frozen(encoder, device, precision) as encode:
                 n = cache.build(encode, ImageViews(paths, image_size, views, encoder.spec.mean, encoder.spec.std),
                                 cells, dim, batch_size, num_workers, rank, world_size, progress)
             seconds = time.perf_counter() - start
             if n:
-                log(f"encoded {n} images x {views} views with {backbone} in {seconds:.1f} s "
+                log(f"encoded {n} images x {views} views with {backbone} ({precision}) in {seconds:.1f} s "
                     f"({n / seconds:.1f} img/s) into {cache.folder}")
         else:
             log(hit)
@@ -264,14 +268,16 @@ def encode_images(paths: Sequence[Path], backbone: str, weights: str, seed: int,
 
 
 @contextmanager
-def _frozen(encoder: Encoder, device: str | torch.device) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
-    """``encoder`` in eval mode on ``device`` as a float32 function of images; the caller's module keeps its mode."""
+def _frozen(encoder: Encoder, device: str | torch.device,
+            precision: str = "fp32") -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
+    """``encoder`` in eval mode on ``device`` as a float32 function of images, run in ``precision``; the caller's
+    module keeps its mode."""
     device, was_training = torch.device(device), encoder.training
     encoder = encoder.eval().to(device)
 
     def encode(x: torch.Tensor) -> torch.Tensor:
         x = x.to(device, non_blocking=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with autocast(precision, device):
             return encoder(x).float()
 
     try:

@@ -13,6 +13,7 @@ from captioner.data.vocab import Vocabulary
 from captioner.decode import search, word_log_probs
 from captioner.models.captioner import CaptionModel, ModelConfig, load_state, read_artifact, save_artifact
 from captioner.models.ensemble import Ensemble
+from captioner.precision import autocast, resolve
 from captioner.search_options import SearchOptions
 
 
@@ -39,6 +40,7 @@ class Captioner(CaptionModel):
             raise ValueError(f"vocabulary has {len(vocab)} words but the model expects {config.vocab_size}")
         super().__init__(config, load_weights)
         self.vocab = vocab
+        self.precision = "fp32"  # the encoder pass's on images: "bf16" autocasts it (load(precision=...))
 
     @torch.inference_mode()
     def generate(self, features: torch.Tensor, beam: int = 1, max_len: int | None = None,
@@ -46,7 +48,8 @@ class Captioner(CaptionModel):
                  word_scores: bool = False) -> list[list[Caption]]:
         """Captions of grid features [B, N, C] (or images): per image a best-first list (``options``: decode.search);
         ``word_scores``: with each caption's tokens and their log-probabilities."""
-        features, g = self.features(features), self.config.grid
+        with autocast(self.precision, features.device):
+            features, g = self.features(features).float(), self.config.grid
         max_len = self.config.max_len if max_len is None else max_len
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1 tokens, got {max_len}")
@@ -80,11 +83,13 @@ class Captioner(CaptionModel):
         return save_artifact(self, self.vocab, folder)
 
 
-def load(folder: str | Path, device: str | torch.device | None = None, int8: bool = False) -> Captioner:
+def load(folder: str | Path, device: str | torch.device | None = None, int8: bool = False,
+         precision: str = "fp32") -> Captioner:
     """Rebuild a captioner of either family from its artifact folder; ``device`` defaults to the GPU if any.
 
     ``int8``: searches on the CPU with int8 copies of the decoder's weights (~3x faster steps; a near tie between
-    two words may go the other way)."""
+    two words may go the other way). ``precision`` (auto, fp32, bf16): the encoder pass on images; the search's
+    steps, a few rows each, stay float32."""
     config, vocab, state = read_artifact(folder)
     model = Captioner(config, vocab, load_weights=False)
     load_state(model, state, str(Path(folder) / "model.safetensors"))
@@ -92,6 +97,7 @@ def load(folder: str | Path, device: str | torch.device | None = None, int8: boo
     if int8 and device.type != "cpu":
         raise ValueError(f"int8 decoding runs on the CPU, not {device}: leave the device out or use --runtime torch")
     model.decoder.affines.int8 = int8
+    model.precision = resolve(precision, device)
     return model.to(device).eval()
 
 
@@ -99,11 +105,11 @@ ENCODER = ("backbone", "encoder_weights", "image_size", "grid", "output_stride",
 
 
 def load_ensemble(folders: Sequence[str | Path], device: str | torch.device | None = None,
-                  int8: bool = False) -> Captioner:
+                  int8: bool = False, precision: str = "fp32") -> Captioner:
     """One captioner that searches with several models at once (models/ensemble.py: their log-probabilities
     averaged at every step), any mix of families; they must share the vocabulary and the frozen encoder, whose
     features are computed once. Attention maps are the first model's. One folder: that model."""
-    models = [load(f, device, int8) for f in folders]
+    models = [load(f, device, int8, precision) for f in folders]
     first, name = models[0], folders[0]
     for folder, m in zip(folders[1:], models[1:], strict=True):
         if m.vocab.itos != first.vocab.itos:

@@ -44,10 +44,10 @@ def served_run(runs: dict[str, Path]) -> str:
 def run_photo_demo(data: str | Path, images: str | Path | None = None, out: str | Path = "runs/photos",
                    cache_dir: str | Path | None = None, families: tuple[str, ...] = recipe.DEMO_FAMILIES,
                    scst_epochs: int = recipe.SCST["epochs"], progress: bool = True, lang: str | None = None,
-                   tokenizer: str | None = None) -> dict:
+                   tokenizer: str | None = None, precision: str = "auto") -> dict:
     """Train the recipe on ``data`` and score the test split (the val split when there is none: training then
     validates on a held-out share of the training images, so the scored split stays unseen); ``lang`` and
-    ``tokenizer``: the captions' language (None: guessed) and its tokenizer."""
+    ``tokenizer``: the captions' language (None: guessed) and its tokenizer; ``precision``: precision.py."""
     from captioner.plots import attention_maps, caption_grid
     from captioner.train import TrainConfig, train
 
@@ -59,7 +59,7 @@ def run_photo_demo(data: str | Path, images: str | Path | None = None, out: str 
     print(f"scoring the {split} split of {data}" + ("" if split == "test" else
           " (no test split: training validates on a held-out share of the training images)"), flush=True)
     common = dict(data=str(data), images=str(images) if images else None, cache_dir=cache, progress=progress,
-                  val_split=val_split)
+                  val_split=val_split, precision=precision)
     runs = {}
     for family in families:
         run = out / family
@@ -84,7 +84,7 @@ def run_photo_demo(data: str | Path, images: str | Path | None = None, out: str 
     t = time.perf_counter()
     records, report = open_split(data, split, images)
     print(report.summary())
-    models = {d: load(run) for d, run in runs.items()}
+    models = {d: load(run, precision=precision) for d, run in runs.items()}
     features, ok = record_features(models[families[0]], records, cache, progress=progress)
     rows = np.flatnonzero(ok)
     records = [records[i] for i in rows]

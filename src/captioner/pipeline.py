@@ -21,14 +21,15 @@ def evaluate_split(model_dir: str | Path | Sequence[str | Path], data: str | Pat
                    images: str | Path | None = None, beam: int = 1, out: str | Path | None = None, java: bool = True,
                    spice: bool = False, cache_dir: str | Path | None = None, max_len: int | None = None,
                    length_penalty: float = 0.0, int8: bool = False,
-                   options: SearchOptions | None = None) -> dict[str, float]:
+                   options: SearchOptions | None = None, precision: str = "fp32") -> dict[str, float]:
     """Decode a split, write results_<split>.json and metrics_<split>.json, print the table (0-100); ``int8``
-    decodes with int8 copies of the decoder's weights (``--runtime int8``); ``options``: decode.search. Several
+    decodes with int8 copies of the decoder's weights (``--runtime int8``); ``options``: decode.search;
+    ``precision``: the encoder pass's (fp32, bf16, auto). Several
     model folders: their ensemble (inference.load_ensemble), whose files go to ``out`` (then required)."""
     folders = [model_dir] if isinstance(model_dir, str | Path) else list(model_dir)
     if len(folders) > 1 and out is None:
         raise ValueError("an ensemble's results and metrics need a folder of their own: give --out")
-    model, model_dir = load_ensemble(folders, int8=int8), folders[0]
+    model, model_dir = load_ensemble(folders, int8=int8, precision=precision), folders[0]
     records, report = open_split(data, split, images)
     print(report.summary())
     if not records:
@@ -75,7 +76,7 @@ def best_val_cider(run: Path) -> float:
 
 def run_demo(out: str | Path = "runs/demo", train_images: int = 4000, epochs: int = 6, attention_epochs: int = 8,
              scst_epochs: int = 2, image_size: int = 128, grid: int = 5, backbone: str = "efficientnet_lite0",
-             output_stride: int = 16, progress: bool = True) -> dict[str, dict[str, float]]:
+             output_stride: int = 16, progress: bool = True, precision: str = "auto") -> dict[str, dict[str, float]]:
     """Synthetic scenes -> one feature cache -> Show-Tell and attention models -> self-critical training of the
     better one -> test-split table (+ blind baseline)."""
     from captioner.plots import attention_maps, caption_grid
@@ -96,7 +97,7 @@ def run_demo(out: str | Path = "runs/demo", train_images: int = 4000, epochs: in
         phase_start = time.perf_counter()
         cfg = TrainConfig(data=str(data), out=str(run), epochs=n, batch_size=XE_BATCH, threshold=1,
                           cache_dir=str(cache), progress=progress, eval_every=2, val_images=250,
-                          attention_penalty=DEMO_ATTENTION_PENALTY, ema=XE_EMA,
+                          attention_penalty=DEMO_ATTENTION_PENALTY, ema=XE_EMA, precision=precision,
                           resume=(run / "checkpoints" / "last.ckpt").is_file())
         train(cfg, dict(decoder=decoder, backbone=backbone, encoder_weights="imagenet", image_size=image_size,
                         output_stride=output_stride, grid=grid, embed_size=128, hidden_size=256, attention_size=128,
@@ -110,7 +111,7 @@ def run_demo(out: str | Path = "runs/demo", train_images: int = 4000, epochs: in
         phase_start = time.perf_counter()
         train(TrainConfig(data=str(data), out=str(run), epochs=scst_epochs, threshold=1, cache_dir=str(cache),
                           progress=progress, eval_every=1, val_images=250, batch_size=SCST_BATCH, lr=SCST_LR,
-                          min_lr=SCST_LR, scheduler="none", scst=True, init=str(runs[served]),
+                          min_lr=SCST_LR, scheduler="none", scst=True, init=str(runs[served]), precision=precision,
                           resume=(run / "checkpoints" / "last.ckpt").is_file()))
         print(f"self-critical phase: {time.perf_counter() - phase_start:.0f} s", flush=True)
         runs[f"{served} + SCST"] = run
@@ -118,7 +119,7 @@ def run_demo(out: str | Path = "runs/demo", train_images: int = 4000, epochs: in
     records, _ = open_split(data, "test")
     images = {im["id"]: im for im in json.loads(find_annotation(data, "test").read_text())["images"]}
     refs = {r.image_id: list(r.captions) for r in records}
-    shares, texts, models = {}, {}, {d: load(run) for d, run in runs.items()}
+    shares, texts, models = {}, {}, {d: load(run, precision=precision) for d, run in runs.items()}
     features, _ = record_features(models["show-tell"], records, cache, progress=progress)
     for decoder, model in models.items():
         for beam in (1, 3):

@@ -12,6 +12,7 @@ from tqdm import tqdm
 from captioner.data.datasets import ImageRecord
 from captioner.features import ImageViews, encode_images
 from captioner.inference import Caption, Captioner
+from captioner.precision import autocast
 from captioner.search_options import SearchOptions
 
 
@@ -23,14 +24,14 @@ def record_features(model: Captioner, records: list[ImageRecord], cache_dir: str
     if not c.fine_tune:
         feats, ok = encode_images(paths, c.backbone, c.encoder_weights, c.seed, c.image_size, 1, cache_dir,
                                   batch_size, device=device, progress=progress, output_stride=c.output_stride,
-                                  grid=c.grid, encoder=model.encoder)
+                                  grid=c.grid, encoder=model.encoder, precision=model.precision)
         return feats[:, 0], ok
     spec = model.encoder.spec
     loader = DataLoader(ImageViews(paths, c.image_size, 1, spec.mean, spec.std), batch_size=batch_size)
     out, ok = [], []
     for images, good in tqdm(loader, desc="encoding images", disable=not progress):
-        with torch.inference_mode():
-            out.append(model.encoder(images[:, 0].to(device)).cpu().numpy())
+        with torch.inference_mode(), autocast(model.precision, device):
+            out.append(model.encoder(images[:, 0].to(device)).float().cpu().numpy())
         ok.append(good.numpy())
     return np.concatenate(out), np.concatenate(ok)
 

@@ -26,6 +26,7 @@ from captioner.data.tokenizers import choose_tokenizer
 from captioner.data.vocab import Vocabulary
 from captioner.io import read_json, write_json
 from captioner.models.captioner import ModelConfig, load_state, read_artifact, save_artifact
+from captioner.precision import resolve, summary
 from captioner.rewards import CiderD, reference_ids, reference_key
 from captioner.train_callbacks import AtomicCheckpointIO, BestCheckpoint, EpochCSV, EvalEarlyStopping
 from captioner.train_config import NOT_COMPARED, SAFE_ON_RESUME, TrainConfig, bars
@@ -142,7 +143,13 @@ def train(cfg: TrainConfig, model_kwargs: dict[str, Any] | None = None) -> Path:
           f"{model_cfg.backbone} "
           f"({model_cfg.encoder_weights} weights, {'fine-tuned' if model_cfg.fine_tune else 'frozen'}); "
           f"run folder {out}", flush=True)
-    data = CaptionData(cfg, model_cfg, train_records, val_records, vocab)
+    cuda = torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda")
+    precision = resolve(cfg.precision, "cuda" if cuda else "cpu")
+    # self-critical sampling draws from bf16 log-probabilities only on a GPU: on the CPU it was not measured
+    steps = "fp32" if cfg.scst and not cuda else precision
+    print(summary(precision, "cuda" if cuda else "cpu") + ("" if steps == precision else
+          "; the self-critical steps run in float32"), flush=True)
+    data = CaptionData(cfg, model_cfg, train_records, val_records, vocab, precision)
     module = CaptionModule(asdict(model_cfg), vocab.itos, asdict(cfg))
     module.vocab = vocab  # with its threshold, for the artifact's vocab.json
     if init_state is not None:
@@ -161,10 +168,9 @@ def train(cfg: TrainConfig, model_kwargs: dict[str, Any] | None = None) -> Path:
         callbacks.append(WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(cfg.ema)))
     if bars(cfg):  # tqdm: Lightning's default rich bar redraws from a thread and cost ~30% of an epoch on 2 cores
         callbacks.append(TQDMProgressBar())
-    cuda = torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda")
     trainer = L.Trainer(max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices,
                         num_nodes=cfg.num_nodes, strategy="ddp" if cfg.devices * cfg.num_nodes > 1 else "auto",
-                        precision="bf16-mixed" if cuda else "32-true", gradient_clip_val=cfg.clip,
+                        precision="bf16-mixed" if steps == "bf16" else "32-true", gradient_clip_val=cfg.clip,
                         callbacks=callbacks, logger=TensorBoardLogger(out, name="tb", version=""),
                         use_distributed_sampler=False, num_sanity_val_steps=0,
                         enable_progress_bar=bars(cfg), enable_model_summary=False,

@@ -4,10 +4,12 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
+from captioner.precision import PRECISIONS
 from captioner.schedule import parse_schedule
 
 SAFE_ON_RESUME = ("epochs", "min_lr", "eval_every", "early_stop", "val_images")  # --force may change these
-NOT_COMPARED = ("out", "resume", "force", "progress", "num_workers", "cache_dir", "encode_batch_size", "accelerator")
+NOT_COMPARED = ("out", "resume", "force", "progress", "num_workers", "cache_dir", "encode_batch_size", "accelerator",
+                "precision")
 
 
 @dataclass
@@ -45,6 +47,7 @@ class TrainConfig:
     early_stop: int = 0
     seed: int = 0
     accelerator: str = "auto"
+    precision: str = "auto"  # auto (bf16 where the processor has bf16 units), fp32 or bf16: precision.py
     devices: int = 1
     num_nodes: int = 1
     num_workers: int = 0
@@ -59,7 +62,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         choices = {"scheduler": ("cosine", "plateau", "none"), "batching": ("bucket", "pad"),
-                   "scst_baseline": ("mean", "greedy")}
+                   "scst_baseline": ("mean", "greedy"), "precision": PRECISIONS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")

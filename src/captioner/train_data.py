@@ -19,9 +19,10 @@ class CaptionData(L.LightningDataModule):
     """Train/val pairs; with a frozen encoder they come from the feature cache (each rank encodes its share)."""
 
     def __init__(self, cfg: TrainConfig, model: ModelConfig, train: list[ImageRecord], val: list[ImageRecord],
-                 vocab: Vocabulary) -> None:
+                 vocab: Vocabulary, precision: str = "fp32") -> None:
         super().__init__()
         self.cfg, self.model_cfg, self.train_records, self.val_records, self.vocab = cfg, model, train, val, vocab
+        self.precision = precision  # the encoder pass's (precision.resolve)
         self.eval_records = val[:cfg.val_images]
 
     def _features(self, records: list[ImageRecord], views: int) -> tuple[np.ndarray, np.ndarray]:
@@ -31,7 +32,7 @@ class CaptionData(L.LightningDataModule):
                              trainer.strategy.root_device, trainer.global_rank, trainer.world_size,
                              trainer.strategy.barrier, log=_say(trainer), progress=bars(self.cfg),
                              output_stride=m.output_stride, grid=m.grid,
-                             encoder=trainer.lightning_module.model.encoder)
+                             encoder=trainer.lightning_module.model.encoder, precision=self.precision)
 
     def setup(self, stage: str) -> None:
         if self.model_cfg.fine_tune:

@@ -293,7 +293,7 @@ def create_app(model_dir: str | Path, beam: int = 1, max_batch: int = 16, max_wa
                max_files: int = 16, max_queue: int = 64, request_timeout_s: float = 30.0,
                max_request_pixels: int = 50_000_000, max_len: int | None = None,
                length_penalty: float = recipe.SEARCH["length_penalty"], options: SearchOptions | None = None,
-               runtime: str = "torch", max_decoded_bytes: int = 2**29,
+               runtime: str = "torch", max_decoded_bytes: int = 2**29, precision: str = "fp32",
                max_aspect: float = 20.0) -> FastAPI:
     """Load the model in ``model_dir`` and build the app; ``batching=False`` runs each request alone. Beam requests
     (the page asks for 3 alternatives) are length-normalised as `captioner serve`'s are (the recipe's penalty).
@@ -309,7 +309,7 @@ def create_app(model_dir: str | Path, beam: int = 1, max_batch: int = 16, max_wa
                          f"({max_request_pixels * PIXEL_BYTES:,}): a request with the most pixels would never be "
                          "accepted")
     model_dir = Path(model_dir)
-    model = load(str(model_dir), runtime=runtime)  # torch, or onnx (an exported folder on onnxruntime)
+    model = load(str(model_dir), runtime=runtime, precision=precision)  # torch, or onnx (on onnxruntime)
     metrics_file = next((f for f in (model_dir / "metrics_test.json", model_dir / "metrics_val.json") if f.is_file()),
                         None)
     info = ModelInfo(name=model_dir.resolve().name, decoder=model.config.decoder, grid=model.config.grid,
