@@ -7,8 +7,9 @@ cache sizes, training RSS, epoch times, loader vs step rate, FLOPs; needs $CAPTI
 disk, all deleted after), gpu (COCO-shaped training steps with the cache in GPU memory; skipped without CUDA),
 onnx (ONNX Runtime vs PyTorch greedy captions), serve_load (good, malformed-EXIF, thin and huge uploads at once
 against `captioner serve`: every answer as it must be, no 500, server peak RSS under 2 GB; benchmarks/serve_load_bench),
-photos (the real-photo main job on Flickr8k from an empty cache: phases and total vs 20 minutes; needs
-$CAPTIONER_SHARED, skipped with --quick).
+precision (fp32 vs bf16 autocast side by side: the CNN alone, the encoder pass over real photos with the features'
+cosine, training steps of both families), photos (the real-photo main job on Flickr8k from an empty cache: phases
+and total vs 20 minutes; needs $CAPTIONER_SHARED, skipped with --quick).
 Each comparison is measured side by side in the same run. Progress goes to stderr, the table to stdout.
 """
 from __future__ import annotations
@@ -25,7 +26,8 @@ import torch
 
 from benchmarks.common import device, row, say
 
-SECTIONS = ("train", "latency", "extract", "vocab", "rewards", "serve", "scale", "gpu", "onnx", "serve_load", "photos")
+SECTIONS = ("train", "latency", "extract", "vocab", "rewards", "serve", "scale", "gpu", "onnx", "serve_load",
+            "precision", "photos")
 SERVE_CLIENTS = 8
 
 
