@@ -74,7 +74,7 @@ def inspect(data: Annotated[Path | None, typer.Option(help="Data set folder, Kar
             try:
                 found = records if other == split else open_split(source, other, images, check_images=False)[0]
                 splits[other] = f"{len(found)} images, {sum(len(r.captions) for r in found)} captions"
-            except FileNotFoundError as e:
+            except (FileNotFoundError, ValueError) as e:  # a broken split list: said on its line
                 splits[other] = f"none ({e})"
         words = choose_tokenizer(lang, tokenizer, [c for r in records[:200] for c in r.captions], typer.echo)
     except (OSError, ValueError) as e:
