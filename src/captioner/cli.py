@@ -9,10 +9,12 @@ from typing import Annotated, Any
 import typer
 
 from captioner import recipe
+from captioner.cli_help import TRAIN_SECTIONS, sectioned
 from captioner.search_options import SearchOptions
 
+# rich_markup_mode=None: click's plain help, which wraps text but never cuts an option's name (rich's tables did)
 app = typer.Typer(help="Train, evaluate and serve CNN->LSTM image-captioning models (Show and Tell).",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False, rich_markup_mode=None)
 
 DataArg = Annotated[Path, typer.Option("--data", help="Data set: a folder with annotations/captions_<split>*.json "
                                        "(synthetic, COCO 2014/2017 layout), a Karpathy JSON, a COCO annotation file, "
@@ -130,7 +132,7 @@ def vocab(data: DataArg, images: ImagesOpt = None,
         typer.echo(f"saved: {v.save(out)}")
 
 
-@app.command()
+@app.command(cls=sectioned(TRAIN_SECTIONS))
 def train(data: DataArg,
           out: Annotated[Path, typer.Option(help="Run folder (model, metrics.csv, loss.png, checkpoints)")] = Path(
               "runs/default"),
