@@ -173,3 +173,6 @@ def test_a_dev_list_whose_images_lack_captions_stops_training_instead_of_holding
         load_records(TrainConfig(data=str(flickr)))
     result = CliRunner().invoke(app, ["inspect", "--data", str(flickr)])  # the other splits still read
     assert result.exit_code == 0 and "val: none (" in result.output and "train: 3 images" in result.output
+    (flickr.parent / "Flickr_8k.devImages.txt").write_text("\n")
+    with pytest.raises(ValueError, match=r"\*devImages.txt is empty: no 'val' images to read"):
+        load_records(TrainConfig(data=str(flickr)))
