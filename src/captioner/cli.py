@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from captioner import recipe
-from captioner.cli_help import TRAIN_SECTIONS, sectioned
+from captioner.cli_help import CAPTION_SECTIONS, EVALUATE_SECTIONS, TRAIN_SECTIONS, sectioned
 from captioner.search_options import SearchOptions
 
 # rich_markup_mode=None: click's plain help, which wraps text but never cuts an option's name (rich's tables did)
@@ -286,7 +286,7 @@ ModelsOpt = Annotated[list[Path], typer.Option("--model", help="Model folder (mo
                                               "and encoder, their log-probabilities averaged at every step")]
 
 
-@app.command()
+@app.command(cls=sectioned(CAPTION_SECTIONS))
 def caption(model: ModelsOpt,
             images: Annotated[list[Path], typer.Argument(help="Image files, or folders: their images (not recursive)")],
             beam: BeamOpt = None,
@@ -384,7 +384,7 @@ def _image_files(paths: list[Path]) -> list[Path]:
     return out
 
 
-@app.command()
+@app.command(cls=sectioned(EVALUATE_SECTIONS))
 def evaluate(model: ModelsOpt, data: DataArg, images: ImagesOpt = None,
              split: str = "test", beam: BeamOpt = None, max_len: MaxLenOpt = None,
              length_penalty: PenaltyOpt = recipe.SEARCH["length_penalty"],
