@@ -46,7 +46,11 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
     try:
-        return json.loads(read_text(path, what))
+        text = read_text(path, what)
+    except ValueError as e:  # decode_text's message, said as the JSON reader says its own
+        raise ValueError(f"{what} {path} is not valid JSON: line {str(e).removeprefix(f'{what} {path}:')}") from None
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise ValueError(f"{what} {path} is not valid JSON: {e}") from e
 
@@ -71,6 +75,8 @@ def _looks_like(data: bytes) -> str:
     """A guess at the encoding of bytes that are not UTF-8, for the error message."""
     if data.count(0) > len(data) // 4:
         return "UTF-16 or UTF-32 without a byte-order mark"
+    if 0 in data:
+        return "binary data, not text"
     try:
         data.decode("cp1252")
     except UnicodeDecodeError:
