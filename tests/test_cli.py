@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import typer
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -47,6 +48,28 @@ def test_help_lists_every_command() -> None:
     assert result.exit_code == 0
     for command in COMMANDS:
         assert re.search(rf"\b{command}\b", result.output), command
+
+
+@pytest.mark.parametrize("command", ["train", "caption", "evaluate"])
+def test_help_without_a_terminal_names_every_option_whole_at_80_columns(command: str) -> None:
+    """rich cut names at 80 columns (``--label-smoothi…``) and dropped the backbone choices when piped."""
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "80", "TERM": "dumb"})
+    assert result.exit_code == 0, result.output
+    params = typer.main.get_command(app).commands[command].params
+    names = [name for param in params if param.param_type_name == "option"
+             for name in param.opts + param.secondary_opts]
+    assert len(names) > 15
+    for name in names:
+        assert re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", result.output), (name, result.output)
+    assert all(len(line) <= 80 for line in result.output.splitlines())
+    assert "…" not in result.output and not re.search(r"\w-\n", result.output)  # nor a name broken at its hyphen
+    headings = [line for line in result.output.splitlines() if line.endswith(":") and not line.startswith(" ")]
+    expected = {"train": ["Data:", "Model:", "Training:", "Search and validation:", "Output:", "Other options:"],
+                "caption": ["Arguments:", "Model:", "Search:", "Output:", "Other options:"],
+                "evaluate": ["Data:", "Model:", "Search:", "Scoring and output:", "Other options:"]}
+    assert headings == expected[command]
+    if command == "train":
+        assert "wide_resnet50_2" in result.output
 
 
 def test_synth_is_deterministic_and_readable(synth, tmp_path) -> None:

@@ -196,3 +196,33 @@ def test_real_coco_train_folder_layout(shared: Path) -> None:
     assert {r.path.parent for r in records} == {mini / "train2017"}
     assert {r.split for r in records} == {"train"} and not report.skipped
     assert len({r.image_id for r in records}) == 80
+
+
+def test_coco_images_sharing_an_id_are_an_error_naming_both_files(tmp_path: Path) -> None:
+    """pycocotools kept one entry and gave it both images' captions; the other image read as 'no captions'."""
+    _image(tmp_path / "pics" / "a.jpg")
+    _image(tmp_path / "pics" / "b.jpg")
+    files = [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "c.jpg"}, {"id": 1, "file_name": "b.jpg"}]
+    ann = _write(tmp_path / "c.json", _coco(files, {1: ["a red square"], 2: ["a blue disc"]}))
+    with pytest.raises(ValueError, match=r"c.json: images\[0\] \(a.jpg\) and images\[2\] \(b.jpg\) share the id 1"):
+        open_split(ann, "train", tmp_path / "pics")
+    files[2]["id"] = "3"
+    _write(ann, _coco(files, {1: ["a red square"]}))
+    with pytest.raises(ValueError, match=r"c.json: images\[2\] \(b.jpg\) has the id '3': ids are integers"):
+        open_split(ann, "train", tmp_path / "pics")
+
+
+@pytest.mark.parametrize("images", [{"1": {"id": 1, "file_name": "a.jpg"}}, "a.jpg", 7])
+def test_coco_images_that_are_not_a_list_are_an_error_naming_the_file(tmp_path: Path, images) -> None:
+    ann = _write(tmp_path / "c.json", {"images": images, "annotations": []})
+    with pytest.raises(ValueError, match=r"c.json: 'images' must be a list, got"):
+        open_split(ann, "train", tmp_path)
+
+
+def test_a_utf16_coco_file_is_read(tmp_path: Path) -> None:
+    _image(tmp_path / "pics" / "a.jpg")
+    ann = tmp_path / "c.json"
+    ann.write_text(json.dumps(_coco([{"id": 1, "file_name": "a.jpg"}], {1: ["un caf\u00e9"]}), ensure_ascii=False),
+                   encoding="utf-16")
+    records, _ = open_split(ann, "train", tmp_path / "pics")
+    assert records[0].captions == ("un caf\u00e9",)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -183,3 +184,13 @@ def test_cli_exports_and_captions_and_the_server_serves_onnx(exported: tuple[Cap
 def test_a_folder_without_the_graphs_names_what_is_missing(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="encoder.onnx.*captioner export --onnx"):
         load_onnx(tmp_path)
+
+
+def test_the_runner_refuses_another_models_vocabulary(exported: tuple[Captioner, Path], tmp_path) -> None:
+    model, folder = exported
+    copy = tmp_path / "onnx"
+    shutil.copytree(folder, copy)
+    assert json.loads((copy / "config.json").read_text())["vocab_sha256"] == model.vocab.sha256()
+    Vocabulary(model.vocab.itos[:4] + model.vocab.itos[:3:-1]).save(copy / "vocab.json")
+    with pytest.raises(ValueError, match=r"onnx/vocab.json is not the vocabulary of .*onnx/config.json"):
+        load_onnx(copy)

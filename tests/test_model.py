@@ -320,6 +320,33 @@ def test_artifact_errors_name_the_file(vocab: Vocabulary, tmp_path) -> None:
         load(tmp_path / "nowhere")
 
 
+def test_a_vocabulary_of_the_same_size_from_another_model_is_refused(vocab: Vocabulary, tmp_path) -> None:
+    """It loaded silently before (only the size was checked) and every caption came out in the wrong words."""
+    folder = tiny(vocab, "show-tell").save(tmp_path / "m")
+    other = Vocabulary(vocab.itos[:4] + vocab.itos[:3:-1])  # the same words, another order: the same size
+    other.save(folder / "vocab.json")
+    with pytest.raises(ValueError, match=r"m/vocab.json is not the vocabulary of .*m/config.json .*copy the model "
+                                         r"folder's own vocab.json"):
+        load(folder)
+    vocab.save(folder / "vocab.json")
+    assert load(folder).vocab.itos == vocab.itos
+    config = json.loads((folder / "config.json").read_text())
+    assert config["vocab_sha256"] == vocab.sha256() != other.sha256()
+    del config["vocab_sha256"]  # a model saved before the fingerprint still loads
+    (folder / "config.json").write_text(json.dumps(config))
+    assert load(folder).config.vocab_sha256 == ""
+
+
+@pytest.mark.parametrize("field, value", [("hidden_size", -5), ("grid", 0), ("image_size", -224), ("dropout", 1.5)])
+def test_config_sizes_out_of_range_are_errors_naming_the_file_and_field(vocab: Vocabulary, tmp_path, field: str,
+                                                                        value) -> None:
+    folder = tiny(vocab, "show-tell").save(tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {field: value}))
+    with pytest.raises(ValueError, match=rf"m/config.json: '{field}' must be .*, got {value}"):
+        load(folder)
+
+
 def test_grid_features_are_standardised_before_the_embedding() -> None:
     dec = ShowTell(12, 8, embed_size=4, hidden_size=6).train()
     features = 50 + 0.1 * torch.randn(64, 3, 8)

@@ -9,10 +9,12 @@ from typing import Annotated, Any
 import typer
 
 from captioner import recipe
+from captioner.cli_help import CAPTION_SECTIONS, EVALUATE_SECTIONS, TRAIN_SECTIONS, sectioned
 from captioner.search_options import SearchOptions
 
+# rich_markup_mode=None: click's plain help, which wraps text but never cuts an option's name (rich's tables did)
 app = typer.Typer(help="Train, evaluate and serve CNN->LSTM image-captioning models (Show and Tell).",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False, rich_markup_mode=None)
 
 DataArg = Annotated[Path, typer.Option("--data", help="Data set: a folder with annotations/captions_<split>*.json "
                                        "(synthetic, COCO 2014/2017 layout), a Karpathy JSON, a COCO annotation file, "
@@ -74,7 +76,7 @@ def inspect(data: Annotated[Path | None, typer.Option(help="Data set folder, Kar
             try:
                 found = records if other == split else open_split(source, other, images, check_images=False)[0]
                 splits[other] = f"{len(found)} images, {sum(len(r.captions) for r in found)} captions"
-            except FileNotFoundError as e:
+            except (FileNotFoundError, ValueError) as e:  # a broken split list: said on its line
                 splits[other] = f"none ({e})"
         words = choose_tokenizer(lang, tokenizer, [c for r in records[:200] for c in r.captions], typer.echo)
     except (OSError, ValueError) as e:
@@ -130,7 +132,7 @@ def vocab(data: DataArg, images: ImagesOpt = None,
         typer.echo(f"saved: {v.save(out)}")
 
 
-@app.command()
+@app.command(cls=sectioned(TRAIN_SECTIONS))
 def train(data: DataArg,
           out: Annotated[Path, typer.Option(help="Run folder (model, metrics.csv, loss.png, checkpoints)")] = Path(
               "runs/default"),
@@ -284,7 +286,7 @@ ModelsOpt = Annotated[list[Path], typer.Option("--model", help="Model folder (mo
                                               "and encoder, their log-probabilities averaged at every step")]
 
 
-@app.command()
+@app.command(cls=sectioned(CAPTION_SECTIONS))
 def caption(model: ModelsOpt,
             images: Annotated[list[Path], typer.Argument(help="Image files, or folders: their images (not recursive)")],
             beam: BeamOpt = None,
@@ -382,7 +384,7 @@ def _image_files(paths: list[Path]) -> list[Path]:
     return out
 
 
-@app.command()
+@app.command(cls=sectioned(EVALUATE_SECTIONS))
 def evaluate(model: ModelsOpt, data: DataArg, images: ImagesOpt = None,
              split: str = "test", beam: BeamOpt = None, max_len: MaxLenOpt = None,
              length_penalty: PenaltyOpt = recipe.SEARCH["length_penalty"],

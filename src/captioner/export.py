@@ -11,7 +11,7 @@ Graphs (opset 17, the TorchScript-based exporter):
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -88,7 +88,7 @@ def export_onnx(model_dir: str | Path, out: str | Path, opset: int = OPSET) -> P
     _export(Start(model.decoder), (features,), out / "start.onnx", ["features"], names, opset)
     _export(Step(model.decoder, replaced), (tokens, *state), out / "step.onnx", ["tokens", *names],
             ["log_probs", *(f"next_{names[i]}" for i in replaced), *([] if alpha is None else ["attention"])], opset)
-    write_json(out / "config.json", asdict(c))
+    write_json(out / "config.json", asdict(replace(c, vocab_sha256=model.vocab.sha256())))
     model.vocab.save(out / "vocab.json")
     write_json(out / "preprocess.json", {"image_size": c.image_size, "mean": list(spec.mean), "std": list(spec.std),
                                          "resize": "short side to image_size (PIL bilinear, antialiased), centre crop"})

@@ -1,7 +1,10 @@
-"""Atomic file writes: write to a temp file beside the target, then rename, so nothing is half-written."""
+"""Atomic file writes (a temp file beside the target, then a rename, so nothing is half-written) and text reads that
+take UTF-8, UTF-8 with a BOM and UTF-16/32 with a BOM, and name the file, line and encoding found when they fail."""
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 import os
 import tempfile
@@ -43,15 +46,67 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        text = read_text(path, what)
+    except ValueError as e:  # decode_text's message, said as the JSON reader says its own
+        raise ValueError(f"{what} {path} is not valid JSON: line {str(e).removeprefix(f'{what} {path}:')}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
         raise ValueError(f"{what} {path} is not valid JSON: {e}") from e
 
 
 def read_csv(path: str | Path) -> list[dict[str, str]]:
     """Rows of a CSV file with a header, as dicts."""
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    return list(csv.DictReader(io.StringIO(read_text(path, "CSV file"), newline="")))
+
+
+# Byte-order marks, longest first: UTF-32's little-endian mark begins with UTF-16's.
+BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+        (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def text_encoding(head: bytes) -> str:
+    """The codec a file's first bytes call for: the one its byte-order mark names (the codec drops the mark),
+    else UTF-8."""
+    return next((codec for bom, codec in BOMS if head.startswith(bom)), "utf-8")
+
+
+def _looks_like(data: bytes) -> str:
+    """A guess at the encoding of bytes that are not UTF-8, for the error message."""
+    if data.count(0) > len(data) // 4:
+        return "UTF-16 or UTF-32 without a byte-order mark"
+    if 0 in data:
+        return "binary data, not text"
+    try:
+        data.decode("cp1252")
+    except UnicodeDecodeError:
+        return "a legacy encoding (GBK, Shift-JIS, ...)"
+    return "Latin-1 / Windows-1252"
+
+
+def decode_text(data: bytes, source: str | Path, what: str = "file") -> str:
+    """``data`` as text (see ``text_encoding``); an error names ``source``, the line and the encoding found."""
+    codec = text_encoding(data[:4])
+    try:
+        return data.decode(codec)
+    except UnicodeDecodeError as e:
+        before = data[:e.start].decode(codec, errors="replace")
+        line, column = before.count("\n") + 1, len(before) - before.rfind("\n")
+        raise ValueError(f"{what} {source}:{line}: not {codec.upper()} text (byte {data[e.start]:#04x} at column "
+                         f"{column}; the file looks like {_looks_like(data)}): save it as UTF-8") from None
+
+
+def read_text(path: str | Path, what: str = "file") -> str:
+    """A whole text file (see ``decode_text``); newlines are kept as they are, so a CSV reader still sees them."""
+    path = Path(path)
+    return decode_text(path.read_bytes(), path, what)
+
+
+def read_head(path: str | Path, size: int = 4096) -> str:
+    """The first ``size`` bytes of a text file as text, undecodable bytes replaced: enough to tell its format."""
+    with open(path, "rb") as f:
+        head = f.read(size)
+    return head.decode(text_encoding(head[:4]), errors="replace").removeprefix("\ufeff")
 
 
 def _umask() -> int:

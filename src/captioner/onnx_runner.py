@@ -302,6 +302,7 @@ class OnnxCaptioner:
         self.config = ModelConfig.from_dict(read_json(folder / "config.json", "model config"),
                                             str(folder / "config.json"))
         self.vocab = Vocabulary.load(folder / "vocab.json")
+        self.config.check_vocab(self.vocab, str(folder / "config.json"), str(folder / "vocab.json"))
         self.preprocess = read_json(folder / "preprocess.json", "preprocessing settings")
         providers = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
                                   if p in ort.get_available_providers()]

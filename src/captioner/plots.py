@@ -31,6 +31,9 @@ CJK_FAMILIES = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Sans SC", "Source 
                 "WenQuanYi Micro Hei", "Droid Sans Fallback", "PingFang SC", "Microsoft YaHei", "SimHei",
                 "Arial Unicode MS")
 _CJK_FILE = re.compile(r"cjk|wqy|droidsansfallback|sourcehan|simhei|msyh|pingfang", re.IGNORECASE)
+FONT_SIZE = 8.5  # caption text under a grid's photos, in points
+LINE = FONT_SIZE * 1.2 / 72 * 1.15  # inches a line of it takes (matplotlib's line spacing is 1.2), with a margin
+PHOTO, PAD = 3.2, 0.15  # inches: a grid photo's height, the space above and below its caption
 _WIDE = re.compile(r"[\u2e80-\u9fff\uf900-\ufaff\uff00-\uffef]")  # CJK characters and full-width forms
 
 
@@ -98,25 +101,33 @@ def loss_plot(metrics_csv: str | Path, out: str | Path) -> Path:
 
 def caption_grid(images: Sequence[str | Path], captions: Sequence[str | Sequence[str]], out: str | Path,
                  cols: int = 4, title: str | None = None) -> Path:
-    """Images in a grid, each with its caption(s) underneath (several lines: e.g. model vs reference)."""
+    """Images in a grid, each with its caption(s) underneath (several lines: e.g. model vs reference); each row of
+    photos has a band of its own below it, as tall as its longest wrapped caption, so text never runs into the next
+    row."""
     if len(images) != len(captions):
         raise ValueError(f"{len(images)} images but {len(captions)} captions")
     if not images:
         raise ValueError("no images to draw")
     cols = min(cols, len(images))
     rows = math.ceil(len(images) / cols)
-    texts = [[c] if isinstance(c, str) else list(c) for c in captions]
-    with _fonts(line for lines in texts for line in lines):
-        fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 4.1 * rows), squeeze=False)
-        for ax in axes.flat:
-            ax.axis("off")
-        for ax, path, lines in zip(axes.flat, images, texts, strict=False):
-            ax.imshow(load_rgb(path))
-            text = "\n".join(_wrap(line, 40) for line in lines)
-            ax.text(0.5, -0.03, text, transform=ax.transAxes, ha="center", va="top", fontsize=8.5, wrap=True)
+    texts = ["\n".join(_wrap(line, 40) for line in ([c] if isinstance(c, str) else c)) for c in captions]
+    bands = [max(t.count("\n") + 1 for t in texts[r * cols:(r + 1) * cols]) * LINE + PAD for r in range(rows)]
+    top = 0.45 if title else 0.05  # inches above the first row (the title's)
+    height = rows * PHOTO + sum(bands) + top
+    with _fonts(texts):
+        fig = plt.figure(figsize=(3.4 * cols, height))
+        grid = fig.add_gridspec(2 * rows, cols, height_ratios=[h for band in bands for h in (PHOTO, band)],
+                                left=0.01, right=0.99, bottom=0.01, top=1 - top / height, hspace=0, wspace=0.05)
+        for i, (path, text) in enumerate(zip(images, texts, strict=True)):
+            row, col = divmod(i, cols)
+            photo, under = fig.add_subplot(grid[2 * row, col]), fig.add_subplot(grid[2 * row + 1, col])
+            photo.imshow(load_rgb(path))
+            photo.axis("off")
+            under.axis("off")
+            under.text(0.5, 1 - PAD / 2 / bands[row], text, transform=under.transAxes, ha="center", va="top",
+                       fontsize=FONT_SIZE)
         if title:
-            fig.suptitle(title)
-        fig.tight_layout()
+            fig.suptitle(title, y=1 - 0.1 / height, va="top")
         return _save(fig, out)
 
 

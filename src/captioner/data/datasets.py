@@ -10,7 +10,7 @@ from pycocotools.coco import COCO
 
 from captioner.data.flickr import read_flickr, sniff
 from captioner.data.records import ImageRecord, SkipReport, usable
-from captioner.io import read_json
+from captioner.io import read_head, read_json
 
 __all__ = ["ImageRecord", "SkipReport", "describe", "find_annotation", "has_splits", "open_split", "read_coco",
            "read_karpathy"]
@@ -24,9 +24,15 @@ def _checked_coco(data: dict, path: Path) -> dict:
     for key in ("images", "annotations"):
         if not isinstance(data[key], list):
             raise ValueError(f"{path}: '{key}' must be a list, got {type(data[key]).__name__}")
+    seen: dict[int, int] = {}
     for i, img in enumerate(data["images"]):
         if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
             raise ValueError(f"{path}: images[{i}] must be an object with 'id' and 'file_name', got {str(img)[:80]}")
+        if not isinstance(img["id"], int) or isinstance(img["id"], bool):
+            raise ValueError(f"{path}: images[{i}] ({img['file_name']}) has the id {img['id']!r}: ids are integers")
+        if (j := seen.setdefault(img["id"], i)) != i:  # pycocotools would keep one and give it both's captions
+            raise ValueError(f"{path}: images[{j}] ({data['images'][j]['file_name']}) and images[{i}] "
+                             f"({img['file_name']}) share the id {img['id']!r}: give each image its own id")
     annotations = []
     for i, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict) or "image_id" not in ann:
@@ -101,11 +107,10 @@ def find_annotation(folder: Path, split: str) -> Path:
 
 def _kind(data: Path) -> str:
     """What a data file is, from its content: 'karpathy', 'coco' (JSON), 'token' or 'csv' (Flickr-style text)."""
-    with open(data, "rb") as f:
-        head = f.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
-    if head[:1] in (b"{", b"["):
+    if read_head(data, 64).lstrip()[:1] in ("{", "["):
         content = read_json(data, "annotation file")
-        first = (content.get("images") or [{}])[0] if isinstance(content, dict) else {}
+        images = content.get("images") if isinstance(content, dict) else None
+        first = images[0] if isinstance(images, list) and images else {}
         return "karpathy" if isinstance(first, dict) and "sentences" in first else "coco"
     kind = sniff(data)
     if kind is None:

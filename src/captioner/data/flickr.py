@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import io
 import re
 from pathlib import Path
 
 import numpy as np
 
 from captioner.data.records import ImageRecord, SkipReport, usable
+from captioner.io import read_head, read_text
 
 TOKEN_LINE = re.compile(r"^(?P<file>[^#\t]+)#(?:[A-Za-z]+#)?(?P<k>\d+)[\t ](?P<caption>.*)$")
 CSV_HEADER = ("image", "caption")
@@ -16,12 +18,12 @@ SPLIT_LISTS = {"train": "trainImages.txt", "val": "devImages.txt", "test": "test
 IMAGE_FOLDERS = ("Flicker8k_Dataset", "Flickr8k_Dataset", "flickr30k-images", "flickr30k_images", "Images", "images")
 HELD_OUT = 0.1  # share of images in val and in test each when a file comes without split lists (at most 1,000)
 SEED = 0
+MAX_CAPTION_WORDS, MAX_CAPTION_CHARS = 100, 1000  # a CSV caption past these is a broken row, not a caption
 
 
 def sniff(path: Path) -> str | None:
     """'token' or 'csv' when the file's first non-empty line reads as that format, else None."""
-    with open(path, encoding="utf-8", errors="replace") as f:
-        first = next((line.strip("\ufeff\r\n") for line in f if line.strip()), "")
+    first = next((line.strip("\r") for line in read_head(path).split("\n") if line.strip()), "")
     if TOKEN_LINE.match(first):
         return "token"
     if tuple(c.strip().lower() for c in first.split(",")) == CSV_HEADER:
@@ -32,30 +34,45 @@ def sniff(path: Path) -> str | None:
 def read_token_file(path: Path) -> dict[str, list[str]]:
     """{file name: captions in file order}; a line that is not ``<file>#<k><tab or space><caption>`` is an error."""
     captions: dict[str, list[str]] = {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip("\ufeff\r\n")
-            if not line.strip():
-                continue
-            m = TOKEN_LINE.match(line)
-            if not m:
-                raise ValueError(f"{path}:{n}: not a Flickr token line '<file>#<k><TAB><caption>': {line[:80]!r}")
-            captions.setdefault(m["file"].strip(), []).append(m["caption"])
+    for n, line in enumerate(read_text(path, "caption file").split("\n"), 1):  # not splitlines: \x85, \u2028 are text
+        line = line.strip("\r")
+        if not line.strip():
+            continue
+        m = TOKEN_LINE.match(line)
+        if not m:
+            raise ValueError(f"{path}:{n}: not a Flickr token line '<file>#<k><TAB><caption>': {line[:80]!r}")
+        captions.setdefault(m["file"].strip(), []).append(m["caption"])
     return captions
 
 
 def read_captions_csv(path: Path) -> dict[str, list[str]]:
-    """{file name: captions} from a CSV with the header ``image,caption`` (commas inside a caption are kept)."""
+    """{file name: captions} from a CSV with the header ``image,caption`` (commas inside a caption are kept).
+
+    A row is one line: a quoted caption that runs onto the next line (an unclosed quote would swallow the rest of
+    the file into one caption) or one longer than ``MAX_CAPTION_WORDS`` / ``MAX_CAPTION_CHARS`` is an error naming
+    its line."""
     captions: dict[str, list[str]] = {}
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = csv.reader(f)
-        next(rows)
-        for n, row in enumerate(rows, 2):
+    rows = csv.reader(io.StringIO(read_text(path, "caption file"), newline=""))
+    try:
+        next(rows, None)
+        start = rows.line_num + 1
+        for row in rows:
+            n, start = start, rows.line_num + 1
             if not row or not "".join(row).strip():
                 continue
+            if rows.line_num > n:
+                raise ValueError(f"{path}:{n}: this row's caption runs over lines {n}-{rows.line_num} (an unclosed "
+                                 f"quote?): {','.join(row)[:80]!r}; write each caption on one line, quotes closed")
             if len(row) < 2 or not row[0].strip():
                 raise ValueError(f"{path}:{n}: expected 'image,caption', got {','.join(row)[:80]!r}")
-            captions.setdefault(row[0].strip(), []).append(",".join(row[1:]))
+            caption = ",".join(row[1:])
+            if len(caption) > MAX_CAPTION_CHARS or len(caption.split()) > MAX_CAPTION_WORDS:
+                raise ValueError(f"{path}:{n}: a caption of {len(caption.split())} words, {len(caption)} characters "
+                                 f"(at most {MAX_CAPTION_WORDS} words, {MAX_CAPTION_CHARS} characters): "
+                                 f"{caption[:80]!r}...; shorten it or drop the row")
+            captions.setdefault(row[0].strip(), []).append(caption)
+    except csv.Error as e:
+        raise ValueError(f"{path}:{rows.line_num}: not a readable CSV row ({e})") from None
     return captions
 
 
@@ -71,7 +88,7 @@ def split_lists(path: Path) -> tuple[dict[str, set[str]], Path | None]:
                     raise ValueError(f"{folder}: {len(files)} files match *{SPLIT_LISTS[split]} "
                                      f"({', '.join(f.name for f in files)}): keep one")
                 if files:
-                    lists[split] = {line.strip() for line in files[0].read_text(encoding="utf-8").splitlines()
+                    lists[split] = {line.strip() for line in read_text(files[0], "split list").split("\n")
                                     if line.strip()}
             return lists, folder
     return {}, None
@@ -125,6 +142,11 @@ def read_flickr(path: str | Path, images: str | Path | None, split: str | None =
         lists = seeded_splits(list(captions))
         report.note(f"no split lists beside {path.name}: seeded split (seed {SEED}) of {len(captions)} images into "
                     + ", ".join(f"{s} {len(lists[s])}" for s in ("train", "val", "test")))
+    if folder is not None and split is not None and not lists[split] & captions.keys():
+        # the split exists but gives nothing: say so, rather than let a caller fall back (train: a hold-out)
+        found = f"names {len(lists[split])} images, none with captions in {path.name}" if lists[split] else "is empty"
+        raise ValueError(f"{folder}/*{SPLIT_LISTS[split]} {found}: no '{split}' images to read; fix the list (or "
+                         f"the caption file), or give the split another way (train: --val-data)")
     where = {name: s for s, names in lists.items() for name in names}
     records = []
     for image_id, (name, caps) in enumerate(captions.items()):

@@ -1,6 +1,8 @@
 """A JSON-saved vocabulary built from training captions, with its language's tokenizer (data/tokenizers.py)."""
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -65,6 +67,10 @@ class Vocabulary:
             if i not in (PAD, START):
                 words.append(self.itos[i])
         return words
+
+    def sha256(self) -> str:
+        """A fingerprint of the words and their order (config.json records it: a model's ids mean these words)."""
+        return hashlib.sha256(json.dumps(self.itos, ensure_ascii=False).encode("utf-8")).hexdigest()
 
     def save(self, path: str | Path) -> Path:
         return write_json(path, {"threshold": self.threshold, "language": self.tokenizer.language,

@@ -2,7 +2,7 @@
 vocab.json."""
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -51,7 +51,7 @@ def save_artifact(model: CaptionModel, vocab: Vocabulary, folder: str | Path) ->
     folder = Path(folder)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     atomic_write(folder / "model.safetensors", lambda p: save_file(state, str(p), metadata={"format": "pt"}))
-    write_json(folder / "config.json", asdict(model.config))
+    write_json(folder / "config.json", asdict(replace(model.config, vocab_sha256=vocab.sha256())))
     vocab.save(folder / "vocab.json")
     return folder
 
@@ -67,9 +67,7 @@ def read_artifact(folder: str | Path) -> tuple[ModelConfig, Vocabulary, dict[str
                                 f"(it needs {', '.join(ARTIFACT_FILES)})")
     config = ModelConfig.from_dict(read_json(folder / "config.json", "model config"), str(folder / "config.json"))
     vocab = Vocabulary.load(folder / "vocab.json")
-    if len(vocab) != config.vocab_size:
-        raise ValueError(f"{folder / 'vocab.json'} has {len(vocab)} words but {folder / 'config.json'} says "
-                         f"vocab_size {config.vocab_size}: the vocabulary does not belong to this model")
+    config.check_vocab(vocab, str(folder / "config.json"), str(folder / "vocab.json"))
     try:
         state = load_file(str(folder / "model.safetensors"))
     except SafetensorError as e:

@@ -4,7 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from captioner.data.vocab import Vocabulary
+
 DECODERS = ("show-tell", "attention")
+# each >= 1: a zero or negative one would fail deep in torch, far from the config.json that holds it
+SIZES = ("vocab_size", "image_size", "grid", "embed_size", "hidden_size", "num_layers", "attention_size",
+         "context_size", "max_len", "output_stride")
 SYNTHETIC = "captioner synthetic shapes"  # synth.py's description: a model trained on it knows shapes, not photos
 # JSON types each annotation accepts (a float setting takes an integer too; true/false is no number)
 _KINDS: dict[str, tuple[tuple[type, ...], str]] = {"int": ((int,), "an integer"), "float": ((int, float), "a number"),
@@ -33,12 +38,27 @@ class ModelConfig:
     seed: int = 0
     output_stride: int = 32
     trained_on: str = ""  # the training data (a COCO file's info.description, else its path): see SYNTHETIC
+    vocab_sha256: str = ""  # the vocabulary's fingerprint (Vocabulary.sha256), written with the model; "": not checked
 
     def __post_init__(self) -> None:
         if self.decoder not in DECODERS:
             raise ValueError(f"unknown decoder {self.decoder!r}; choose one of {', '.join(DECODERS)}")
-        if self.grid < 1 or self.max_len < 1:
-            raise ValueError(f"grid and max_len must be >= 1, got {self.grid} and {self.max_len}")
+        for name in SIZES:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name!r} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"'dropout' must be in [0, 1), got {self.dropout}")
+
+    def check_vocab(self, vocab: Vocabulary, config_file: str, vocab_file: str) -> None:
+        """Stop when ``vocab`` is not the one this model was saved with: same size and, when recorded, the same words
+        in the same order (another model's vocabulary of the same size gives wrong words silently)."""
+        if len(vocab) != self.vocab_size:
+            raise ValueError(f"{vocab_file} has {len(vocab)} words but {config_file} says vocab_size "
+                             f"{self.vocab_size}: the vocabulary does not belong to this model")
+        if self.vocab_sha256 and vocab.sha256() != self.vocab_sha256:
+            raise ValueError(f"{vocab_file} is not the vocabulary of {config_file} (its words' sha256 "
+                             f"{vocab.sha256()[:12]}... differs from the recorded {self.vocab_sha256[:12]}...): copy "
+                             f"the model folder's own vocab.json back beside it")
 
     def synthetic_warning(self) -> str | None:
         """What to tell a user who captions photos with a model that only ever saw the synthetic shapes."""
