@@ -131,7 +131,7 @@ def vocab(data: DataArg, images: ImagesOpt = None,
 
 
 @app.command()
-def train(data: DataArg,
+def train(ctx: typer.Context, data: DataArg,
           out: Annotated[Path, typer.Option(help="Run folder (model, metrics.csv, loss.png, checkpoints)")] = Path(
               "runs/default"),
           images: ImagesOpt = None,
@@ -170,8 +170,9 @@ def train(data: DataArg,
           = "",
           word_dropout: Annotated[float, typer.Option(help="Share of input words replaced by <unk> in training")]
           = 0.0,
-          train_max_len: Annotated[int, typer.Option(help="Cut training captions to this many words (0: whole)")]
-          = 0,
+          train_max_len: Annotated[int | None, typer.Option(help="Cut training captions to this many words (0: "
+                                                            "whole; default: the 99.9th percentile of their lengths)")]
+          = None,
           dropout: Annotated[float, typer.Option(help="Dropout on the LSTM's output (and between its layers)")]
           = recipe.MODEL["dropout"],
           batch_norm: Annotated[bool, typer.Option(help="BatchNorm after the image embedding (show-tell)")] = True,
@@ -216,6 +217,7 @@ def train(data: DataArg,
     from captioner.models.backbones import WeightsUnavailableError
     from captioner.train import TrainConfig
     from captioner.train import train as run
+    from captioner.train_exit import TrainingFailed
 
     try:
         cfg = TrainConfig(data=str(data), out=str(out), images=str(images) if images else None,
@@ -237,9 +239,18 @@ def train(data: DataArg,
         run(cfg, dict(decoder=decoder, backbone=backbone, encoder_weights=encoder_weights, image_size=image_size,
                       grid=grid, embed_size=embed_size, hidden_size=hidden_size, num_layers=num_layers,
                       attention_size=attention_size, context_size=context_size, dropout=dropout,
-                      batch_norm=batch_norm, fine_tune=fine_tune, max_len=max_len, output_stride=output_stride))
+                      batch_norm=batch_norm, fine_tune=fine_tune, max_len=max_len, output_stride=output_stride),
+            _defaults(ctx))
     except (OSError, ValueError, WeightsUnavailableError) as e:
         raise _fail(e) from None
+    except TrainingFailed as e:  # the best model so far is exported: not a usage error
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(1) from None
+
+
+def _defaults(ctx: typer.Context) -> dict[str, Any]:
+    """The command's default value of each parameter, as the config holds it (paths as strings)."""
+    return {p.name: str(p.default) if isinstance(p.default, Path) else p.default for p in ctx.command.params}
 
 
 MaxLenOpt = Annotated[int | None, typer.Option(min=1, help="Longest caption, in tokens (default: the model's "

@@ -1,6 +1,8 @@
 """The Lightning data module: (feature or image, caption) pairs, or images alone for self-critical training."""
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import numpy as np
 import torch
@@ -13,6 +15,8 @@ from captioner.data.vocab import Vocabulary
 from captioner.features import ImageViews, encode_images
 from captioner.models.captioner import ModelConfig
 from captioner.train_config import TrainConfig, bars
+
+CUT_PERCENTILE = 99.9  # of the training captions' lengths in words: the default --train-max-len
 
 
 class CaptionData(L.LightningDataModule):
@@ -62,11 +66,19 @@ class CaptionData(L.LightningDataModule):
         self.eval_records = [r for r, good in zip(self.eval_records, val_ok[:n], strict=True) if good]
 
     def _train_ids(self, ok: np.ndarray | None = None) -> CaptionIds:
-        """The training captions' ids, cut at ``--train-max-len`` words (said how many)."""
-        ids, most = CaptionIds(self.train_records, self.vocab, ok, self.cfg.train_max_len), self.cfg.train_max_len
+        """The training captions' ids, cut at ``--train-max-len`` words (by default the 99.9th percentile of their
+        lengths: one runaway caption would set an epoch's time and memory), said how many."""
+        most, why = self.cfg.train_max_len, ""
+        if most is None:
+            split = self.vocab.tokenizer.split
+            lengths = [len(split(c)) for i, r in enumerate(self.train_records) if ok is None or ok[i]
+                       for c in r.captions]
+            most = max(1, math.ceil(np.percentile(lengths, CUT_PERCENTILE))) if lengths else 0
+            why = f" (the {CUT_PERCENTILE}th percentile of their lengths; 0 keeps them whole)"
+        ids = CaptionIds(self.train_records, self.vocab, ok, most)
         if most:
-            _say(self.trainer)(f"--train-max-len {most}: {ids.cut} of {len(ids)} training captions were longer than "
-                               f"{most} words and are cut to their first {most} (without <end>)")
+            _say(self.trainer)(f"--train-max-len {most}{why}: {ids.cut} of {len(ids)} training captions were longer "
+                               f"than {most} words and are cut to their first {most} (without <end>)")
         return ids
 
     def _loader(self, dataset, shuffle: bool) -> DataLoader:
