@@ -30,7 +30,13 @@ from captioner.models.captioner import ModelConfig, load_state, read_artifact, s
 from captioner.precision import resolve, summary
 from captioner.rewards import CiderD, reference_ids, reference_key
 from captioner.run_folder import RUN_CONFIG, RUN_VOCAB, check_new_run, hold, run_file
-from captioner.train_callbacks import AtomicCheckpointIO, BestCheckpoint, EpochCSV, EvalEarlyStopping
+from captioner.train_callbacks import (
+    AtomicCheckpointIO,
+    BestCheckpoint,
+    EpochCSV,
+    EpochProgressLines,
+    EvalEarlyStopping,
+)
 from captioner.train_config import NOT_COMPARED, SAFE_ON_RESUME, TrainConfig, bars
 from captioner.train_data import CaptionData
 from captioner.train_exit import TrainingFailed, stopped_message
@@ -132,6 +138,7 @@ def _train(cfg: TrainConfig, model_kwargs: dict[str, Any], defaults: dict[str, A
     warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
     # the frozen encoder is kept in eval mode on purpose (its BatchNorm statistics are the pretrained ones)
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    warnings.filterwarnings("ignore", message=r"`training_step` returned `None`")  # a skipped step: counted, said
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     train_records, val_records = load_records(cfg)
     init_state = None
@@ -187,6 +194,8 @@ def _train(cfg: TrainConfig, model_kwargs: dict[str, Any], defaults: dict[str, A
         callbacks.append(WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(cfg.ema)))
     if bars(cfg):  # tqdm: Lightning's default rich bar redraws from a thread and cost ~30% of an epoch on 2 cores
         callbacks.append(TQDMProgressBar())
+    elif cfg.progress:  # a log file: a line every 30 s within an epoch, besides each epoch's line
+        callbacks.append(EpochProgressLines())
     trainer = L.Trainer(max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices,
                         num_nodes=cfg.num_nodes, strategy="ddp" if cfg.devices * cfg.num_nodes > 1 else "auto",
                         precision="bf16-mixed" if steps == "bf16" else "32-true", gradient_clip_val=cfg.clip,

@@ -14,7 +14,7 @@ from captioner.data.datasets import ImageRecord
 from captioner.data.vocab import Vocabulary
 from captioner.features import ImageViews, encode_images
 from captioner.models.captioner import ModelConfig
-from captioner.train_config import TrainConfig, bars
+from captioner.train_config import TrainConfig
 
 CUT_PERCENTILE = 99.9  # of the training captions' lengths in words: the default --train-max-len
 
@@ -34,7 +34,7 @@ class CaptionData(L.LightningDataModule):
         return encode_images([r.path for r in records], m.backbone, m.encoder_weights, m.seed, m.image_size, views,
                              self.cfg.cache_dir, self.cfg.encode_batch_size, self.cfg.num_workers,
                              trainer.strategy.root_device, trainer.global_rank, trainer.world_size,
-                             trainer.strategy.barrier, log=_say(trainer), progress=bars(self.cfg),
+                             trainer.strategy.barrier, log=_say(trainer), progress=self.cfg.progress,
                              output_stride=m.output_stride, grid=m.grid,
                              encoder=trainer.lightning_module.model.encoder, precision=self.precision)
 

@@ -98,7 +98,7 @@ class CaptionModule(L.LightningModule):
         else:
             loss, objective = self._loss(batch)
         if not bool(torch.isfinite(objective)):  # one bad batch must not make every weight NaN
-            return self._skip(f"a non-finite loss ({float(objective)})")
+            return self._skip(f"a non-finite loss ({float(objective.detach())})")
         if not self.cfg.scst:
             self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True,
                      batch_size=batch[1].size(0))
