@@ -211,7 +211,8 @@ def train(ctx: typer.Context, data: DataArg,
           resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint (same "
                                                "flags as the run)")] = False,
           force: Annotated[bool, typer.Option(help="With --resume: accept new --epochs, --min-lr, --eval-every, "
-                                              "--early-stop, --val-images")] = False,
+                                              "--early-stop, --val-images; without: train into a folder that holds "
+                                              "a model (replaced at export)")] = False,
           progress: bool = True) -> None:
     """Train a captioner (frozen encoder via the feature cache) and export it to the run folder."""
     from captioner.models.backbones import WeightsUnavailableError
