@@ -56,7 +56,7 @@ def check_new_run(out: Path, force: bool) -> None:
     """Refuse to start a run in a folder that holds a model and no run's checkpoints (a copied model folder, a demo's
     ``model/``): its files would be replaced. ``--force`` replaces them, at export."""
     found = [name for name in ARTIFACT_FILES if (out / name).exists()]
-    if found and not (out / "checkpoints").is_dir() and not force:
+    if "model.safetensors" in found and not (out / "checkpoints").is_dir() and not force:
         raise FileExistsError(f"{out} holds a model ({', '.join(found)}) and no training run: training there would "
                               f"replace it. Choose another --out, or pass --force to replace it when the new model is "
                               f"exported")

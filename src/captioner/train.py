@@ -218,10 +218,11 @@ def _train(cfg: TrainConfig, model_kwargs: dict[str, Any], defaults: dict[str, A
             print(stopped_message(cfg, model_kwargs, trainer.current_epoch, "Ctrl-C", defaults), file=sys.stderr,
                   flush=True)
         raise SystemExit(128 + signal.SIGINT) from None
-    except Exception as e:
-        if not trainer.is_global_zero:
+    except Exception as e:  # with a checkpoint saved, the run's best model so far is exported; else as it was
+        saved = saved_checkpoint(best.best_model_path, out)
+        if not trainer.is_global_zero or saved is None:
             raise
-        raise TrainingFailed(export_after_error(module, best.best_model_path, out, trainer.current_epoch, e)) from e
+        raise TrainingFailed(export_after_error(module, saved, out, trainer.current_epoch, e)) from e
     if trainer.is_global_zero:
         export(module, best.best_model_path, out)
     return out
@@ -257,16 +258,18 @@ def export(module: CaptionModule, best_ckpt: str, out: Path) -> None:
           f"{out / 'loss.png'}", flush=True)
 
 
-def export_after_error(module: CaptionModule, best_ckpt: str, out: Path, epoch: int, error: Exception) -> str:
-    """Export the best checkpoint so far (else the last one) of a run that stopped on ``error``, keep the traceback
-    in ``error.log``; returns the message that says so."""
-    (out / "error.log").write_text("".join(traceback.format_exception(error)))
-    head = (f"training stopped on an error in epoch {epoch + 1} ({type(error).__name__}: {error}); the traceback is "
-            f"in {out / 'error.log'}. ")
+def saved_checkpoint(best_ckpt: str, out: Path) -> str | None:
+    """The checkpoint a run that stopped on an error exports: its best by val CIDEr, else its last, else none."""
     last = out / "checkpoints" / "last.ckpt"
-    saved = best_ckpt if best_ckpt and Path(best_ckpt).is_file() else str(last) if last.is_file() else ""
-    if not saved:
-        return head + "No epoch was completed, so no model was exported"
+    return best_ckpt if best_ckpt and Path(best_ckpt).is_file() else str(last) if last.is_file() else None
+
+
+def export_after_error(module: CaptionModule, saved: str, out: Path, epoch: int, error: Exception) -> str:
+    """Export checkpoint ``saved`` of a run that stopped on ``error``, keep the traceback in ``error.log``; returns
+    the message that says so."""
+    (out / "error.log").write_text("".join(traceback.format_exception(error)))
     export(module, saved, out)
-    return head + (f"Exported the {'best checkpoint so far' if saved == best_ckpt else 'last checkpoint'} ({saved}) "
-                   f"as the run's model: {out / 'model.safetensors'}; --resume continues from {last}")
+    which = "best checkpoint so far" if Path(saved).stem.startswith("best") else "last checkpoint"
+    return (f"training stopped on an error in epoch {epoch + 1} ({type(error).__name__}: {error}); the traceback is "
+            f"in {out / 'error.log'}. Exported the {which} ({saved}) as the run's model: "
+            f"{out / 'model.safetensors'}; --resume continues from {out / 'checkpoints' / 'last.ckpt'}")

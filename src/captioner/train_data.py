@@ -1,8 +1,6 @@
 """The Lightning data module: (feature or image, caption) pairs, or images alone for self-critical training."""
 from __future__ import annotations
 
-import math
-
 import lightning as L
 import numpy as np
 import torch
@@ -73,7 +71,8 @@ class CaptionData(L.LightningDataModule):
             split = self.vocab.tokenizer.split
             lengths = [len(split(c)) for i, r in enumerate(self.train_records) if ok is None or ok[i]
                        for c in r.captions]
-            most = max(1, math.ceil(np.percentile(lengths, CUT_PERCENTILE))) if lengths else 0
+            # "higher": a length some caption has, never one interpolated towards a runaway caption's
+            most = int(np.percentile(lengths, CUT_PERCENTILE, method="higher")) if lengths else 0
             why = f" (the {CUT_PERCENTILE}th percentile of their lengths; 0 keeps them whole)"
         ids = CaptionIds(self.train_records, self.vocab, ok, most)
         if most:
@@ -135,4 +134,4 @@ def caption_collate(batch: list[tuple[torch.Tensor, torch.Tensor] | None]) -> tu
 
 def _say(trainer: L.Trainer | None):
     """print on rank 0 only."""
-    return lambda msg: print(msg, flush=True) if trainer is None or trainer.is_global_zero else None
+    return lambda msg: print(msg, flush=True) if getattr(trainer, "is_global_zero", True) else None

@@ -117,7 +117,9 @@ class CaptionModule(L.LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """A non-finite gradient (a finite loss can have one) leaves the weights as they are: the step is skipped."""
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if grads and not bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))):
+        if not grads:  # Lightning calls this hook for a skipped step too: nothing to check, nothing done
+            return
+        if not bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))):
             optimizer.zero_grad(set_to_none=True)  # parameters without a gradient are not updated
             self._skip("a non-finite gradient")
         else:
