@@ -96,6 +96,7 @@ def test_a_folder_holding_a_model_is_refused_unless_forced_and_survives_a_stop(t
     with pytest.raises(SystemExit) as stop:
         train(TrainConfig(force=True, **cfg), TINY)
     assert stop.value.code == 128 + signal.SIGINT
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works again
     err = capsys.readouterr().err
     assert "stopped by Ctrl-C in epoch 1 of 1; no model was exported" in err and "start again with" in err, err
     assert {name: (folder / name).read_bytes() for name in before} == before

@@ -213,7 +213,9 @@ def _train(cfg: TrainConfig, model_kwargs: dict[str, Any], defaults: dict[str, A
     except SystemExit:
         if not trainer.interrupted:
             raise
-        # Lightning turns Ctrl-C into exit status 1 without a word: say what SIGTERM says
+        # Lightning turns Ctrl-C into exit status 1 without a word, and leaves Ctrl-C ignored (also by the processes
+        # this one starts next): say what SIGTERM says, and give Ctrl-C back
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         if trainer.is_global_zero:
             print(stopped_message(cfg, model_kwargs, trainer.current_epoch, "Ctrl-C", defaults), file=sys.stderr,
                   flush=True)
