@@ -133,7 +133,7 @@ def vocab(data: DataArg, images: ImagesOpt = None,
 
 
 @app.command(cls=sectioned(TRAIN_SECTIONS))
-def train(data: DataArg,
+def train(ctx: typer.Context, data: DataArg,
           out: Annotated[Path, typer.Option(help="Run folder (model, metrics.csv, loss.png, checkpoints)")] = Path(
               "runs/default"),
           images: ImagesOpt = None,
@@ -172,8 +172,9 @@ def train(data: DataArg,
           = "",
           word_dropout: Annotated[float, typer.Option(help="Share of input words replaced by <unk> in training")]
           = 0.0,
-          train_max_len: Annotated[int, typer.Option(help="Cut training captions to this many words (0: whole)")]
-          = 0,
+          train_max_len: Annotated[int | None, typer.Option(help="Cut training captions to this many words (0: "
+                                                            "whole; default: the 99.9th percentile of their lengths)")]
+          = None,
           dropout: Annotated[float, typer.Option(help="Dropout on the LSTM's output (and between its layers)")]
           = recipe.MODEL["dropout"],
           batch_norm: Annotated[bool, typer.Option(help="BatchNorm after the image embedding (show-tell)")] = True,
@@ -212,12 +213,14 @@ def train(data: DataArg,
           resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint (same "
                                                "flags as the run)")] = False,
           force: Annotated[bool, typer.Option(help="With --resume: accept new --epochs, --min-lr, --eval-every, "
-                                              "--early-stop, --val-images")] = False,
+                                              "--early-stop, --val-images; without: train into a folder that holds "
+                                              "a model (replaced at export)")] = False,
           progress: bool = True) -> None:
     """Train a captioner (frozen encoder via the feature cache) and export it to the run folder."""
     from captioner.models.backbones import WeightsUnavailableError
     from captioner.train import TrainConfig
     from captioner.train import train as run
+    from captioner.train_exit import TrainingFailed
 
     try:
         cfg = TrainConfig(data=str(data), out=str(out), images=str(images) if images else None,
@@ -239,9 +242,18 @@ def train(data: DataArg,
         run(cfg, dict(decoder=decoder, backbone=backbone, encoder_weights=encoder_weights, image_size=image_size,
                       grid=grid, embed_size=embed_size, hidden_size=hidden_size, num_layers=num_layers,
                       attention_size=attention_size, context_size=context_size, dropout=dropout,
-                      batch_norm=batch_norm, fine_tune=fine_tune, max_len=max_len, output_stride=output_stride))
+                      batch_norm=batch_norm, fine_tune=fine_tune, max_len=max_len, output_stride=output_stride),
+            _defaults(ctx))
     except (OSError, ValueError, WeightsUnavailableError) as e:
         raise _fail(e) from None
+    except TrainingFailed as e:  # the best model so far is exported: not a usage error
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(1) from None
+
+
+def _defaults(ctx: typer.Context) -> dict[str, Any]:
+    """The command's default value of each parameter, as the config holds it (paths as strings)."""
+    return {p.name: str(p.default) if isinstance(p.default, Path) else p.default for p in ctx.command.params}
 
 
 MaxLenOpt = Annotated[int | None, typer.Option(min=1, help="Longest caption, in tokens (default: the model's "

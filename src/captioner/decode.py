@@ -345,9 +345,17 @@ def _sample(decoder: Decoder, features: torch.Tensor, n: int, max_len: int, temp
 
 def _draw(log_probs: torch.Tensor, n: int, temperature: float, top_k: int, top_p: float,
           rng: np.random.Generator | None) -> torch.Tensor:
-    """One token per row of ``log_probs`` (see ``sample``); with ``rng``, by the inverse CDF of n uniforms a step."""
+    """One token per row of ``log_probs`` (see ``sample``); with ``rng``, by the inverse CDF of n uniforms a step.
+
+    Probabilities come from a softmax, which subtracts the row's maximum: ``exp`` of log-probabilities underflows to
+    all zeros once the model puts nearly all its mass on a ruled-out word (a self-critical run died on that). A row
+    with no finite log-probability (every word ruled out, or non-finite weights) draws <end>: its caption's
+    log-probability is then not finite, which the training step skips."""
+    dead = ~(log_probs.max(-1).values > float("-inf"))  # also NaN
+    if bool(dead.any()):
+        log_probs = torch.where(dead[:, None], _only(END, log_probs), log_probs)
     if temperature == 1 and not top_k and top_p == 1 and rng is None:
-        return torch.multinomial(log_probs.exp(), 1).squeeze(1)  # SCST's draw, as it always was
+        return torch.multinomial(log_probs.softmax(-1), 1).squeeze(1)  # SCST's draw
     probs = (log_probs.double() / temperature).softmax(-1)
     if top_k:
         ranked = probs.topk(min(top_k, probs.size(1)), -1).values  # best first
@@ -362,3 +370,10 @@ def _draw(log_probs: torch.Tensor, n: int, temperature: float, top_k: int, top_p
     cdf = probs.cumsum(-1)
     u = torch.from_numpy(np.tile(rng.random(n), len(probs) // n)).to(cdf.device)
     return (cdf <= (u * cdf[:, -1]).unsqueeze(1)).sum(-1).clamp(max=probs.size(1) - 1)
+
+
+def _only(token: int, like: torch.Tensor) -> torch.Tensor:
+    """A row of log-probabilities [1, V] that gives ``token`` all the mass."""
+    row = torch.full((1, like.size(1)), float("-inf"), dtype=like.dtype, device=like.device)
+    row[0, token] = 0.0
+    return row

@@ -5,10 +5,13 @@ It is built in chunks; a chunk counts only once its marker file exists, so a kil
 completed, never trusted half-written. Markers are written atomically, name their chunk's size and are cleared
 whenever a new partial array is started; the metadata is written before the array is renamed into place, so a
 kill at any point leaves either a finished cache or a build that a rerun completes. Processes of a distributed
-run each encode their share of the chunks; jobs building the same cache take turns on a lock file beside it.
+run each encode their share of the chunks; jobs building the same cache take turns on a lock file beside it. The
+array's disk space is reserved before encoding (a full disk stops with a message, not a bus error on a mapped
+page), and a damaged cache file is rebuilt.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -23,7 +26,6 @@ import numpy as np
 import torch
 from filelock import FileLock, Timeout
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from captioner.data.images import (
     IMAGENET_MEAN,
@@ -36,6 +38,7 @@ from captioner.data.images import (
 )
 from captioner.io import write_json
 from captioner.precision import autocast
+from captioner.progress import bar as progress_bar
 
 if TYPE_CHECKING:
     from captioner.models.encoder import Encoder
@@ -100,6 +103,47 @@ class ImageViews(Dataset):
         return torch.stack([self._view(image, index, v) for v in range(self.views)]), True
 
 
+class NoSpaceError(OSError):
+    """The disk holding the cache cannot take the array."""
+
+
+def reserve(path: Path, folder: Path) -> None:
+    """Allocate every byte of ``path`` now: writes through a memory map to a sparse file on a full disk kill the
+    process with SIGBUS (a "Bus error", no message)."""
+    size = path.stat().st_size
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # a filesystem that cannot reserve: write and hope
+                return
+            raise
+        raise _no_space(folder, size) from None
+    except AttributeError:  # no posix_fallocate on this system
+        return
+    finally:
+        os.close(fd)
+
+
+def _no_space(folder: Path, need: int) -> NoSpaceError:
+    free = shutil.disk_usage(folder).free
+    return NoSpaceError(errno.ENOSPC, f"no space left on {_device(folder)}: need {need / 1e9:.2f} GB in {folder} "
+                        f"({free / 1e9:.2f} GB free) for the feature cache; free some space or give --cache-dir on "
+                        f"another disk, and run again (the images encoded so far are kept)")
+
+
+def _device(folder: Path) -> str:
+    """The device (or filesystem) holding ``folder``, from /proc/self/mounts where there is one."""
+    try:
+        mounts = [line.split()[:2] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    except OSError:
+        return "device"
+    target = str(folder.resolve())
+    held = [(point, dev) for dev, point in mounts if target == point or target.startswith(point.rstrip("/") + "/")]
+    return max(held, key=lambda m: len(m[0]))[1] if held else "device"
+
+
 class FeatureCache:
     """The cache files of one fingerprint: ``<fp>.npy`` [n, views, cells, dim] float16 and ``<fp>.json`` (metadata)."""
 
@@ -131,15 +175,31 @@ class FeatureCache:
         finally:
             lock.release()
 
-    def prepare(self, shape: tuple[int, ...]) -> None:
-        """Start a zero-filled partial array of ``shape`` unless one exists (rank 0)."""
+    def prepare(self, shape: tuple[int, ...], log: Callable[[str], None] = print) -> None:
+        """Start a zero-filled partial array of ``shape``, its disk space reserved, unless a readable one exists
+        (rank 0)."""
         if self.partial_path.exists():
-            return
+            try:
+                usable = np.load(self.partial_path, mmap_mode="r").shape == shape
+            except (OSError, ValueError) as e:
+                usable = False
+                log(f"feature cache: {self.partial_path} is damaged ({e}): starting it again")
+            if usable:
+                reserve(self.partial_path, self.folder)  # one left by a version that did not reserve its space
+                return
+            self.partial_path.unlink()
         self.folder.mkdir(parents=True, exist_ok=True)
         if self.parts.exists():  # markers of an earlier partial array say nothing about a new one
             shutil.rmtree(self.parts)
         tmp = self.folder / f"{self.key}.partial.tmp.npy"
-        np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape).flush()
+        try:
+            np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape).flush()
+            reserve(tmp, self.folder)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            if isinstance(e, NoSpaceError) or e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise _no_space(self.folder, int(np.prod(shape)) * 2) from None
         os.replace(tmp, self.partial_path)
 
     def load(self) -> tuple[np.ndarray, np.ndarray]:
@@ -164,7 +224,7 @@ class FeatureCache:
         indices = [i for c in chunks for i in range(c, min(c + batch_size, len(data)))]
         loader = DataLoader(torch.utils.data.Subset(data, indices), batch_size=batch_size, num_workers=num_workers,
                             pin_memory=torch.cuda.is_available())
-        bar = tqdm(total=len(indices), desc="encoding images", unit="img", disable=not progress or not indices)
+        bar = progress_bar(len(indices), "encoding images", "img", enabled=progress and bool(indices))
         for c, (images, ok) in zip(chunks, loader, strict=True):
             n, v = images.shape[:2]
             with torch.inference_mode():
@@ -226,14 +286,20 @@ def encode_images(paths: Sequence[Path], backbone: str, weights: str, seed: int,
     cache = FeatureCache(cache_dir or default_cache_dir(), key)
     hit = f"feature cache hit: {cache.array_path} ({len(paths)} images x {views} views; no encoder pass)"
     if world_size == 1 and cache.complete():  # the ranks of a distributed run decide together, below
-        log(hit)
-        return cache.load()
+        try:
+            loaded = cache.load()
+            log(hit)
+            return loaded
+        except (OSError, ValueError, KeyError, IndexError) as e:  # truncated by a full disk or a copy, say
+            log(f"feature cache {cache.array_path} is damaged ({e}): rebuilding it")
+            cache.array_path.unlink(missing_ok=True)
+            cache.meta_path.unlink(missing_ok=True)
     with cache.lock(log) if rank == 0 else nullcontext():
         barrier()  # the other ranks wait here while rank 0 waits for another job building this cache
         todo = rank == 0 and not cache.complete()
         if todo:
             encoder = encoder or Encoder(backbone, weights, grid, False, seed, output_stride)
-            cache.prepare((len(paths), views, grid * grid, encoder.feature_size))
+            cache.prepare((len(paths), views, grid * grid, encoder.feature_size), log)
         barrier()  # rank 0's partial array exists
         if rank:
             _expect_from_rank_0(cache.partial_path, cache.array_path)

@@ -29,6 +29,28 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
+def write_together(folder: str | Path, writers: dict[str, Callable[[Path], None]]) -> Path:
+    """Write each file of ``writers`` (name -> ``write(tmp_path)``) to a temp file in ``folder``, then rename them all
+    into place: the slow part is done before any of them changes, so the files are replaced together or not at all
+    (short of a crash between renames)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    temps: dict[str, Path] = {}
+    try:
+        for name, write in writers.items():
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+            os.close(fd)
+            temps[name] = Path(tmp)
+            write(temps[name])
+            os.chmod(tmp, 0o666 & ~_umask())
+        for name, tmp in temps.items():
+            os.replace(tmp, folder / name)
+    finally:
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
+    return folder
+
+
 def write_bytes(path: str | Path, data: bytes) -> Path:
     """Atomically write bytes."""
     return atomic_write(path, lambda p: p.write_bytes(data))

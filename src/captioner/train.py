@@ -1,15 +1,16 @@
 """Training with Lightning, wired up: records -> vocabulary and model -> data module, Lightning module and callbacks
 (``train_data``, ``train_module``, ``train_callbacks``) -> trainer -> run folder with the artifact; then the checks of
-``--resume`` and what a run stopped by SIGTERM left.
+``--resume``; a run holds its folder's lock throughout, and one stopped by SIGTERM, Ctrl-C or an error says what it
+left (``train_exit``).
 """
 from __future__ import annotations
 
 import logging
-import shlex
 import signal
 import sys
+import traceback
 import warnings
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,17 @@ from captioner.io import read_json, write_json
 from captioner.models.captioner import ModelConfig, load_state, read_artifact, save_artifact
 from captioner.precision import resolve, summary
 from captioner.rewards import CiderD, reference_ids, reference_key
-from captioner.train_callbacks import AtomicCheckpointIO, BestCheckpoint, EpochCSV, EvalEarlyStopping
+from captioner.run_folder import RUN_CONFIG, RUN_VOCAB, check_new_run, hold, run_file
+from captioner.train_callbacks import (
+    AtomicCheckpointIO,
+    BestCheckpoint,
+    EpochCSV,
+    EpochProgressLines,
+    EvalEarlyStopping,
+)
 from captioner.train_config import NOT_COMPARED, SAFE_ON_RESUME, TrainConfig, bars
 from captioner.train_data import CaptionData
+from captioner.train_exit import TrainingFailed, stopped_message
 from captioner.train_module import CaptionModule
 
 
@@ -81,7 +90,9 @@ def check_resume(out: Path, cfg: TrainConfig, model_kwargs: dict[str, Any]) -> s
     """Stop a ``--resume`` whose flags differ from the run's saved ones; ``--force`` lets the safe ones change
     (returned)."""
     saved = read_json(out / "train_config.json", "training config of the run")
-    saved_model = read_json(out / "config.json", "model config of the run")
+    saved_model = read_json(run_file(out, RUN_CONFIG), "model config of the run")
+    if cfg.train_max_len is None and "train_max_len" in saved:  # the default: whatever the run used
+        cfg.train_max_len = saved["train_max_len"]
     diffs = [(k, saved[k], v) for k, v in asdict(cfg).items() if k not in NOT_COMPARED and k in saved and saved[k] != v]
     if not cfg.init:  # an --init run's model comes from there, whatever the model flags say
         diffs += [(k, saved_model.get(k), v) for k, v in model_kwargs.items() if saved_model.get(k) != v]
@@ -89,7 +100,7 @@ def check_resume(out: Path, cfg: TrainConfig, model_kwargs: dict[str, Any]) -> s
     if unsafe or (diffs and not cfg.force):
         listing = "; ".join(f"--{k.replace('_', '-')} was {old!r}, now {new!r}" for k, old, new in (unsafe or diffs))
         raise ValueError(f"--resume: these settings differ from the run in {out}: {listing}. Resume with the run's "
-                         f"own flags (see {out / 'train_config.json'}, {out / 'config.json'}); --force accepts "
+                         f"own flags (see {out / 'train_config.json'}, {run_file(out, RUN_CONFIG)}); --force accepts "
                          f"changes to {', '.join('--' + k.replace('_', '-') for k in SAFE_ON_RESUME)} only")
     if diffs:
         print("--force: resuming with " + "; ".join(f"{k} {old!r} -> {new!r}" for k, old, new in diffs), flush=True)
@@ -97,14 +108,28 @@ def check_resume(out: Path, cfg: TrainConfig, model_kwargs: dict[str, Any]) -> s
     return {k for k, _, _ in diffs}
 
 
-def train(cfg: TrainConfig, model_kwargs: dict[str, Any] | None = None) -> Path:
-    """Train (or resume) a run in ``cfg.out``; returns the run folder holding the exported model."""
+def train(cfg: TrainConfig, model_kwargs: dict[str, Any] | None = None,
+          defaults: dict[str, Any] | None = None) -> Path:
+    """Train (or resume) a run in ``cfg.out``, holding the folder's lock; returns the run folder holding the exported
+    model. ``defaults``: the CLI's defaults by parameter name, so that a printed command leaves them out."""
     out, model_kwargs = Path(cfg.out), model_kwargs or {}
+    with hold(out):
+        try:
+            return _train(cfg, model_kwargs, defaults)
+        except KeyboardInterrupt:  # before fit (inside it, Lightning turns Ctrl-C into exit status 1)
+            print(stopped_message(cfg, model_kwargs, None, "Ctrl-C", defaults), file=sys.stderr, flush=True)
+            raise SystemExit(128 + signal.SIGINT) from None
+
+
+def _train(cfg: TrainConfig, model_kwargs: dict[str, Any], defaults: dict[str, Any] | None) -> Path:
+    out = Path(cfg.out)
     last = out / "checkpoints" / "last.ckpt"
     if cfg.resume and not last.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint at {last}; start the run without --resume")
     if not cfg.resume and last.is_file():
         raise FileExistsError(f"{out} already holds a run: pass --resume to continue it or choose another --out")
+    if not cfg.resume:
+        check_new_run(out, cfg.force)
     forget = cfg.resume and "val_images" in check_resume(out, cfg, model_kwargs)
     if forget:
         print("--val-images changed: the best val CIDEr so far was measured on other images, so it is forgotten "
@@ -113,19 +138,20 @@ def train(cfg: TrainConfig, model_kwargs: dict[str, Any] | None = None) -> Path:
     warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
     # the frozen encoder is kept in eval mode on purpose (its BatchNorm statistics are the pretrained ones)
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    warnings.filterwarnings("ignore", message=r"`training_step` returned `None`")  # a skipped step: counted, said
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     train_records, val_records = load_records(cfg)
     init_state = None
     if cfg.resume:
-        vocab = Vocabulary.load(out / "vocab.json")
-        model_cfg = ModelConfig.from_dict(read_json(out / "config.json", "model config"), str(out / "config.json"))
+        vocab, config_path = Vocabulary.load(run_file(out, RUN_VOCAB)), run_file(out, RUN_CONFIG)
+        model_cfg = ModelConfig.from_dict(read_json(config_path, "model config"), str(config_path))
     elif cfg.init:  # SCST (or a warm start): the model, vocabulary and weights of an earlier run
         model_cfg, vocab, init_state = read_artifact(cfg.init)
         print(f"model settings and vocabulary come from --init {cfg.init} (its config.json)", flush=True)
         out.mkdir(parents=True, exist_ok=True)
-        vocab.save(out / "vocab.json")
+        vocab.save(out / RUN_VOCAB)
         write_json(out / "train_config.json", asdict(cfg))
-        write_json(out / "config.json", asdict(model_cfg))
+        write_json(out / RUN_CONFIG, asdict(model_cfg))
     else:
         tokenizer = choose_tokenizer(cfg.lang, cfg.tokenizer, [c for r in train_records[:200] for c in r.captions],
                                      lambda line: print(line, flush=True))
@@ -133,9 +159,9 @@ def train(cfg: TrainConfig, model_kwargs: dict[str, Any] | None = None) -> Path:
         model_cfg = ModelConfig(vocab_size=len(vocab), seed=cfg.seed, trained_on=describe(cfg.data),
                                 **model_kwargs)
         out.mkdir(parents=True, exist_ok=True)
-        vocab.save(out / "vocab.json")
+        vocab.save(out / RUN_VOCAB)
         write_json(out / "train_config.json", asdict(cfg))
-        write_json(out / "config.json", asdict(model_cfg))
+        write_json(out / RUN_CONFIG, asdict(model_cfg))
     if cfg.lang and cfg.lang != vocab.tokenizer.language:
         raise ValueError(f"--lang {cfg.lang}: the run's vocabulary is {vocab.tokenizer.describe()} (its vocab.json)")
     print(f"{len(train_records)} train / {len(val_records)} val images, vocabulary {len(vocab)} words "
@@ -168,6 +194,8 @@ def train(cfg: TrainConfig, model_kwargs: dict[str, Any] | None = None) -> Path:
         callbacks.append(WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(cfg.ema)))
     if bars(cfg):  # tqdm: Lightning's default rich bar redraws from a thread and cost ~30% of an epoch on 2 cores
         callbacks.append(TQDMProgressBar())
+    elif cfg.progress:  # a log file: a line every 30 s within an epoch, besides each epoch's line
+        callbacks.append(EpochProgressLines())
     trainer = L.Trainer(max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices,
                         num_nodes=cfg.num_nodes, strategy="ddp" if cfg.devices * cfg.num_nodes > 1 else "auto",
                         precision="bf16-mixed" if steps == "bf16" else "32-true", gradient_clip_val=cfg.clip,
@@ -179,41 +207,27 @@ def train(cfg: TrainConfig, model_kwargs: dict[str, Any] | None = None) -> Path:
         trainer.fit(module, datamodule=data, ckpt_path=last if cfg.resume else None)
     except SIGTERMException:  # Lightning ends fit with exit status 0: say what is left and fail
         if trainer.is_global_zero:
-            print(stopped_message(cfg, model_kwargs, trainer.current_epoch), file=sys.stderr, flush=True)
+            print(stopped_message(cfg, model_kwargs, trainer.current_epoch, "SIGTERM", defaults), file=sys.stderr,
+                  flush=True)
         raise SystemExit(128 + signal.SIGTERM) from None
+    except SystemExit:
+        if not trainer.interrupted:
+            raise
+        # Lightning turns Ctrl-C into exit status 1 without a word, and leaves Ctrl-C ignored (also by the processes
+        # this one starts next): say what SIGTERM says, and give Ctrl-C back
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if trainer.is_global_zero:
+            print(stopped_message(cfg, model_kwargs, trainer.current_epoch, "Ctrl-C", defaults), file=sys.stderr,
+                  flush=True)
+        raise SystemExit(128 + signal.SIGINT) from None
+    except Exception as e:  # with a checkpoint saved, the run's best model so far is exported; else as it was
+        saved = saved_checkpoint(best.best_model_path, out)
+        if not trainer.is_global_zero or saved is None:
+            raise
+        raise TrainingFailed(export_after_error(module, saved, out, trainer.current_epoch, e)) from e
     if trainer.is_global_zero:
         export(module, best.best_model_path, out)
     return out
-
-
-def resume_command(cfg: TrainConfig, model_kwargs: dict[str, Any], resume: bool = True) -> str:
-    """The ``captioner train`` command that continues this run: its data and folder, the flags that differ from the
-    defaults, the model flags it was given (none with ``--init``: the model comes from there), then ``--resume``."""
-    defaults, args = TrainConfig(data=cfg.data), ["captioner", "train"]
-    for f in fields(cfg):
-        value = getattr(cfg, f.name)
-        if f.name in ("data", "out") or (f.name not in ("resume", "force") and value != getattr(defaults, f.name)):
-            args += _flag(f.name, value)
-    for name, value in ({} if cfg.init else model_kwargs).items():
-        args += _flag(name, value)
-    return shlex.join(args + (["--resume"] if resume else []))
-
-
-def _flag(name: str, value: Any) -> list[str]:
-    flag = name.replace("_", "-")
-    return [f"--{flag}" if value else f"--no-{flag}"] if isinstance(value, bool) else [f"--{flag}", str(value)]
-
-
-def stopped_message(cfg: TrainConfig, model_kwargs: dict[str, Any], epoch: int) -> str:
-    """What a run stopped by SIGTERM in ``epoch`` (0-based) left behind, and the command that continues it."""
-    out = Path(cfg.out)
-    last = out / "checkpoints" / "last.ckpt"
-    head = f"stopped by SIGTERM in epoch {epoch + 1} of {cfg.epochs}; no model was exported. "
-    if not last.is_file():
-        return head + f"No epoch was completed: start again with\n{resume_command(cfg, model_kwargs, resume=False)}"
-    done = torch.load(last, map_location="cpu", weights_only=True, mmap=True)["epoch"] + 1
-    return head + (f"Saved: {last} ({done} of {cfg.epochs} epochs done), {out / 'metrics.csv'}. "
-                   f"Continue with:\n{resume_command(cfg, model_kwargs)}")
 
 
 def cider_document_frequencies(path: Path, references: list[list[list[int]]], vocab: Vocabulary) -> CiderD:
@@ -237,9 +251,27 @@ def export(module: CaptionModule, best_ckpt: str, out: Path) -> None:
     if best_ckpt and Path(best_ckpt).is_file():
         state = torch.load(best_ckpt, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state, strict=False)
-        print(f"exporting the best checkpoint by val CIDEr: {best_ckpt}", flush=True)
+        what = "the best checkpoint by val CIDEr" if Path(best_ckpt).stem.startswith("best") else "the checkpoint"
+        print(f"exporting {what}: {best_ckpt}", flush=True)
     save_artifact(module.model.cpu(), module.vocab, out)
     if (out / "metrics.csv").is_file():
         loss_plot(out / "metrics.csv", out / "loss.png")
     print(f"model: {out / 'model.safetensors'} (+ config.json, vocab.json); curves: {out / 'metrics.csv'}, "
           f"{out / 'loss.png'}", flush=True)
+
+
+def saved_checkpoint(best_ckpt: str, out: Path) -> str | None:
+    """The checkpoint a run that stopped on an error exports: its best by val CIDEr, else its last, else none."""
+    last = out / "checkpoints" / "last.ckpt"
+    return best_ckpt if best_ckpt and Path(best_ckpt).is_file() else str(last) if last.is_file() else None
+
+
+def export_after_error(module: CaptionModule, saved: str, out: Path, epoch: int, error: Exception) -> str:
+    """Export checkpoint ``saved`` of a run that stopped on ``error``, keep the traceback in ``error.log``; returns
+    the message that says so."""
+    (out / "error.log").write_text("".join(traceback.format_exception(error)))
+    export(module, saved, out)
+    which = "best checkpoint so far" if Path(saved).stem.startswith("best") else "last checkpoint"
+    return (f"training stopped on an error in epoch {epoch + 1} ({type(error).__name__}: {error}); the traceback is "
+            f"in {out / 'error.log'}. Exported the {which} ({saved}) as the run's model: "
+            f"{out / 'model.safetensors'}; --resume continues from {out / 'checkpoints' / 'last.ckpt'}")

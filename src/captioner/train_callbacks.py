@@ -1,4 +1,5 @@
-"""Training callbacks: early stopping and the best checkpoint on val CIDEr, the per-epoch CSV, atomic checkpoints."""
+"""Training callbacks: early stopping and the best checkpoint on val CIDEr, the per-epoch CSV, atomic checkpoints,
+progress lines within an epoch."""
 from __future__ import annotations
 
 import csv
@@ -13,6 +14,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from captioner.io import atomic_write, read_csv
+from captioner.progress import ProgressLines
 
 
 class EvalEarlyStopping(EarlyStopping):
@@ -96,3 +98,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         save = super().save_checkpoint
         atomic_write(path, lambda tmp: save(checkpoint, tmp, storage_options))
+
+
+class EpochProgressLines(Callback):
+    """Without progress bars (output to a file), a line every few seconds within an epoch: batches done, time left."""
+
+    def __init__(self, every: float | None = None) -> None:
+        self.every, self.lines = every, None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        total = trainer.num_training_batches
+        self.lines = ProgressLines(int(total) if math.isfinite(total) else 0,
+                                   f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}", "batches", self.every)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.is_global_zero and self.lines is not None:
+            self.lines.update(1)

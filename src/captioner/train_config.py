@@ -35,7 +35,8 @@ class TrainConfig:
     label_smoothing: float = 0.0  # cross-entropy's target: 1 - eps on the word, eps spread over the vocabulary
     scheduled_sampling: str = ""  # "P[:START:EVERY:MAX]" (schedule.py; "": teacher forcing only)
     word_dropout: float = 0.0  # share of the input words (never <start>) replaced by <unk> in teacher forcing
-    train_max_len: int = 0  # training captions cut to this many words (0: whole)
+    # training captions cut to this many words (0: whole; None: the 99.9th percentile of their lengths, said in the log)
+    train_max_len: int | None = None
     threshold: int = 5
     lang: str | None = None  # caption language (data/tokenizers.py); None: guessed from the training captions
     tokenizer: str | None = None  # the language's tokenizer (zh: jieba or char); None: its default
@@ -78,7 +79,7 @@ class TrainConfig:
         for name in ("label_smoothing", "word_dropout"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
-        if self.train_max_len < 0:
+        if self.train_max_len is not None and self.train_max_len < 0:
             raise ValueError(f"--train-max-len must be >= 0 (0: captions whole), got {self.train_max_len}")
         parse_schedule(self.scheduled_sampling)
         if not 0 < self.val_fraction < 1:

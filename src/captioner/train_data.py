@@ -12,7 +12,9 @@ from captioner.data.datasets import ImageRecord
 from captioner.data.vocab import Vocabulary
 from captioner.features import ImageViews, encode_images
 from captioner.models.captioner import ModelConfig
-from captioner.train_config import TrainConfig, bars
+from captioner.train_config import TrainConfig
+
+CUT_PERCENTILE = 99.9  # of the training captions' lengths in words: the default --train-max-len
 
 
 class CaptionData(L.LightningDataModule):
@@ -30,7 +32,7 @@ class CaptionData(L.LightningDataModule):
         return encode_images([r.path for r in records], m.backbone, m.encoder_weights, m.seed, m.image_size, views,
                              self.cfg.cache_dir, self.cfg.encode_batch_size, self.cfg.num_workers,
                              trainer.strategy.root_device, trainer.global_rank, trainer.world_size,
-                             trainer.strategy.barrier, log=_say(trainer), progress=bars(self.cfg),
+                             trainer.strategy.barrier, log=_say(trainer), progress=self.cfg.progress,
                              output_stride=m.output_stride, grid=m.grid,
                              encoder=trainer.lightning_module.model.encoder, precision=self.precision)
 
@@ -62,11 +64,20 @@ class CaptionData(L.LightningDataModule):
         self.eval_records = [r for r, good in zip(self.eval_records, val_ok[:n], strict=True) if good]
 
     def _train_ids(self, ok: np.ndarray | None = None) -> CaptionIds:
-        """The training captions' ids, cut at ``--train-max-len`` words (said how many)."""
-        ids, most = CaptionIds(self.train_records, self.vocab, ok, self.cfg.train_max_len), self.cfg.train_max_len
+        """The training captions' ids, cut at ``--train-max-len`` words (by default the 99.9th percentile of their
+        lengths: one runaway caption would set an epoch's time and memory), said how many."""
+        most, why = self.cfg.train_max_len, ""
+        if most is None:
+            split = self.vocab.tokenizer.split
+            lengths = [len(split(c)) for i, r in enumerate(self.train_records) if ok is None or ok[i]
+                       for c in r.captions]
+            # "higher": a length some caption has, never one interpolated towards a runaway caption's
+            most = int(np.percentile(lengths, CUT_PERCENTILE, method="higher")) if lengths else 0
+            why = f" (the {CUT_PERCENTILE}th percentile of their lengths; 0 keeps them whole)"
+        ids = CaptionIds(self.train_records, self.vocab, ok, most)
         if most:
-            _say(self.trainer)(f"--train-max-len {most}: {ids.cut} of {len(ids)} training captions were longer than "
-                               f"{most} words and are cut to their first {most} (without <end>)")
+            _say(self.trainer)(f"--train-max-len {most}{why}: {ids.cut} of {len(ids)} training captions were longer "
+                               f"than {most} words and are cut to their first {most} (without <end>)")
         return ids
 
     def _loader(self, dataset, shuffle: bool) -> DataLoader:
@@ -123,4 +134,4 @@ def caption_collate(batch: list[tuple[torch.Tensor, torch.Tensor] | None]) -> tu
 
 def _say(trainer: L.Trainer | None):
     """print on rank 0 only."""
-    return lambda msg: print(msg, flush=True) if trainer is None or trainer.is_global_zero else None
+    return lambda msg: print(msg, flush=True) if getattr(trainer, "is_global_zero", True) else None

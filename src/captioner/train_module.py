@@ -21,6 +21,8 @@ from captioner.rewards import CiderD, padded
 from captioner.schedule import parse_schedule
 from captioner.train_config import TrainConfig
 
+MAX_SKIPPED_IN_A_ROW = 10  # steps with a non-finite loss or gradient in a row before training stops: it will not heal
+
 
 class CaptionModule(L.LightningModule):
     """Teacher-forced cross-entropy training of a captioning model, with generation metrics on validation."""
@@ -35,6 +37,7 @@ class CaptionModule(L.LightningModule):
         self.references: list[list[list[int]]] = []  # SCST: each training image's reference word ids
         self.schedule = parse_schedule(self.cfg.scheduled_sampling)
         self.own = 0.0  # this epoch's scheduled-sampling probability
+        self.skipped = self.skipped_in_a_row = 0  # steps skipped for a non-finite loss or gradient: this epoch's
 
     def _loss(self, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(cross-entropy, training objective): the attention regulariser is added to the latter only. In training
@@ -76,6 +79,7 @@ class CaptionModule(L.LightningModule):
         return -((reward - base).view(-1) * log_probs).mean()
 
     def on_train_epoch_start(self) -> None:
+        self.skipped = 0
         if self.schedule is not None:
             self.own = self.schedule.prob(self.current_epoch)
             if self.trainer.is_global_zero:
@@ -90,11 +94,42 @@ class CaptionModule(L.LightningModule):
                 return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
             return None
         if self.cfg.scst:
-            return self._self_critical(batch)
-        loss, objective = self._loss(batch)
-        self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True,
-                 batch_size=batch[1].size(0))
+            loss = objective = self._self_critical(batch)
+        else:
+            loss, objective = self._loss(batch)
+        if not bool(torch.isfinite(objective)):  # one bad batch must not make every weight NaN
+            return self._skip(f"a non-finite loss ({float(objective.detach())})")
+        if not self.cfg.scst:
+            self.log("train_loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True,
+                     batch_size=batch[1].size(0))
         return objective
+
+    def _skip(self, why: str) -> torch.Tensor | None:
+        """Skip this step (counted, said at the epoch's end); stop once ``MAX_SKIPPED_IN_A_ROW`` were in a row."""
+        self.skipped, self.skipped_in_a_row = self.skipped + 1, self.skipped_in_a_row + 1
+        if self.skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+            raise FloatingPointError(f"{self.skipped_in_a_row} training steps in a row had {why}: the weights are "
+                                     f"probably no longer finite; try a lower --lr (now {self.cfg.lr:g})")
+        if torch.distributed.is_available() and torch.distributed.is_initialized():  # every rank must step: add 0
+            return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
+        return None
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """A non-finite gradient (a finite loss can have one) leaves the weights as they are: the step is skipped."""
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not grads:  # Lightning calls this hook for a skipped step too: nothing to check, nothing done
+            return
+        if not bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))):
+            optimizer.zero_grad(set_to_none=True)  # parameters without a gradient are not updated
+            self._skip("a non-finite gradient")
+        else:
+            self.skipped_in_a_row = 0
+
+    def on_train_epoch_end(self) -> None:
+        if self.skipped and self.trainer.is_global_zero:
+            print(f"epoch {self.current_epoch + 1}: skipped {self.skipped} of {self.trainer.num_training_batches} "
+                  f"training steps for a non-finite loss or gradient (their batches left the weights unchanged)",
+                  flush=True)
 
     def validation_step(self, batch, batch_idx: int) -> None:
         if not batch:

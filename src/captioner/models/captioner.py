@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from captioner.data.vocab import Vocabulary
-from captioner.io import atomic_write, read_json, write_json
+from captioner.io import read_json, write_json, write_together
 from captioner.models.attention import ShowAttendTell
 from captioner.models.config import ModelConfig
 from captioner.models.decoder import ShowTell
@@ -47,13 +47,14 @@ class CaptionModel(nn.Module):
 
 
 def save_artifact(model: CaptionModel, vocab: Vocabulary, folder: str | Path) -> Path:
-    """Write the artifact folder (atomically per file); copy the folder anywhere and ``captioner.load`` it."""
+    """Write the artifact folder (its three files together, each atomically); copy the folder anywhere and
+    ``captioner.load`` it."""
     folder = Path(folder)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_write(folder / "model.safetensors", lambda p: save_file(state, str(p), metadata={"format": "pt"}))
-    write_json(folder / "config.json", asdict(replace(model.config, vocab_sha256=vocab.sha256())))
-    vocab.save(folder / "vocab.json")
-    return folder
+    config = asdict(replace(model.config, vocab_sha256=vocab.sha256()))
+    return write_together(folder, {"model.safetensors": lambda p: save_file(state, str(p), metadata={"format": "pt"}),
+                                   "config.json": lambda p: write_json(p, config),
+                                   "vocab.json": vocab.save})
 
 
 def read_artifact(folder: str | Path) -> tuple[ModelConfig, Vocabulary, dict[str, torch.Tensor]]:
