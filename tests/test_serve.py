@@ -29,6 +29,7 @@ from captioner.data.vocab import END, Vocabulary
 from captioner.inference import Captioner, load
 from captioner.models.captioner import ModelConfig
 from captioner.serve import app as serve_app
+from captioner.serve import batcher as serve_batcher
 from captioner.serve.app import create_app, running
 
 T = TypeVar("T")
@@ -417,21 +418,22 @@ def test_batcher_survives_py310_timeout(model_dir: Path, monkeypatch: pytest.Mon
             raise _Py310Timeout from None
 
     py310 = SimpleNamespace(**{**vars(asyncio), "wait_for": wait_for, "TimeoutError": _Py310Timeout})
-    monkeypatch.setattr(serve_app, "asyncio", py310)  # the asyncio the app module sees, as on Python 3.10
+    for module in (serve_app, serve_batcher):  # the asyncio the serving modules see, as on Python 3.10
+        monkeypatch.setattr(module, "asyncio", py310)
     assert run_async(create_app(model_dir), two_requests) == [200, 200]
 
 
 def test_batcher_survives_unexpected_error(model_dir: Path, monkeypatch: pytest.MonkeyPatch,
                                            caplog: pytest.LogCaptureFixture) -> None:
-    real_run, calls = serve_app.Batcher._run, []
+    real_run, calls = serve_batcher.Batcher._run, []
 
-    async def buggy(self: serve_app.Batcher, jobs: list, beam: int) -> None:
+    async def buggy(self: serve_batcher.Batcher, jobs: list, beam: int) -> None:
         calls.append(len(jobs))
         if len(calls) == 1:
             raise RuntimeError("a bug in the batcher")
         await real_run(self, jobs, beam)
 
-    monkeypatch.setattr(serve_app.Batcher, "_run", buggy)
+    monkeypatch.setattr(serve_batcher.Batcher, "_run", buggy)
     with caplog.at_level("ERROR", "captioner.serve"):
         assert run_async(create_app(model_dir), two_requests) == [500, 200]  # the bug fails its batch only
     assert "a bug in the batcher" in caplog.text

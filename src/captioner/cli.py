@@ -360,7 +360,7 @@ def caption(model: ModelsOpt,
 
 
 def caption_line(path: Path, captions: list[Any], attention: bool = False, error: str | None = None) -> str:
-    """The JSON line of one image for ``caption --json``: the API's fields (serve/app.py's Result) and, per
+    """The JSON line of one image for ``caption --json``: the API's fields (serve/schemas.py's Result) and, per
     caption, its tokens and their log-probabilities."""
     import json
 
