@@ -26,16 +26,16 @@ from PIL import Image
 from captioner import load, recipe
 from captioner.io import read_json
 from captioner.search_options import SearchOptions
+from captioner.serve.admission import RETRY_AFTER_S, Admission
 from captioner.serve.batcher import Batcher, Beam, Captions
 from captioner.serve.limits import (
     ACCEPTED,
     FORM_OVERHEAD,
     IMAGE_BLOCK_BYTES,
     PIXEL_BYTES,
-    RETRY_AFTER_S,
-    Admission,
     BodyLimit,
     decode,
+    decoded_bytes,
     open_image,
     read_limited,
 )
@@ -77,13 +77,14 @@ def create_app(model_dir: str | Path, beam: int = 1, max_batch: int = 16, max_wa
                max_request_pixels: int = 50_000_000, max_len: int | None = None,
                length_penalty: float = recipe.SEARCH["length_penalty"], options: SearchOptions | None = None,
                runtime: str = "torch", max_decoded_bytes: int = 2**29, precision: str = "fp32",
-               max_aspect: float = 20.0) -> FastAPI:
+               max_aspect: float = 20.0, queue_wait_s: float = 10.0) -> FastAPI:
     """Load the model in ``model_dir`` and build the app; ``batching=False`` runs each request alone. Beam requests
     (the page asks for 3 alternatives) are length-normalised as `captioner serve`'s are (the recipe's penalty).
 
-    The server holds at most ``max_queue`` images and ``max_decoded_bytes`` of decoded pixels (PIXEL_BYTES each)
-    at once (more: 503), answers each request within ``request_timeout_s`` (or 504), decodes at most
-    ``max_request_pixels`` per request (or 413) and refuses images thinner than ``max_aspect``:1 (422)."""
+    The server holds at most ``max_queue`` images and ``max_decoded_bytes`` of decoded pixels (what decoding each
+    image's mode allocates: limits.decoded_bytes) at once; a request waits its turn for room, in arrival order, for
+    up to ``queue_wait_s`` (then 503). It answers each admitted request within ``request_timeout_s`` (or 504),
+    decodes at most ``max_request_pixels`` per request (or 413) and refuses images thinner than ``max_aspect``:1."""
     if max_queue < max_files:
         raise ValueError(f"max_queue ({max_queue}) is below max_files ({max_files}): "
                          "a request with the most files would never be accepted")
@@ -102,8 +103,8 @@ def create_app(model_dir: str | Path, beam: int = 1, max_batch: int = 16, max_wa
         search={"max_len": max_len, "length_penalty": length_penalty},
         batching=(max_batch, max_wait_ms) if batching else (1, 0), max_bytes=max_bytes, max_pixels=max_pixels,
         max_files=max_files, max_request_pixels=max_request_pixels, max_aspect=max_aspect,
-        request_timeout_s=request_timeout_s, admission=Admission(max_queue),
-        memory=Admission(max_decoded_bytes, "MB of decoded images", 2**20))
+        request_timeout_s=request_timeout_s, admission=Admission(max_queue, max_wait_s=queue_wait_s),
+        memory=Admission(max_decoded_bytes, "MB of decoded images", 2**20, max_wait_s=queue_wait_s))
     app = FastAPI(title="captioner", summary="Caption images with a CNN -> LSTM model.", lifespan=lifespan)
     app.state.model, app.state.service = model, service
     app.add_middleware(BodyLimit, limit=max_bytes * max_files + FORM_OVERHEAD)
@@ -215,7 +216,7 @@ async def captions(
     if len(files) > s.max_files:
         raise HTTPException(413, f"{len(files)} files sent: at most {s.max_files} per request")
     names = [f.filename or f"file{i}" for i, f in enumerate(files)]
-    with s.admission.hold(len(files)):
+    async with s.admission.hold(len(files)):
         try:
             out = await asyncio.wait_for(caption_files(s, files, names, asked), s.request_timeout_s)
         except (TimeoutError, asyncio.TimeoutError):  # two classes on Python 3.10, one since 3.11
@@ -247,7 +248,12 @@ async def caption_files(s: Service, files: list[UploadFile], names: list[str],
     if pixels > s.max_request_pixels:
         raise HTTPException(413, f"{pixels:,} pixels to decode in one request, over the budget of "
                                  f"{s.max_request_pixels:,}: send fewer or smaller images")
-    with s.memory.hold(pixels * PIXEL_BYTES):
+    need = sum(decoded_bytes(im) for im in images.values())
+    if need > s.memory.limit:
+        raise HTTPException(413, f"{need / 2**20:,.0f} MB to decode in one request (alpha and 16-bit images cost "
+                                 f"more than RGB), over the server's {s.memory.limit / 2**20:,.0f} MB: send fewer "
+                                 "or smaller images")
+    async with s.memory.hold(need):
         for i in list(images):
             try:
                 images[i] = await asyncio.to_thread(decode, images[i], names[i])

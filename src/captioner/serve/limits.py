@@ -1,8 +1,6 @@
-"""What the server accepts and holds: upload size, image checks and decoding, the body limit and load admission."""
+"""What the server accepts: the body limit, upload size, image checks, and decoding within a known memory cost."""
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from io import BytesIO
 
 from fastapi import HTTPException, UploadFile
@@ -10,39 +8,17 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from captioner.data.rgb import to_rgb, upright
+from captioner.data.rgb import decoded_bytes, to_rgb, upright  # noqa: F401 - decoded_bytes: what decode holds
 
 FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF"})  # Pillow's names; MPO is a camera JPEG
 ACCEPTED = "JPEG, PNG, WebP, BMP, GIF, TIFF"
 CHUNK = 2**16
 FORM_OVERHEAD = 2**16  # multipart boundaries, headers and the beam field
-RETRY_AFTER_S = 1  # what a 503 (server busy) tells the client to wait
-PIXEL_BYTES = 8  # what a pixel costs while decoded: Pillow's pixel (up to 4 bytes, RGB too) and its RGB copy
+PIXEL_BYTES = 8  # what a decoded RGB photo's pixel costs (decoded_bytes): Pillow's RGBX pixel and a turned copy
 # Pillow allocates an image in blocks of this size (its default: 16 MB): past glibc's largest mmap threshold (32 MB)
 # each goes back to the OS when freed, not into the arena of the thread that decoded it (one 6000 x 6000 PNG at a time
 # from 32 clients: the server's RSS +840 MB -> +160 MB)
 IMAGE_BLOCK_BYTES = 64 * 2**20
-
-
-class Admission:
-    """Counts what the server holds (images, or bytes of decoded pixels: decoding, queued or being captioned);
-    refuses more than ``limit``. ``unit`` and ``scale`` word its 503: held / scale of limit / scale unit."""
-
-    def __init__(self, limit: int, unit: str = "images", scale: int = 1) -> None:
-        self.limit, self.unit, self.scale, self.held = limit, unit, scale, 0
-
-    @contextmanager
-    def hold(self, amount: int) -> Iterator[None]:
-        """Hold room for ``amount`` during the block; 503 with Retry-After when there is none."""
-        if self.held + amount > self.limit:  # no await between check and update: one event loop, no race
-            raise HTTPException(503, f"the server is busy ({self.held / self.scale:,.0f} of "
-                                     f"{self.limit / self.scale:,.0f} {self.unit} in progress): "
-                                     f"retry in {RETRY_AFTER_S} s", headers={"Retry-After": str(RETRY_AFTER_S)})
-        self.held += amount
-        try:
-            yield
-        finally:
-            self.held -= amount
 
 
 class BodyLimit:
