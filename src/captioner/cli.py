@@ -451,8 +451,12 @@ def serve(model: Annotated[Path, typer.Option(help="Model folder")],
           timeout: Annotated[float, typer.Option(help="Seconds a request may take after its upload; then 504")] = 30.0,
           max_request_pixels: Annotated[int, typer.Option(help="Most pixels decoded for one request (all its "
                                                                "images, after JPEG reduction); then 413")] = 50_000_000,
+          allowed_hosts: Annotated[str | None, typer.Option(help="Host names (and addresses) the server answers for, "
+                                                            "comma-separated, '*' any; others get 400 (a web page "
+                                                            "reaching it by DNS rebinding). Default: --host and "
+                                                            "localhost, 127.0.0.1, [::1]")] = None,
           runtime: RuntimeOpt = "torch", precision: PrecisionOpt = "auto") -> None:
-    """Serve captions over HTTP: a web page at /, the API at /v1/captions."""
+    """Serve captions over HTTP: a web page at /, the API at /v1/captions, its documentation at /docs."""
     from captioner.serve.app import serve as run
 
     try:
@@ -460,7 +464,8 @@ def serve(model: Annotated[Path, typer.Option(help="Model folder")],
                                  diversity)
         run(model, host=host, port=port, beam=beam, max_batch=max_batch, max_wait_ms=max_wait_ms,
             max_queue=max_queue, request_timeout_s=timeout, max_request_pixels=max_request_pixels, max_len=max_len,
-            length_penalty=length_penalty, runtime=runtime, options=options, precision=precision)
+            length_penalty=length_penalty, runtime=runtime, options=options, precision=precision,
+            allowed_hosts=[h.strip() for h in allowed_hosts.split(",") if h.strip()] if allowed_hosts else None)
     except (OSError, ValueError, ImportError) as e:
         raise _fail(e) from None
 

@@ -8,7 +8,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, replace
@@ -21,6 +21,7 @@ import uvicorn
 from fastapi import APIRouter, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi_offline import FastAPIOffline
 from PIL import Image
 
 from captioner import load, recipe
@@ -28,6 +29,7 @@ from captioner.io import read_json
 from captioner.search_options import SearchOptions
 from captioner.serve.admission import RETRY_AFTER_S, Admission
 from captioner.serve.batcher import Batcher, Beam, Captions
+from captioner.serve.hosts import HostCheck, default_hosts
 from captioner.serve.limits import (
     ACCEPTED,
     FORM_OVERHEAD,
@@ -77,14 +79,17 @@ def create_app(model_dir: str | Path, beam: int = 1, max_batch: int = 16, max_wa
                max_request_pixels: int = 50_000_000, max_len: int | None = None,
                length_penalty: float = recipe.SEARCH["length_penalty"], options: SearchOptions | None = None,
                runtime: str = "torch", max_decoded_bytes: int = 2**29, precision: str = "fp32",
-               max_aspect: float = 20.0, queue_wait_s: float = 10.0) -> FastAPI:
+               max_aspect: float = 20.0, queue_wait_s: float = 10.0,
+               allowed_hosts: Sequence[str] | None = None) -> FastAPI:
     """Load the model in ``model_dir`` and build the app; ``batching=False`` runs each request alone. Beam requests
     (the page asks for 3 alternatives) are length-normalised as `captioner serve`'s are (the recipe's penalty).
 
     The server holds at most ``max_queue`` images and ``max_decoded_bytes`` of decoded pixels (what decoding each
     image's mode allocates: limits.decoded_bytes) at once; a request waits its turn for room, in arrival order, for
     up to ``queue_wait_s`` (then 503). It answers each admitted request within ``request_timeout_s`` (or 504),
-    decodes at most ``max_request_pixels`` per request (or 413) and refuses images thinner than ``max_aspect``:1."""
+    decodes at most ``max_request_pixels`` per request (or 413) and refuses images thinner than ``max_aspect``:1.
+    With ``allowed_hosts`` it answers only requests whose Host header names one of them (else 400; None: any host,
+    for an app embedded or tested; `serve` names the bind address and loopback). /docs needs no network."""
     if max_queue < max_files:
         raise ValueError(f"max_queue ({max_queue}) is below max_files ({max_files}): "
                          "a request with the most files would never be accepted")
@@ -105,9 +110,12 @@ def create_app(model_dir: str | Path, beam: int = 1, max_batch: int = 16, max_wa
         max_files=max_files, max_request_pixels=max_request_pixels, max_aspect=max_aspect,
         request_timeout_s=request_timeout_s, admission=Admission(max_queue, max_wait_s=queue_wait_s),
         memory=Admission(max_decoded_bytes, "MB of decoded images", 2**20, max_wait_s=queue_wait_s))
-    app = FastAPI(title="captioner", summary="Caption images with a CNN -> LSTM model.", lifespan=lifespan)
+    # FastAPIOffline: FastAPI whose /docs loads Swagger UI from files the package ships, not from a CDN
+    app = FastAPIOffline(title="captioner", summary="Caption images with a CNN -> LSTM model.", lifespan=lifespan)
     app.state.model, app.state.service = model, service
     app.add_middleware(BodyLimit, limit=max_bytes * max_files + FORM_OVERHEAD)
+    if allowed_hosts is not None:
+        app.add_middleware(HostCheck, allowed=allowed_hosts)  # added last: runs first
     app.middleware("http")(log_request)
     app.add_exception_handler(RequestValidationError, invalid)
     app.include_router(router)
@@ -285,7 +293,10 @@ def running(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[st
         thread.join()
 
 
-def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, **kw: Any) -> None:
-    """Serve the model over HTTP with uvicorn (loopback only unless ``host`` says otherwise)."""
+def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000,
+          allowed_hosts: Sequence[str] | None = None, **kw: Any) -> None:
+    """Serve the model over HTTP with uvicorn (loopback only unless ``host`` says otherwise), answering requests
+    for ``allowed_hosts`` (default: the bind address and loopback's names)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(model_dir, **kw), host=host, port=port, access_log=False)
+    app = create_app(model_dir, allowed_hosts=allowed_hosts or default_hosts(host), **kw)
+    uvicorn.run(app, host=host, port=port, access_log=False)
