@@ -67,7 +67,7 @@ def test_decoding_holds_no_more_than_it_was_admitted_for(mode: str, tmp_path: Pa
 
 def test_admission_is_first_come_first_served() -> None:
     """A request that needs the whole budget is not overtaken by smaller ones that would fit before it; one that
-    waits too long gets 503, one that leaves the line does not block it."""
+    leaves the line does not block it; one that does not reach the head in time gets 503, the head waits on."""
     async def scenario() -> list[str]:
         room, order = Admission(4, max_wait_s=2), []
 
@@ -90,16 +90,26 @@ def test_admission_is_first_come_first_served() -> None:
 
     assert asyncio.run(scenario()) == ["first", "big", "small0", "small1", "small2"]
 
-    async def too_long() -> HTTPException:
-        room = Admission(1, max_wait_s=0.05)
-        async with room.hold(1):
-            with pytest.raises(HTTPException) as busy:
-                async with room.hold(1):
-                    pass
-        assert room.held == 0 and not room.line
-        return busy.value
+    async def too_long() -> tuple[list[str], HTTPException]:
+        room, order = Admission(1, max_wait_s=0.05), []
 
-    busy = asyncio.run(too_long())
+        async def request(name: str) -> None:
+            async with room.hold(1):
+                order.append(name)
+                await asyncio.sleep(0.2)
+
+        first = asyncio.create_task(request("first"))
+        await asyncio.sleep(0.01)
+        head = asyncio.create_task(request("head"))  # next in line: waits past max_wait_s, not turned away
+        await asyncio.sleep(0.01)
+        with pytest.raises(HTTPException) as busy:
+            await request("behind")
+        await asyncio.gather(first, head)
+        assert room.held == 0 and not room.line
+        return order, busy.value
+
+    order, busy = asyncio.run(too_long())
+    assert order == ["first", "head"]
     assert busy.status_code == 503 and busy.headers == {"Retry-After": "1"} and "busy (1 of 1 images" in busy.detail
 
 

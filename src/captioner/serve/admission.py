@@ -13,9 +13,9 @@ RETRY_AFTER_S = 1  # what a 503 (server busy) tells the client to wait
 
 
 class Admission:
-    """Counts what the server holds, up to ``limit``. A request waits its turn in arrival order for room (at most
-    ``max_wait_s``, and behind at most ``max_waiting`` others), then 503 with Retry-After; a request that does not
-    wait (``max_wait_s`` 0) is refused at once when there is no room. ``unit`` and ``scale`` word the 503."""
+    """Counts what the server holds, up to ``limit``. A request waits its turn in arrival order for room (behind at
+    most ``max_waiting`` others); one that has not reached the head of the line within ``max_wait_s`` gets 503 with
+    Retry-After (``max_wait_s`` 0: refused at once when there is no room). ``unit`` and ``scale`` word the 503."""
 
     def __init__(self, limit: int, unit: str = "images", scale: int = 1, max_wait_s: float = 0.0,
                  max_waiting: int = 256) -> None:
@@ -44,9 +44,16 @@ class Admission:
         turn = asyncio.get_running_loop().create_future()
         self.line.append((amount, turn))
         try:
-            await asyncio.wait_for(asyncio.shield(turn), self.max_wait_s)
+            try:
+                await asyncio.wait_for(asyncio.shield(turn), self.max_wait_s)
+            except (TimeoutError, asyncio.TimeoutError):
+                if not turn.done() and self.line[0][1] is not turn:  # still waiting (so in the line), not next
+                    raise
+                # next in line: not turned away (a large request would lose its place to every retrying small
+                # one); room comes as the requests holding it finish, each within its own timeout
+                await asyncio.shield(turn)
         except BaseException as e:  # timed out, or the request was cancelled (client gone, its own timeout)
-            if turn.done():  # admitted just as it gave up: give the room back
+            if turn.done() and not turn.cancelled():  # admitted just as it gave up: give the room back
                 self.held -= amount
             turn.cancel()
             with suppress(ValueError):
