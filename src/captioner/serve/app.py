@@ -85,9 +85,10 @@ def create_app(model_dir: str | Path, beam: int = 1, max_batch: int = 16, max_wa
     (the page asks for 3 alternatives) are length-normalised as `captioner serve`'s are (the recipe's penalty).
 
     The server holds at most ``max_queue`` images and ``max_decoded_bytes`` of decoded pixels (what decoding each
-    image's mode allocates: limits.decoded_bytes) at once; a request waits its turn for room, in arrival order, for
-    up to ``queue_wait_s`` (then 503). It answers each admitted request within ``request_timeout_s`` (or 504),
-    decodes at most ``max_request_pixels`` per request (or 413) and refuses images thinner than ``max_aspect``:1.
+    image's mode allocates: limits.decoded_bytes) at once; a request waits its turn for room in arrival order (503
+    when it has not reached the head of the line within ``queue_wait_s``). It answers each admitted request within
+    ``request_timeout_s`` (or 504), decodes at most ``max_request_pixels`` per request (or 413) and refuses images
+    thinner than ``max_aspect``:1.
     With ``allowed_hosts`` it answers only requests whose Host header names one of them (else 400; None: any host,
     for an app embedded or tested; `serve` names the bind address and loopback). /docs needs no network."""
     if max_queue < max_files:
@@ -115,7 +116,7 @@ def create_app(model_dir: str | Path, beam: int = 1, max_batch: int = 16, max_wa
     app.state.model, app.state.service = model, service
     app.add_middleware(BodyLimit, limit=max_bytes * max_files + FORM_OVERHEAD)
     if allowed_hosts is not None:
-        app.add_middleware(HostCheck, allowed=allowed_hosts)  # added last: runs first
+        app.add_middleware(HostCheck, allowed=allowed_hosts)  # added after: runs before the body limit
     app.middleware("http")(log_request)
     app.add_exception_handler(RequestValidationError, invalid)
     app.include_router(router)
