@@ -1,6 +1,7 @@
-"""Server load test: good uploads, the malformed-EXIF JPEG, thin and huge-pixel images, all at once, against
-`captioner serve` with its default limits in its own process on loopback. Reports each kind's answers, the 500s
-(must be none) and the server's peak RSS (must stay under 2 GB).
+"""Server load test: good uploads, the malformed-EXIF JPEG, thin, huge-pixel and 16-megapixel RGBA images, and
+16-file requests, all at once from 200 clients, against `captioner serve` with its default limits in its own
+process on loopback. Reports each kind's answers, the 500s (must be none), the server's peak RSS (must stay under
+2 GB) and how often each request size is admitted (not 503) per attempt (at least a quarter as often as single files).
 
 Run: python -m benchmarks.serve_load_bench [--quick] [--model DIR]   (or: python -m benchmarks --only serve_load)
 Bounded: a fixed list of requests, a deadline, and the server is stopped at the end. A 503 is retried after its
@@ -30,6 +31,7 @@ from benchmarks.serve_bench import photo_jpeg, untrained_model
 
 SECTION = "serve_load"
 RSS_LIMIT_MB = 2048
+FAIRNESS = 0.25  # each request size admitted per attempt at least this fraction as often as single files
 EXIF_FILE = "data/bad-inputs/malformed-exif.jpg"
 
 
@@ -46,6 +48,22 @@ class Kind:
     retries: int = 0
     uncaptioned: int = 0  # answered 200 with fewer captioned files than ``captioned``
 
+    @property
+    def attempts(self) -> int:
+        return sum(self.statuses.values()) + self.retries
+
+    @property
+    def admitted(self) -> int:
+        """Attempts not refused as busy (503)."""
+        return self.attempts - self.retries - self.statuses[503]
+
+
+def rgba_png(side: int) -> bytes:
+    """A ``side`` x ``side`` RGBA PNG, smooth colour and alpha gradients (a few MB for 16 MP)."""
+    ramp = Image.linear_gradient("L").resize((side, side))
+    return png(Image.merge("RGBA", (ramp, ramp.transpose(Image.Transpose.ROTATE_90), ramp.point(lambda v: 255 - v),
+                                    ramp.transpose(Image.Transpose.ROTATE_270))))
+
 
 def png(image: Image.Image) -> bytes:
     buf = BytesIO()
@@ -60,11 +78,14 @@ def kinds(quick: bool) -> tuple[list[Kind], str]:
     good, thin = ("photo.jpg", photo_jpeg()), ("thin.png", png(Image.new("L", (1, 20000))))
     huge = ("huge.png", png(Image.new("RGB", (6000, 6000), (90, 140, 200))))  # 36 MP, ~100 kB: under the 40 MP limit
     bomb = ("bomb.png", png(Image.new("L", (8000, 8000))))  # 64 MP: over it
+    rgba = ("rgba.png", rgba_png(4000))  # 16 MP with alpha: ~12 bytes a pixel to decode and flatten on white
     n = (lambda full, small: small) if quick else (lambda full, small: full)
     mix = [Kind("good 640x480 JPEG", [good], 200, 1, n(96, 12)),
            Kind("thin 1x20000 PNG", [thin], 422, 0, n(16, 3)),
            Kind("huge 6000x6000 PNG (36 MP)", [huge], 200, 1, n(24, 3)),
-           Kind("pixel bomb 8000x8000 PNG (64 MP)", [bomb], 413, 0, n(8, 2))]
+           Kind("pixel bomb 8000x8000 PNG (64 MP)", [bomb], 413, 0, n(8, 2)),
+           Kind("RGBA 4000x4000 PNG (16 MP)", [rgba], 200, 1, n(48, 4)),
+           Kind("16 good 640x480 JPEGs in one request", [good] * 16, 200, 16, n(32, 4))]
     if exif:
         mix += [Kind("malformed-EXIF JPEG (orientation ignored)", exif, 200, 1, n(16, 3)),
                 Kind("one request: good + malformed-EXIF + thin", [good, *exif, thin], 200, 2, n(16, 3))]
@@ -162,8 +183,9 @@ def load(url: str, mix: list[Kind], clients: int, deadline: float) -> None:
 
 def run(quick: bool = False, model_dir: str | Path | None = None, clients: int | None = None,
         seconds: float | None = None) -> list[dict]:
-    """Rows: per kind the requests that ended as they must, the 500s, the server's peak and warm RSS, failed checks."""
-    clients, seconds = clients or (8 if quick else 32), seconds or (90 if quick else 300)
+    """Rows: per kind the requests that ended as they must, the 500s, admission per request size, the server's peak
+    and warm RSS, failed checks."""
+    clients, seconds = clients or (16 if quick else 200), seconds or (120 if quick else 420)
     mix, note = kinds(quick)
     with tempfile.TemporaryDirectory() as tmp:
         setup = f"model {model_dir}"
@@ -193,6 +215,7 @@ def run(quick: bool = False, model_dir: str | Path | None = None, clients: int |
                         f"statuses {dict(sorted(k.statuses.items()))}, {k.retries} retries after 503"))
         if ok != k.count:
             failures.append(f"{k.label}: {ok} of {k.count} {what}")
+    rows += fairness(mix, failures)
     fives = sum(n for k in mix for s, n in k.statuses.items() if s >= 500 or s == 0)
     rows.append(row(SECTION, "answers 5xx or none (after retrying 503s)", fives, "requests",
                     f"must be 0 (status 0: no answer); server log lines with ERROR or Traceback: {errors}"))
@@ -210,13 +233,32 @@ def run(quick: bool = False, model_dir: str | Path | None = None, clients: int |
     return rows
 
 
+def fairness(mix: list[Kind], failures: list[str]) -> list[dict]:
+    """Rows: per request size (files), the share of attempts admitted (not 503) and its ratio to single files'."""
+    sizes: dict[int, list[int]] = {}
+    for k in mix:
+        if k.expect == 200:
+            counts = sizes.setdefault(len(k.files), [0, 0])
+            counts[0], counts[1] = counts[0] + k.admitted, counts[1] + k.attempts
+    rate = {size: admitted / attempts for size, (admitted, attempts) in sizes.items() if attempts}
+    rows = []
+    for size, (admitted, attempts) in sorted(sizes.items()):
+        ratio = rate[size] / rate[1] if rate.get(1) else None
+        rows.append(row(SECTION, f"{size}-file requests admitted per attempt", 100 * rate[size], "%",
+                        f"{admitted} of {attempts} attempts (the rest 503, retried); "
+                        + (f"{ratio:.2f} x single files' (must be >= {FAIRNESS})" if ratio is not None else "")))
+        if ratio is not None and ratio < FAIRNESS:
+            failures.append(f"{size}-file requests admitted {ratio:.2f} x as often as single files")
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a few requests of each kind from 8 clients")
+    parser.add_argument("--quick", action="store_true", help="a few requests of each kind from 16 clients")
     parser.add_argument("--model", help="model folder (default: an untrained resnet50 at 128 px, --quick resnet18 "
                                          "at 64 px)")
-    parser.add_argument("--clients", type=int, help="concurrent clients (default 32, --quick 8)")
-    parser.add_argument("--seconds", type=float, help="deadline of the load (default 300, --quick 90)")
+    parser.add_argument("--clients", type=int, help="concurrent clients (default 200, --quick 16)")
+    parser.add_argument("--seconds", type=float, help="deadline of the load (default 420, --quick 120)")
     args = parser.parse_args()
     rows = run(args.quick, args.model, args.clients, args.seconds)
     print("| figure | value | unit | notes |\n|---|---:|---|---|")

@@ -187,6 +187,37 @@ def test_caption_reads_the_images_in_a_folder_and_reports_an_empty_one(model, sy
     assert f"{sources[0]}\t" in result.output
 
 
+def test_caption_of_a_folder_decodes_a_chunk_at_a_time(model, synth, tmp_path, monkeypatch) -> None:
+    """40 photos: about one chunk (8) of decoded images alive at once, each captioned in order (it decoded all 40
+    before captioning any: memory grew with the number of files)."""
+    import gc
+    import weakref
+
+    import captioner.data.rgb
+
+    folder, source = tmp_path / "photos", sorted((synth / "test").glob("*.png"))[0]
+    folder.mkdir()
+    for i in range(40):
+        (folder / f"{i:02d}.png").write_bytes(source.read_bytes())
+    load_rgb, alive, peak = captioner.data.rgb.load_rgb, [0], [0]
+
+    def counted(path: Path) -> Image.Image:
+        gc.collect()  # what is alive is what is still referenced
+        image = load_rgb(path)
+        alive[0] += 1
+        peak[0] = max(peak[0], alive[0])
+        weakref.finalize(image, lambda: alive.__setitem__(0, alive[0] - 1))
+        return image
+
+    monkeypatch.setattr(captioner.data.rgb, "load_rgb", counted)
+    result = invoke("caption", "--model", model, folder, "--json")
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.output.splitlines()]
+    assert [line["file"] for line in lines] == [str(folder / f"{i:02d}.png") for i in range(40)]
+    assert len({line["captions"][0]["text"] for line in lines}) == 1  # the same photo, the same caption
+    assert peak[0] <= 8 + 1, peak  # a chunk, and the chunk before's last image, which the caller's loop still names
+
+
 def test_int8_runtime_captions_and_a_wrong_runtime_names_the_choices(model, synth) -> None:
     images = sorted((synth / "test").glob("*.png"))[:3]
     result = invoke("caption", "--model", model, *images, "--runtime", "int8", "--beam", 2)

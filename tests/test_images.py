@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image, ImageFile, ImageOps
 
+from captioner.data import rgb
 from captioner.data.images import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -86,6 +87,23 @@ def test_16_bit_grayscale_is_scaled_not_clipped(tmp_path: Path) -> None:
     assert (_pixels(load_rgb(tmp_path / "gray16.png")) == np.array(expected)[..., None]).all()
     wide = to_rgb(Image.fromarray(levels.astype(np.int32)))  # mode I, as older Pillow opens 16-bit PNGs
     assert (_pixels(wide) == np.array(expected)[..., None]).all()
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "I;16"])
+def test_large_images_are_converted_in_bands_to_the_same_pixels(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over BAND_PIXELS an alpha or 16-bit image is converted a band of rows at a time: the same RGB as whole."""
+    pixels = np.random.default_rng(0).integers(0, 256, (301, 257, 4), dtype=np.uint8)
+    image = Image.fromarray(pixels, "RGBA")
+    image = (image.convert("RGB").convert("P") if mode == "P" else
+             Image.fromarray(pixels[..., 0].astype(np.uint16) * 257) if mode == "I;16" else image.convert(mode))
+    if mode == "P":
+        image.info["transparency"] = 3
+    whole = np.asarray(to_rgb(image))
+    monkeypatch.setattr(rgb, "BAND_PIXELS", 257 * 20)  # 16 bands, the last one shorter
+    crops = []
+    monkeypatch.setattr(rgb, "_rgb_whole", lambda im, whole=rgb._rgb_whole: crops.append(im.size) or whole(im))
+    assert np.array_equal(np.asarray(to_rgb(image)), whole)
+    assert crops == [(257, 20)] * 15 + [(257, 1)]
 
 
 def test_exif_orientation_is_applied(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from captioner.data.vocab import END, Vocabulary
 from captioner.inference import Captioner, load
 from captioner.models.captioner import ModelConfig
 from captioner.serve import app as serve_app
+from captioner.serve import batcher as serve_batcher
 from captioner.serve.app import create_app, running
 
 T = TypeVar("T")
@@ -52,10 +53,10 @@ def png(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def blank_png(size: tuple[int, int]) -> bytes:
+def blank_png(size: tuple[int, int], mode: str = "L") -> bytes:
     """A plain PNG: many pixels in few bytes."""
     buf = BytesIO()
-    Image.new("L", size).save(buf, "PNG")
+    Image.new(mode, size).save(buf, "PNG")
     return buf.getvalue()
 
 
@@ -299,12 +300,12 @@ def test_uploads_are_decoded_and_upright_before_they_join_a_batch(client: TestCl
 def test_decoded_size_is_admitted_against_a_global_budget(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="max_decoded_bytes"):
         create_app(model_dir, max_decoded_bytes=10**6, max_request_pixels=10**6)
-    app = create_app(model_dir, max_decoded_bytes=3_000_000, max_request_pixels=300_000)  # 500 x 500: 2 MB
+    app = create_app(model_dir, max_decoded_bytes=3_000_000, max_request_pixels=300_000, queue_wait_s=0)
     _, entered, release = _hold_first_call(app.state.model, monkeypatch)
     with TestClient(app) as c, ThreadPoolExecutor(1) as pool:
-        first = pool.submit(post, c, ("a.png", blank_png((500, 500))))
+        first = pool.submit(post, c, ("a.png", blank_png((500, 500), "RGB")))  # 500 x 500 RGB: 2 MB
         assert entered.wait(5)
-        r = c.post("/v1/captions", files={"files": ("b.png", blank_png((500, 500)))})
+        r = c.post("/v1/captions", files={"files": ("b.png", blank_png((500, 500), "RGB"))})
         release.set()
         assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
         assert "busy (2 of 3 MB of decoded images" in r.json()["detail"]
@@ -417,21 +418,22 @@ def test_batcher_survives_py310_timeout(model_dir: Path, monkeypatch: pytest.Mon
             raise _Py310Timeout from None
 
     py310 = SimpleNamespace(**{**vars(asyncio), "wait_for": wait_for, "TimeoutError": _Py310Timeout})
-    monkeypatch.setattr(serve_app, "asyncio", py310)  # the asyncio the app module sees, as on Python 3.10
+    for module in (serve_app, serve_batcher):  # the asyncio the serving modules see, as on Python 3.10
+        monkeypatch.setattr(module, "asyncio", py310)
     assert run_async(create_app(model_dir), two_requests) == [200, 200]
 
 
 def test_batcher_survives_unexpected_error(model_dir: Path, monkeypatch: pytest.MonkeyPatch,
                                            caplog: pytest.LogCaptureFixture) -> None:
-    real_run, calls = serve_app.Batcher._run, []
+    real_run, calls = serve_batcher.Batcher._run, []
 
-    async def buggy(self: serve_app.Batcher, jobs: list, beam: int) -> None:
+    async def buggy(self: serve_batcher.Batcher, jobs: list, beam: int) -> None:
         calls.append(len(jobs))
         if len(calls) == 1:
             raise RuntimeError("a bug in the batcher")
         await real_run(self, jobs, beam)
 
-    monkeypatch.setattr(serve_app.Batcher, "_run", buggy)
+    monkeypatch.setattr(serve_batcher.Batcher, "_run", buggy)
     with caplog.at_level("ERROR", "captioner.serve"):
         assert run_async(create_app(model_dir), two_requests) == [500, 200]  # the bug fails its batch only
     assert "a bug in the batcher" in caplog.text
@@ -476,7 +478,7 @@ def _hold_first_call(model: Captioner, monkeypatch: pytest.MonkeyPatch) -> tuple
 def test_full_queue_answers_503(model_dir: Path, monkeypatch: pytest.MonkeyPatch, batching: bool) -> None:
     with pytest.raises(ValueError, match="max_queue"):
         create_app(model_dir, max_queue=2, max_files=3)
-    app = create_app(model_dir, batching=batching, max_queue=2, max_files=2)
+    app = create_app(model_dir, batching=batching, max_queue=2, max_files=2, queue_wait_s=0)
     _, entered, release = _hold_first_call(app.state.model, monkeypatch)
     with TestClient(app) as c, ThreadPoolExecutor(1) as pool:
         first = pool.submit(post, c, ("a.jpg", image_bytes()), ("b.jpg", image_bytes(seed=1)))  # fills the queue
@@ -509,7 +511,7 @@ def rss_mb() -> float:
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads memory from Linux /proc")
 def test_overload_is_shed_with_bounded_memory(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    app = create_app(model_dir, max_queue=16, max_pixels=4_000_000, request_timeout_s=10)
+    app = create_app(model_dir, max_queue=16, max_pixels=4_000_000, request_timeout_s=10, queue_wait_s=0)
     caption = app.state.model.caption
 
     def slow(images: list, beam: int = 1, **kw: int) -> list:

@@ -320,9 +320,11 @@ def caption(model: ModelsOpt,
             precision: PrecisionOpt = "auto") -> None:
     """Print the best caption of each image (--n-best: several; --json: with scores per word), and optionally draw
     them in a grid, or their attention maps."""
+    from PIL import ImageOps
+
     from captioner import load
-    from captioner.data.rgb import load_rgb
     from captioner.inference import load_ensemble
+    from captioner.predict import caption_files
 
     try:
         beam, options = _options(beam, block_ngram, no_bad_endings, sample, temperature, top_k, top_p, n, seed, groups,
@@ -339,42 +341,40 @@ def caption(model: ModelsOpt,
             typer.secho(f"warning: {warning}", fg="yellow", err=True)
         if attention and m.config.decoder != "attention":
             raise ValueError(f"--attention needs an attention model; {model} is {m.config.decoder}")
-        readable, skipped = [], 0
-        for path in _image_files(images):
-            try:
-                if path.is_dir():
-                    raise OSError(f"{path}: a folder without image files (.jpg, .png, .webp, ... as Pillow reads)")
-                readable.append((path, load_rgb(path)))
-            except OSError as e:
-                typer.secho(f"skipped: {e}", fg="yellow", err=True)
+        captioned, crops, skipped = [], [], 0  # crops: what --attention draws, 224 px (not the decoded photos)
+        for path, image, hyps in caption_files(m, _image_files(images), beam, max_len=max_len,
+                                               length_penalty=length_penalty, options=options, word_scores=json):
+            if isinstance(hyps, OSError):
+                typer.secho(f"skipped: {hyps}", fg="yellow", err=True)
                 if json:  # one line per image, as the API's result of a skipped file
-                    typer.echo(caption_line(path, [], error=str(e)))
+                    typer.echo(caption_line(path, [], error=str(hyps)))
                 skipped += 1
-        results = m.caption([im for _, im in readable], beam, max_len=max_len, length_penalty=length_penalty,
-                            options=options, word_scores=json)
+                continue
+            if json:
+                typer.echo(caption_line(path, hyps[:n_best], json_attention))
+            for rank, h in enumerate(hyps[:n_best] if not json else []):
+                typer.echo(f"{path}\t{h.text}" if n_best == 1 else f"{path}\t{rank + 1}\t{h.score:.4f}\t{h.text}")
+            captioned.append((path, hyps[0]))
+            if attention:
+                crops.append(ImageOps.fit(image, (224, 224)))
     except (OSError, ValueError, ImportError) as e:
         raise _fail(e) from None
-    for (path, _), hyps in zip(readable, results, strict=True):
-        if json:
-            typer.echo(caption_line(path, hyps[:n_best], json_attention))
-        for rank, h in enumerate(hyps[:n_best] if not json else []):
-            typer.echo(f"{path}\t{h.text}" if n_best == 1 else f"{path}\t{rank + 1}\t{h.score:.4f}\t{h.text}")
-    if grid and readable:
+    if grid and captioned:
         from captioner.plots import caption_grid
 
-        caption_grid([p for p, _ in readable], [h[0].text for h in results], grid)
+        caption_grid([p for p, _ in captioned], [h.text for _, h in captioned], grid)
         typer.echo(f"grid: {grid}")
-    if attention and readable:
+    if attention and captioned:
         from captioner.plots import attention_maps
 
-        attention_maps([im for _, im in readable], [h[0] for h in results], attention)
+        attention_maps(crops, [h for _, h in captioned], attention)
         typer.echo(f"attention maps: {attention}")
     if skipped:
         raise typer.Exit(1)
 
 
 def caption_line(path: Path, captions: list[Any], attention: bool = False, error: str | None = None) -> str:
-    """The JSON line of one image for ``caption --json``: the API's fields (serve/app.py's Result) and, per
+    """The JSON line of one image for ``caption --json``: the API's fields (serve/schemas.py's Result) and, per
     caption, its tokens and their log-probabilities."""
     import json
 
@@ -465,8 +465,12 @@ def serve(model: Annotated[Path, typer.Option(help="Model folder")],
           timeout: Annotated[float, typer.Option(help="Seconds a request may take after its upload; then 504")] = 30.0,
           max_request_pixels: Annotated[int, typer.Option(help="Most pixels decoded for one request (all its "
                                                                "images, after JPEG reduction); then 413")] = 50_000_000,
+          allowed_hosts: Annotated[str | None, typer.Option(help="Host names (and addresses) the server answers for, "
+                                                            "comma-separated, '*' any; others get 400 (a web page "
+                                                            "reaching it by DNS rebinding). Default: --host and "
+                                                            "localhost, 127.0.0.1, [::1]")] = None,
           runtime: RuntimeOpt = "torch", precision: PrecisionOpt = "auto") -> None:
-    """Serve captions over HTTP: a web page at /, the API at /v1/captions."""
+    """Serve captions over HTTP: a web page at /, the API at /v1/captions, its documentation at /docs."""
     from captioner.serve.app import serve as run
 
     try:
@@ -474,7 +478,8 @@ def serve(model: Annotated[Path, typer.Option(help="Model folder")],
                                  diversity)
         run(model, host=host, port=port, beam=beam, max_batch=max_batch, max_wait_ms=max_wait_ms,
             max_queue=max_queue, request_timeout_s=timeout, max_request_pixels=max_request_pixels, max_len=max_len,
-            length_penalty=length_penalty, runtime=runtime, options=options, precision=precision)
+            length_penalty=length_penalty, runtime=runtime, options=options, precision=precision,
+            allowed_hosts=[h.strip() for h in allowed_hosts.split(",") if h.strip()] if allowed_hosts else None)
     except (OSError, ValueError, ImportError) as e:
         raise _fail(e) from None
 

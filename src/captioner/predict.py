@@ -1,19 +1,25 @@
 """Caption a list of records with a trained model: grid features from the feature cache (frozen encoder) or from
-the images (fine-tuned encoder), then batched search with a progress bar."""
+the images (fine-tuned encoder), then batched search with a progress bar; or caption image files, a chunk at a time."""
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from captioner.data import rgb
 from captioner.data.datasets import ImageRecord
 from captioner.features import ImageViews, encode_images
 from captioner.inference import Caption, Captioner
 from captioner.precision import autocast
 from captioner.search_options import SearchOptions
+
+CHUNK = 8  # images decoded and captioned together by caption_files: its peak memory, whatever the number of files
 
 
 def record_features(model: Captioner, records: list[ImageRecord], cache_dir: str | Path | None = None,
@@ -47,3 +53,24 @@ def caption_features(model: Captioner, features: np.ndarray, rows: np.ndarray | 
         x = torch.from_numpy(np.asarray(features[rows[start:start + batch_size]], dtype=np.float32)).to(device)
         captions += [row[0] for row in model.generate(x, beam, max_len, length_penalty, options)]
     return captions
+
+
+def caption_files(model: Any, paths: Sequence[Path], beam: int = 1, chunk: int = CHUNK,
+                  **search: Any) -> Iterator[tuple[Path, Image.Image | None, list[Caption] | OSError]]:
+    """Per file, in order: its decoded image and its captions (best first), or the OSError that skipped it. Files are
+    decoded and captioned ``chunk`` at a time, so memory does not grow with their number; ``search`` goes to
+    ``model.caption`` (an image is used only until the next chunk is read: keep what you need of it)."""
+    for start in range(0, len(paths), chunk):
+        loaded: list[tuple[Path, Image.Image | OSError]] = []
+        for path in paths[start:start + chunk]:
+            try:
+                if path.is_dir():
+                    raise OSError(f"{path}: a folder without image files (.jpg, .png, .webp, ... as Pillow reads)")
+                loaded.append((path, rgb.load_rgb(path)))
+            except OSError as e:
+                loaded.append((path, e))
+        images = [im for _, im in loaded if isinstance(im, Image.Image)]
+        captions = iter(model.caption(images, beam, **search) if images else [])
+        for path, im in loaded:
+            yield (path, None, im) if isinstance(im, OSError) else (path, im, next(captions))
+        del loaded, images  # this chunk's images go before the next chunk is decoded

@@ -10,6 +10,10 @@ from PIL import ExifTags, Image, ImageOps
 log = logging.getLogger(__name__)
 MAX_ASPECT = 3.0  # the transforms keep at most the centre 3:1 of a thinner image (their work stays bounded)
 ORIENTATION_INFO = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp")  # where Pillow finds orientation
+# to_rgb converts an image of more pixels than this a band of rows at a time, into one RGB result: its work beyond
+# the result stays bounded (converting a 16 MP RGBA image whole took ~20 bytes a pixel: copies, white, composite)
+BAND_PIXELS = 2**20
+BAND_WORK = 32  # bytes a band's pixel may take while converted (16-bit gray through numpy: ~22; RGBA: 20)
 
 
 def upright(image: Image.Image) -> Image.Image:
@@ -28,7 +32,38 @@ def upright(image: Image.Image) -> Image.Image:
         return image
 
 
+def pixel_bytes(mode: str) -> int:
+    """Bytes a pixel of ``mode`` takes in Pillow's memory (RGB is stored as RGBX; LA, RGBA, CMYK, I, F: 4)."""
+    return 1 if mode in ("1", "L", "P") else 2 if mode.startswith(("I;16", "BGR;1")) else 4
+
+
+def decoded_bytes(image: Image.Image) -> int:
+    """Most bytes that decoding ``image`` (opened, not loaded; after any JPEG draft) and making it upright RGB hold at
+    once: its pixels in its mode, a turned copy (EXIF orientation), the RGB result (for 8-bit gray: the model's RGB
+    copy) and to_rgb's band work."""
+    pixels, own = image.width * image.height, pixel_bytes(image.mode)
+    converted = image.mode != "RGB"
+    return pixels * (2 * own + 4 * converted) + min(pixels, BAND_PIXELS) * BAND_WORK * _in_bands(image)
+
+
+def _in_bands(image: Image.Image) -> bool:
+    """Whether converting ``image`` to RGB makes copies beyond its result (alpha on white, 16-bit gray via numpy)."""
+    return image.mode in ("RGBA", "LA", "PA", "I") or image.mode.startswith("I;16") or (
+        image.mode == "P" and "transparency" in image.info)
+
+
 def _rgb(image: Image.Image) -> Image.Image:
+    """``image`` in RGB; a large one a band of rows at a time (every conversion here works pixel by pixel)."""
+    if not _in_bands(image) or image.width * image.height <= BAND_PIXELS:
+        return _rgb_whole(image)
+    out, rows = Image.new("RGB", image.size), max(1, BAND_PIXELS // image.width)
+    for top in range(0, image.height, rows):
+        band = image.crop((0, top, image.width, min(top + rows, image.height)))
+        out.paste(_rgb_whole(band), (0, top))
+    return out
+
+
+def _rgb_whole(image: Image.Image) -> Image.Image:
     if image.mode == "I" or image.mode.startswith("I;16"):  # 16-bit gray 0..65535 -> 0..255 (Pillow would clip)
         gray = (np.asarray(image).clip(0, 65535).astype(np.uint32) + 128) // 257  # round(v / 257) in integers
         return Image.fromarray(gray.astype(np.uint8)).convert("RGB")
