@@ -26,6 +26,7 @@ from captioner.data.tokenizers import choose_tokenizer
 from captioner.data.vocab import Vocabulary
 from captioner.io import read_json, write_json
 from captioner.models.captioner import ModelConfig, load_state, read_artifact, save_artifact
+from captioner.models.timm_backbones import own_image_size
 from captioner.precision import resolve, summary
 from captioner.rewards import CiderD, reference_ids, reference_key
 from captioner.train_callbacks import AtomicCheckpointIO, BestCheckpoint, EpochCSV, EvalEarlyStopping
@@ -100,6 +101,8 @@ def check_resume(out: Path, cfg: TrainConfig, model_kwargs: dict[str, Any]) -> s
 def train(cfg: TrainConfig, model_kwargs: dict[str, Any] | None = None) -> Path:
     """Train (or resume) a run in ``cfg.out``; returns the run folder holding the exported model."""
     out, model_kwargs = Path(cfg.out), model_kwargs or {}
+    if "image_size" in model_kwargs and model_kwargs["image_size"] is None:  # a timm: model's own input size
+        model_kwargs = {**model_kwargs, "image_size": own_image_size(model_kwargs["backbone"])}
     last = out / "checkpoints" / "last.ckpt"
     if cfg.resume and not last.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint at {last}; start the run without --resume")
