@@ -25,6 +25,7 @@ from captioner.data.datasets import ImageRecord, SkipReport, describe, has_split
 from captioner.data.tokenizers import choose_tokenizer
 from captioner.data.vocab import Vocabulary
 from captioner.io import read_json, write_json
+from captioner.model_card import write_card
 from captioner.models.captioner import ModelConfig, load_state, read_artifact, save_artifact
 from captioner.models.timm_backbones import own_image_size
 from captioner.precision import resolve, summary
@@ -242,7 +243,8 @@ def export(module: CaptionModule, best_ckpt: str, out: Path) -> None:
         module.load_state_dict(state, strict=False)
         print(f"exporting the best checkpoint by val CIDEr: {best_ckpt}", flush=True)
     save_artifact(module.model.cpu(), module.vocab, out)
+    write_card(out)
     if (out / "metrics.csv").is_file():
         loss_plot(out / "metrics.csv", out / "loss.png")
-    print(f"model: {out / 'model.safetensors'} (+ config.json, vocab.json); curves: {out / 'metrics.csv'}, "
-          f"{out / 'loss.png'}", flush=True)
+    print(f"model: {out / 'model.safetensors'} (+ config.json, vocab.json, README.md: its card); curves: "
+          f"{out / 'metrics.csv'}, {out / 'loss.png'}", flush=True)
