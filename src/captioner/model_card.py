@@ -79,7 +79,7 @@ def card(folder: str | Path, measured: dict[str, str] | None = None) -> str:
     language = vocab.get("language", "en")
     data = model.get("trained_on") or train.get("data", "unknown")
     backbone, weights = model.get("backbone", "?"), model.get("encoder_weights", "?")
-    where = (f"the Hugging Face hub (`huggingface-cli download timm/{backbone[5:]}`)" if backbone.startswith("timm:")
+    where = (f"the Hugging Face hub: timm's pretrained weights of `{backbone[5:]}`" if backbone.startswith("timm:")
              and weights in ("hub", "imagenet") else "the file named" if weights not in ("imagenet", "none")
              else "captioner's backbone registry")
     lines = ["---", f"language:\n- {language}", "license: other",
