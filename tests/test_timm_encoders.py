@@ -35,6 +35,15 @@ def test_vit_patch_tokens_become_the_grid_without_the_class_token() -> None:
 
 
 @torch.inference_mode()
+def test_dinov2_register_tokens_are_dropped_too() -> None:
+    encoder = Encoder("timm:vit_small_patch14_reg4_dinov2", "none", grid=2, image_size=28).eval()  # 2 x 2 patches
+    images = torch.randn(1, 3, 28, 28)
+    tokens = encoder.backbone.model.forward_features(images)
+    assert tokens.shape[1] == 1 + 4 + 4  # class, 4 registers, 4 patches
+    assert torch.allclose(encoder(images), tokens[:, 5:], atol=1e-5)
+
+
+@torch.inference_mode()
 def test_convnext_gives_its_last_map_pooled_to_the_grid() -> None:
     encoder = Encoder(CONVNEXT, "none", grid=1).eval()
     images = torch.randn(2, 3, 64, 64)
