@@ -70,7 +70,7 @@ def exported(request: pytest.FixtureRequest, tiny_synth: Path, images: list[Imag
 def test_export_writes_graphs_with_a_batch_axis_and_the_settings(exported: tuple[Captioner, Path]) -> None:
     model, folder = exported
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        ["encoder.onnx", "start.onnx", "step.onnx", "config.json", "vocab.json", "preprocess.json"])
+        ["encoder.onnx", "start.onnx", "step.onnx", "config.json", "vocab.json", "preprocess.json", "README.md"])
     step = ort.InferenceSession(str(folder / "step.onnx"))
     assert all(i.shape[0] == "batch" for i in step.get_inputs() + step.get_outputs())
     settings = json.loads((folder / "preprocess.json").read_text())

@@ -149,11 +149,15 @@ def train(ctx: typer.Context, data: DataArg,
                                                "(Show, Attend and Tell over the G x G grid)")] = recipe.DECODER,
           backbone: Annotated[str, typer.Option(help="efficientnet_lite0/1/2 (ImageNet weights ship with the "
                                                 "package: offline), resnet18/34/50/101/152, resnext50_32x4d, "
-                                                "wide_resnet50_2")]
+                                                "wide_resnet50_2, or timm:NAME (any timm model: CLIP, SigLIP, "
+                                                "DINOv2 ViTs, ConvNeXt; docs/encoders.md)")]
           = recipe.MODEL["backbone"],
-          encoder_weights: Annotated[str, typer.Option(help="imagenet (resnets: file in $TORCH_HOME/hub/checkpoints) "
-                                                       "or none (seeded random)")] = "imagenet",
-          image_size: Annotated[int, typer.Option(help="Encoder input side in pixels")] = recipe.MODEL["image_size"],
+          encoder_weights: Annotated[str, typer.Option(help="imagenet (resnets: file in $TORCH_HOME/hub/checkpoints; "
+                                                       "timm: the tag's pretrained weights), none (seeded random), "
+                                                       "hub (timm: Hugging Face, the local cache first) or FILE "
+                                                       "(timm: a .safetensors of the model's weights)")] = "imagenet",
+          image_size: Annotated[int, typer.Option(help="Encoder input side in pixels (a timm: model's own unless "
+                                                  "given)")] = recipe.MODEL["image_size"],
           grid: Annotated[int, typer.Option(help="Feature grid side G: the last feature map average-pooled to G x G "
                                             "cells (7 at 224 px is the map itself)")] = recipe.MODEL["grid"],
           output_stride: Annotated[int, typer.Option(help="32 (standard), 16 or 8 (dilated last stages: denser "
@@ -239,6 +243,8 @@ def train(ctx: typer.Context, data: DataArg,
                           init=str(init) if init else None, scst_samples=scst_samples, scst_baseline=scst_baseline,
                           resume=resume, force=force,
                           progress=progress)
+        if backbone.startswith("timm:") and ctx and ctx.get_parameter_source("image_size").name == "DEFAULT":
+            image_size = None  # the model's own (train resolves it)
         run(cfg, dict(decoder=decoder, backbone=backbone, encoder_weights=encoder_weights, image_size=image_size,
                       grid=grid, embed_size=embed_size, hidden_size=hidden_size, num_layers=num_layers,
                       attention_size=attention_size, context_size=context_size, dropout=dropout,

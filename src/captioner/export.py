@@ -21,6 +21,7 @@ from torch import nn
 from captioner.data.vocab import START
 from captioner.inference import Captioner, load
 from captioner.io import atomic_write, write_json
+from captioner.model_card import write_card
 
 OPSET = 17
 
@@ -92,4 +93,5 @@ def export_onnx(model_dir: str | Path, out: str | Path, opset: int = OPSET) -> P
     model.vocab.save(out / "vocab.json")
     write_json(out / "preprocess.json", {"image_size": c.image_size, "mean": list(spec.mean), "std": list(spec.std),
                                          "resize": "short side to image_size (PIL bilinear, antialiased), centre crop"})
+    write_card(model_dir, out=out)
     return out

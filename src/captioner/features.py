@@ -56,7 +56,9 @@ def fingerprint(backbone: str, weights: str, seed: int, image_size: int, views: 
                 output_stride: int = 32, grid: int = 1, precision: str = "fp32") -> str:
     """Key of a cache: changes whenever the encoder, its precision, preprocessing, image list or an image's size or
     mtime changes (float32 caches keep the key they had before precisions were told apart)."""
-    settings = [CACHE_VERSION, backbone, weights, seed if weights == "none" else None, image_size, views,
+    from captioner.models.timm_backbones import weights_key  # a weights file is keyed by its content
+
+    settings = [CACHE_VERSION, backbone, weights_key(weights), seed if weights == "none" else None, image_size, views,
                 RESIZE_RATIO, output_stride, grid] + ([precision] if precision != "fp32" else [])
     h = hashlib.sha256(json.dumps(settings).encode())
     for p in paths:
@@ -298,14 +300,14 @@ def encode_images(paths: Sequence[Path], backbone: str, weights: str, seed: int,
         barrier()  # the other ranks wait here while rank 0 waits for another job building this cache
         todo = rank == 0 and not cache.complete()
         if todo:
-            encoder = encoder or Encoder(backbone, weights, grid, False, seed, output_stride)
+            encoder = encoder or Encoder(backbone, weights, grid, False, seed, output_stride, image_size)
             cache.prepare((len(paths), views, grid * grid, encoder.feature_size), log)
         barrier()  # rank 0's partial array exists
         if rank:
             _expect_from_rank_0(cache.partial_path, cache.array_path)
             todo = not cache.complete()
         if todo:
-            encoder = encoder or Encoder(backbone, weights, grid, False, seed, output_stride)
+            encoder = encoder or Encoder(backbone, weights, grid, False, seed, output_stride, image_size)
             cells, dim = grid * grid, encoder.feature_size
             log(f"feature cache: {len(paths)} images x {views} views of {grid}x{grid}x{dim} float16 = "
                 f"{len(paths) * views * cells * dim * 2 / 2**20:,.1f} MiB on disk ({views * cells * dim * 2 / 1024:.1f}"

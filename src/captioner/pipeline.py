@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,6 +14,7 @@ from captioner.diagnostics import diagnose
 from captioner.evaluate import format_table, metric_note, score_captions, score_columns, write_results
 from captioner.inference import load, load_ensemble
 from captioner.io import read_csv, write_json
+from captioner.model_card import write_card
 from captioner.predict import caption_features, record_features
 from captioner.search_options import SearchOptions
 
@@ -45,6 +47,11 @@ def evaluate_split(model_dir: str | Path | Sequence[str | Path], data: str | Pat
     out = Path(out or model_dir)
     write_results(out / f"results_{split}.json", results)
     write_json(out / f"metrics_{split}.json", metrics)
+    if len(folders) == 1 and out == Path(model_dir):  # the card's metrics table, with how they were measured
+        flags = ["--images", str(images)] if images else []
+        write_card(out, {split: shlex.join(["captioner", "evaluate", "--model", str(model_dir), "--data", str(data),
+                                            "--split", split, *flags, "--beam", str(beam), "--length-penalty",
+                                            str(length_penalty)]) + (f" (search {options})" if options else "")})
     print(format_table({f"{' + '.join(Path(f).name for f in folders)} ({split}, beam {beam})": metrics}))
     if note := metric_note(words):
         print(f"note: {note}")

@@ -26,7 +26,9 @@ from captioner.data.datasets import ImageRecord, SkipReport, describe, has_split
 from captioner.data.tokenizers import choose_tokenizer
 from captioner.data.vocab import Vocabulary
 from captioner.io import read_json, write_json
+from captioner.model_card import write_card
 from captioner.models.captioner import ModelConfig, load_state, read_artifact, save_artifact
+from captioner.models.timm_backbones import own_image_size
 from captioner.precision import resolve, summary
 from captioner.rewards import CiderD, reference_ids, reference_key
 from captioner.run_folder import RUN_CONFIG, RUN_VOCAB, check_new_run, hold, run_file
@@ -113,6 +115,8 @@ def train(cfg: TrainConfig, model_kwargs: dict[str, Any] | None = None,
     """Train (or resume) a run in ``cfg.out``, holding the folder's lock; returns the run folder holding the exported
     model. ``defaults``: the CLI's defaults by parameter name, so that a printed command leaves them out."""
     out, model_kwargs = Path(cfg.out), model_kwargs or {}
+    if "image_size" in model_kwargs and model_kwargs["image_size"] is None:  # a timm: model's own input size
+        model_kwargs = {**model_kwargs, "image_size": own_image_size(model_kwargs["backbone"])}
     with hold(out):
         try:
             return _train(cfg, model_kwargs, defaults)
@@ -254,10 +258,11 @@ def export(module: CaptionModule, best_ckpt: str, out: Path) -> None:
         what = "the best checkpoint by val CIDEr" if Path(best_ckpt).stem.startswith("best") else "the checkpoint"
         print(f"exporting {what}: {best_ckpt}", flush=True)
     save_artifact(module.model.cpu(), module.vocab, out)
+    write_card(out)
     if (out / "metrics.csv").is_file():
         loss_plot(out / "metrics.csv", out / "loss.png")
-    print(f"model: {out / 'model.safetensors'} (+ config.json, vocab.json); curves: {out / 'metrics.csv'}, "
-          f"{out / 'loss.png'}", flush=True)
+    print(f"model: {out / 'model.safetensors'} (+ config.json, vocab.json, README.md: its card); curves: "
+          f"{out / 'metrics.csv'}, {out / 'loss.png'}", flush=True)
 
 
 def saved_checkpoint(best_ckpt: str, out: Path) -> str | None:

@@ -16,6 +16,7 @@ from torch import nn
 from torchvision import models
 
 from captioner.data.images import IMAGENET_MEAN, IMAGENET_STD
+from captioner.models.timm_backbones import build_timm, is_timm
 
 WEIGHTS = ("imagenet", "none")
 DILATION = {32: None, 16: [False, False, True], 8: [False, True, True]}  # output stride -> dilated ResNet stages
@@ -160,7 +161,8 @@ BACKBONES = MappingProxyType({
 def get_spec(name: str) -> BackboneSpec:
     """The registered backbone ``name``; a ValueError lists the choices."""
     if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)} or timm:NAME (any timm "
+                         f"model, e.g. timm:vit_base_patch16_clip_224.openai, timm:convnext_tiny)")
     return BACKBONES[name]
 
 
@@ -169,16 +171,20 @@ def imagenet_state(name: str) -> dict[str, torch.Tensor]:
     return get_spec(name).imagenet_state()
 
 
-def build_trunk(name: str, weights: str = "imagenet", seed: int = 0,
-                output_stride: int = 32) -> tuple[nn.Module, BackboneSpec]:
+def build_trunk(name: str, weights: str = "imagenet", seed: int = 0, output_stride: int = 32,
+                image_size: int | None = None) -> tuple[nn.Module, BackboneSpec]:
     """Trunk of ``name``: normalised images [B, 3, H, W] -> last feature map [B, C, H/s, W/s], s = output_stride.
 
     ``weights="none"`` initialises it randomly from ``seed`` (ResNet residual branches at zero). The trunk is
-    channels_last and its state dict keeps the source model's key names (torchvision's, timm's).
+    channels_last and its state dict keeps the source model's key names (torchvision's, timm's). ``timm:NAME``
+    builds any timm model (timm_backbones.py) at its own stride, for ``image_size`` (None: the model's own).
     """
+    if is_timm(name):
+        return _timm_trunk(name, weights, seed, output_stride, image_size)
     spec = get_spec(name)
     if weights not in WEIGHTS:
-        raise ValueError(f"unknown encoder weights {weights!r}; choose one of {', '.join(WEIGHTS)}")
+        raise ValueError(f"unknown encoder weights {weights!r} for {name}; choose one of {', '.join(WEIGHTS)} (hub "
+                         f"and a .safetensors FILE are for timm:NAME backbones)")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = spec.build(output_stride)
@@ -187,6 +193,17 @@ def build_trunk(name: str, weights: str = "imagenet", seed: int = 0,
     trunk = nn.Sequential(OrderedDict((n, m) for n, m in model.named_children() if n not in spec.head))
     if spec.cut:
         trunk = spec.cut(trunk, output_stride)
+    return trunk.to(memory_format=torch.channels_last), spec
+
+
+def _timm_trunk(name: str, weights: str, seed: int, output_stride: int,
+                image_size: int | None) -> tuple[nn.Module, BackboneSpec]:
+    """A timm model's trunk and a spec describing it (its own mean, std and width; the whole model is the trunk)."""
+    if output_stride != 32:
+        raise ValueError(f"{name} runs at its own stride: leave --output-stride at 32 (got {output_stride})")
+    trunk, info = build_timm(name, weights, seed, image_size)
+    spec = BackboneSpec(name, lambda _: trunk, lambda: trunk.state_dict(), {32: info["channels"]}, ("", ""),
+                        info["mean"], info["std"], {32: info["last_stage"]})
     return trunk.to(memory_format=torch.channels_last), spec
 
 

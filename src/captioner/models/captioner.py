@@ -26,7 +26,7 @@ class CaptionModel(nn.Module):
 
         self.config = c = config
         self.encoder = Encoder(c.backbone, c.encoder_weights if load_weights else "none", c.grid, c.fine_tune,
-                               c.seed, c.output_stride)
+                               c.seed, c.output_stride, c.image_size)
         if c.decoder == "attention":
             self.decoder: nn.Module = ShowAttendTell(c.vocab_size, self.encoder.feature_size, c.embed_size,
                                                      c.hidden_size, c.attention_size, c.context_size, c.dropout,

@@ -1,4 +1,5 @@
-"""Image encoder: a frozen CNN trunk from the backbone registry, its last spatial map pooled to a G x G grid."""
+"""Image encoder: a frozen trunk from the backbone registry (or timm:NAME), its last spatial map pooled to a G x G
+grid."""
 from __future__ import annotations
 
 import torch
@@ -12,9 +13,10 @@ class Encoder(nn.Module):
     """Frozen trunk (optionally its last stage trainable) -> grid features [B, G*G, C]; their mean is the pool."""
 
     def __init__(self, backbone: str = "resnet50", weights: str = "imagenet", grid: int = 7, fine_tune: bool = False,
-                 seed: int = 0, output_stride: int = 32) -> None:
+                 seed: int = 0, output_stride: int = 32, image_size: int | None = None) -> None:
         super().__init__()
-        self.backbone, self.spec = build_trunk(backbone, weights, seed, output_stride)
+        # image_size matters to ViTs only (their position embeddings); None: the model's own
+        self.backbone, self.spec = build_trunk(backbone, weights, seed, output_stride, image_size)
         self.feature_size, self.grid, self.fine_tune = self.spec.channels[output_stride], grid, fine_tune
         for name, p in self.backbone.named_parameters():
             p.requires_grad = fine_tune and name.startswith(self.spec.last_stage[output_stride])
