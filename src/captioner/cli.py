@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from captioner import recipe
+from captioner.models import families
 from captioner.search_options import SearchOptions
 
 app = typer.Typer(help="Train, evaluate and serve CNN->LSTM image-captioning models (Show and Tell).",
@@ -23,6 +25,8 @@ ImagesOpt = Annotated[Path | None, typer.Option(help="Image folder (COCO file, F
 
 LangOpt = Annotated[str | None, typer.Option("--lang", help="Caption language: en, zh, de, fr, es, it, nl (stored in "
                                              "vocab.json; default: guessed from the captions, said in the log)")]
+Decoder = Enum("Decoder", {name: name for name in families.DECODERS}, type=str)  # --decoder's choices: the registry
+DEFAULT_DECODER = Decoder(recipe.DECODER)
 TokenizerOpt = Annotated[str | None, typer.Option(help="The language's tokenizer: zh jieba (words, default) or char; "
                                                   "en treebank; others unicode")]
 
@@ -143,8 +147,8 @@ def train(data: DataArg,
                                                       "data has no val split")] = 0.05,
           val_split: Annotated[str, typer.Option(help="The data's split to validate on; 'none': hold out "
                                                  "--val-fraction of train (to keep val unseen for scoring)")] = "val",
-          decoder: Annotated[str, typer.Option(help="show-tell (pooled image as the LSTM's first input) or attention "
-                                               "(Show, Attend and Tell over the G x G grid)")] = recipe.DECODER,
+          decoder: Annotated[Decoder, typer.Option(help=f"Decoder family: {families.describe()}")]
+          = DEFAULT_DECODER,
           backbone: Annotated[str, typer.Option(help="efficientnet_lite0/1/2 (ImageNet weights ship with the "
                                                 "package: offline), resnet18/34/50/101/152, resnext50_32x4d, "
                                                 "wide_resnet50_2")]
@@ -234,7 +238,7 @@ def train(data: DataArg,
                           init=str(init) if init else None, scst_samples=scst_samples, scst_baseline=scst_baseline,
                           resume=resume, force=force,
                           progress=progress)
-        run(cfg, dict(decoder=decoder, backbone=backbone, encoder_weights=encoder_weights, image_size=image_size,
+        run(cfg, dict(decoder=decoder.value, backbone=backbone, encoder_weights=encoder_weights, image_size=image_size,
                       grid=grid, embed_size=embed_size, hidden_size=hidden_size, num_layers=num_layers,
                       attention_size=attention_size, context_size=context_size, dropout=dropout,
                       batch_norm=batch_norm, fine_tune=fine_tune, max_len=max_len, output_stride=output_stride))
@@ -323,8 +327,9 @@ def caption(model: ModelsOpt,
             model, int8=runtime == "int8", precision=precision)
         if warning := m.config.synthetic_warning():
             typer.secho(f"warning: {warning}", fg="yellow", err=True)
-        if attention and m.config.decoder != "attention":
-            raise ValueError(f"--attention needs an attention model; {model} is {m.config.decoder}")
+        if attention and not families.family(m.config.decoder).attends:
+            raise ValueError(f"--attention needs a model that attends over the grid; {model} is "
+                             f"{m.config.decoder}")
         readable, skipped = [], 0
         for path in _image_files(images):
             try:

@@ -4,7 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-DECODERS = ("show-tell", "attention")
+from captioner.models.families import family
+
 SYNTHETIC = "captioner synthetic shapes"  # synth.py's description: a model trained on it knows shapes, not photos
 # JSON types each annotation accepts (a float setting takes an integer too; true/false is no number)
 _KINDS: dict[str, tuple[tuple[type, ...], str]] = {"int": ((int,), "an integer"), "float": ((int, float), "a number"),
@@ -35,8 +36,7 @@ class ModelConfig:
     trained_on: str = ""  # the training data (a COCO file's info.description, else its path): see SYNTHETIC
 
     def __post_init__(self) -> None:
-        if self.decoder not in DECODERS:
-            raise ValueError(f"unknown decoder {self.decoder!r}; choose one of {', '.join(DECODERS)}")
+        family(self.decoder)  # an unknown name lists the choices
         if self.grid < 1 or self.max_len < 1:
             raise ValueError(f"grid and max_len must be >= 1, got {self.grid} and {self.max_len}")
 

@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from captioner import load, recipe
 from captioner.data.rgb import to_rgb, upright
 from captioner.io import read_json
+from captioner.models.families import DECODERS
 from captioner.search_options import SearchOptions
 
 log = logging.getLogger("captioner.serve")
@@ -71,7 +72,7 @@ class CaptionResponse(BaseModel):
 
 class ModelInfo(BaseModel):
     name: str
-    decoder: str = Field(description="show-tell or attention")
+    decoder: str = Field(description=f"decoder family: {', '.join(DECODERS)}")
     grid: int = Field(description="side G of the feature grid (attention maps are G x G)")
     backbone: str
     image_size: int
