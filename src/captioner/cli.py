@@ -328,8 +328,8 @@ def caption(model: ModelsOpt,
         if warning := m.config.synthetic_warning():
             typer.secho(f"warning: {warning}", fg="yellow", err=True)
         if attention and not families.family(m.config.decoder).attends:
-            raise ValueError(f"--attention needs a model that attends over the grid; {model} is "
-                             f"{m.config.decoder}")
+            attending = ", ".join(name for name, f in families.FAMILIES.items() if f.attends)
+            raise ValueError(f"--attention needs an attention model ({attending}); {model} is {m.config.decoder}")
         readable, skipped = [], 0
         for path in _image_files(images):
             try:
