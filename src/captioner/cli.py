@@ -191,6 +191,10 @@ def train(data: DataArg,
                                              "validated and saved (e.g. 0.99; 0: none)")] = recipe.TRAIN["ema"],
           threshold: Annotated[int, typer.Option(help="Vocabulary frequency threshold")] = recipe.TRAIN["threshold"],
           lang: LangOpt = None, tokenizer: TokenizerOpt = None,
+          word_vectors: Annotated[Path | None, typer.Option(help="GloVe / fastText / word2vec text file (UTF-8, any "
+                                                            "language, .gz too) initialising the word embedding; its "
+                                                            "dimension must be --embed-size")] = None,
+          freeze_word_vectors: Annotated[bool, typer.Option(help="Keep the embedding at --word-vectors")] = False,
           batching: Annotated[str, typer.Option(help="bucket (one caption length per batch) or pad (packed)")]
           = "bucket",
           cache_views: Annotated[int, typer.Option(help="Cached views per image: 1 plain, 2 +mirrored, more +crops")]
@@ -230,7 +234,8 @@ def train(data: DataArg,
                           train_max_len=train_max_len,
                           epochs=epochs, batch_size=batch_size, lr=lr, min_lr=min_lr, scheduler=scheduler,
                           weight_decay=weight_decay, clip=clip, ema=ema, attention_penalty=attention_penalty,
-                          threshold=threshold, lang=lang, tokenizer=tokenizer, batching=batching,
+                          threshold=threshold, word_vectors=str(word_vectors) if word_vectors else None,
+                          freeze_word_vectors=freeze_word_vectors, lang=lang, tokenizer=tokenizer, batching=batching,
                           cache_views=cache_views,
                           cache_dir=str(cache_dir) if cache_dir else None, eval_every=eval_every,
                           val_images=val_images, early_stop=early_stop, seed=seed, accelerator=accelerator,
