@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from captioner import recipe
-from captioner.models import families
+from captioner.models.families import DECODERS, FAMILIES, describe, family
 from captioner.search_options import SearchOptions
 
 app = typer.Typer(help="Train, evaluate and serve CNN->LSTM image-captioning models (Show and Tell).",
@@ -25,7 +25,7 @@ ImagesOpt = Annotated[Path | None, typer.Option(help="Image folder (COCO file, F
 
 LangOpt = Annotated[str | None, typer.Option("--lang", help="Caption language: en, zh, de, fr, es, it, nl (stored in "
                                              "vocab.json; default: guessed from the captions, said in the log)")]
-Decoder = Enum("Decoder", {name: name for name in families.DECODERS}, type=str)  # --decoder's choices: the registry
+Decoder = Enum("Decoder", {name: name for name in DECODERS}, type=str)  # --decoder's choices: the registry
 DEFAULT_DECODER = Decoder(recipe.DECODER)
 TokenizerOpt = Annotated[str | None, typer.Option(help="The language's tokenizer: zh jieba (words, default) or char; "
                                                   "en treebank; others unicode")]
@@ -147,7 +147,7 @@ def train(data: DataArg,
                                                       "data has no val split")] = 0.05,
           val_split: Annotated[str, typer.Option(help="The data's split to validate on; 'none': hold out "
                                                  "--val-fraction of train (to keep val unseen for scoring)")] = "val",
-          decoder: Annotated[Decoder, typer.Option(help=f"Decoder family: {families.describe()}")]
+          decoder: Annotated[Decoder, typer.Option(help=f"Decoder family: {describe()}")]
           = DEFAULT_DECODER,
           backbone: Annotated[str, typer.Option(help="efficientnet_lite0/1/2 (ImageNet weights ship with the "
                                                 "package: offline), resnet18/34/50/101/152, resnext50_32x4d, "
@@ -332,8 +332,8 @@ def caption(model: ModelsOpt,
             model, int8=runtime == "int8", precision=precision)
         if warning := m.config.synthetic_warning():
             typer.secho(f"warning: {warning}", fg="yellow", err=True)
-        if attention and not families.family(m.config.decoder).attends:
-            attending = ", ".join(name for name, f in families.FAMILIES.items() if f.attends)
+        if attention and not family(m.config.decoder).attends:
+            attending = ", ".join(name for name, f in FAMILIES.items() if f.attends)
             raise ValueError(f"--attention needs an attention model ({attending}); {model} is {m.config.decoder}")
         readable, skipped = [], 0
         for path in _image_files(images):
