@@ -45,11 +45,11 @@ def test_word2vec_header_and_gzip(tmp_path) -> None:
 
 
 @pytest.mark.parametrize(("text", "line", "why"), [
-    ("a 1 2 3\nb 1 2\nc 1 2 3\n", 2, "2 numbers where the file has 3"),
+    ("a 1 2 3\nb 1 2\nc 1 2 3\n", 2, "only 2 of the file's 3 numbers"),
     ("a 1 2 3\nb 1 x 3\n", 2, "a field that is not a number"),
     ("a 1 2 3\nb 1 2 3\nc 1 2 3 4\n", 3, "more than the file's 3 numbers"),
     ("a 1 2 3\nb 1 nan 3\n", 2, "a number that is not finite"),
-    ("2 3\na 1 2 3\nb\n", 3, "0 numbers where the file has 3")])
+    ("2 3\na 1 2 3\nb\n", 3, "only 0 of the file's 3 numbers")])
 def test_a_malformed_line_is_an_error_naming_the_file_and_line(tmp_path, text: str, line: int, why: str) -> None:
     path = write(tmp_path, text)
     with pytest.raises(ValueError, match=rf"vectors.txt, line {line}: {why}"):
@@ -104,3 +104,17 @@ def test_training_starts_from_the_vectors_and_frozen_keeps_them(tiny_synth, tmp_
     assert not torch.allclose(moved[vocab.stoi["red"]], torch.tensor(vectors["red"], dtype=torch.float32))
     with pytest.raises(ValueError, match="--freeze-word-vectors needs --word-vectors"):
         TrainConfig(data="x", freeze_word_vectors=True)
+
+
+def test_the_cli_stops_on_a_bad_vectors_file_naming_its_line(tiny_synth, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from captioner.cli import app
+
+    path = write(tmp_path, "red 1 2\nblue 1\n")
+    result = CliRunner().invoke(app, ["train", "--data", str(tiny_synth), "--out", str(tmp_path / "run"),
+                                      "--backbone", "resnet18", "--encoder-weights", "none", "--image-size", "64",
+                                      "--grid", "2", "--embed-size", "2", "--threshold", "1", "--decoder", "adaptive",
+                                      "--word-vectors", str(path), "--freeze-word-vectors", "--no-progress"])
+    assert result.exit_code == 2 and "vectors.txt, line 2: only 1 of the file's 2 numbers" in result.output
+    assert "Traceback" not in result.output

@@ -64,7 +64,7 @@ def read_word_vectors(path: str | Path, words: set[str]) -> WordVectors:
             if dim < 1:
                 raise bad(number, text, "a word without numbers")
         if len(fields) < dim + 1:
-            raise bad(number, text, f"{len(fields) - 1} numbers where the file has {dim}")
+            raise bad(number, text, f"only {len(fields) - 1} of the file's {dim} numbers")
         if len(fields) > dim + 1 and _number(fields[-dim - 1]):
             raise bad(number, text, f"more than the file's {dim} numbers")
         count += 1
