@@ -8,7 +8,7 @@ from torch import nn
 
 from captioner.data.vocab import PAD
 from captioner.models.decoder import Affines, State
-from captioner.models.grid import GridValues, additive_scores, teacher_force
+from captioner.models.grid import GridValues, additive_scores
 
 
 class AdaptiveAttention(GridValues):
@@ -47,8 +47,29 @@ class AdaptiveAttention(GridValues):
     def forward(self, features: torch.Tensor, captions: torch.Tensor,
                 lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher forcing: the output layer's inputs [B, T-1, H] predicting captions[:, 1:] and the attention
-        [B, T-1, N]; padded positions are computed but ignored by the loss."""
-        return teacher_force(self, features, captions)
+        [B, T-1, N]; padded positions are computed but ignored by the loss.
+
+        The LSTM's input does not wait for the attention, so it runs over the whole caption in one call; its memory
+        cells (for the sentinel) follow from its gates recomputed at once and an elementwise scan over the words.
+        """
+        h0, c, mean, values, keys = self.start(features)
+        words = self.embed(captions[:, :-1])
+        x = torch.cat([words, mean.unsqueeze(1).expand(-1, words.size(1), -1)], 2)
+        h, _ = self.lstm(x, (h0.unsqueeze(0), c.unsqueeze(0)))
+        gates, sentinel, key, query, mix, _ = self.affines(self.parameters())
+        i, f, g, _, s = gates(torch.cat([x, torch.cat([h0.unsqueeze(1), h[:, :-1]], 1)], 2)).chunk(5, 2)
+        forget, write = torch.sigmoid(f), torch.sigmoid(i) * torch.tanh(g)
+        cells = []
+        for t in range(words.size(1)):
+            c = forget[:, t] * c + write[:, t]
+            cells.append(c)
+        s_value = sentinel(torch.sigmoid(s) * torch.tanh(torch.stack(cells, 1)))  # [B, T, D]
+        q = query(h)
+        scores = torch.cat([additive_scores(keys, q, self.score),
+                            self.score(torch.tanh(key(s_value) + q))], 2)  # [B, T, N + 1]
+        weights = F.softmax(scores, -1)
+        context = torch.bmm(weights[..., :-1], values) + weights[..., -1:] * s_value
+        return self.drop(h + mix(context)), F.softmax(scores[..., :-1], -1)
 
     def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, torch.Tensor]:
         """Log-probabilities [B, V] of the word after ``tokens`` [B], the next state, the attention [B, N]."""
