@@ -122,6 +122,8 @@ def test_step_matches_teacher_forcing(family: str) -> None:
     dec = decoder_of(family, 12, seed=1)
     features, caption = torch.randn(1, 4, 6), torch.tensor([[START, 5, 6, 7, END]])
     hidden, _ = dec(features, caption)
+    with torch.no_grad():  # validation's teacher forcing (the search's packed weights exist there)
+        assert torch.allclose(dec(features, caption)[0], hidden, atol=1e-6)
     state, steps = dec.start(features), []
     for t in range(caption.size(1) - 1):
         log_probs, state, _ = dec.step(caption[:, t], state)

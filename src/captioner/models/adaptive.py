@@ -56,20 +56,21 @@ class AdaptiveAttention(GridValues):
         words = self.embed(captions[:, :-1])
         x = torch.cat([words, mean.unsqueeze(1).expand(-1, words.size(1), -1)], 2)
         h, _ = self.lstm(x, (h0.unsqueeze(0), c.unsqueeze(0)))
-        gates, sentinel, key, query, mix, _ = self.affines(self.parameters())
-        i, f, g, _, s = gates(torch.cat([x, torch.cat([h0.unsqueeze(1), h[:, :-1]], 1)], 2)).chunk(5, 2)
+        weight, bias = self._affines()[0]  # the live parameters: the search's packed copies take [rows, in] only
+        i, f, g, _, s = F.linear(torch.cat([x, torch.cat([h0.unsqueeze(1), h[:, :-1]], 1)], 2), weight,
+                                 bias).chunk(5, 2)
         forget, write = torch.sigmoid(f), torch.sigmoid(i) * torch.tanh(g)
         cells = []
         for t in range(words.size(1)):
             c = forget[:, t] * c + write[:, t]
             cells.append(c)
-        s_value = sentinel(torch.sigmoid(s) * torch.tanh(torch.stack(cells, 1)))  # [B, T, D]
-        q = query(h)
+        s_value = self.sentinel(torch.sigmoid(s) * torch.tanh(torch.stack(cells, 1)))  # [B, T, D]
+        q = self.query(h)
         scores = torch.cat([additive_scores(keys, q, self.score),
-                            self.score(torch.tanh(key(s_value) + q))], 2)  # [B, T, N + 1]
+                            self.score(torch.tanh(self.keys(s_value) + q))], 2)  # [B, T, N + 1]
         weights = F.softmax(scores, -1)
         context = torch.bmm(weights[..., :-1], values) + weights[..., -1:] * s_value
-        return self.drop(h + mix(context)), F.softmax(scores[..., :-1], -1)
+        return self.drop(h + self.mix(context)), F.softmax(scores[..., :-1], -1)
 
     def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, torch.Tensor]:
         """Log-probabilities [B, V] of the word after ``tokens`` [B], the next state, the attention [B, N]."""
