@@ -24,8 +24,9 @@ FILE = "data/coco-val2014-captions/captions_val2014_4refs.json"
 
 def ppmi_svd(captions: list[list[str]], dim: int, window: int, min_count: int) -> tuple[list[str], np.ndarray]:
     """Words seen ``min_count`` times and their vectors [words, dim]: U * sqrt(S) of the positive PMI matrix of
-    co-occurrences within ``window`` words (context counts smoothed by ^0.75), scaled to standard deviation 1 (as
-    nn.Embedding's initialisation)."""
+    co-occurrences within ``window`` words (context counts smoothed by ^0.75), each scaled to norm sqrt(dim), i.e. a
+    root mean square of 1 a component, as nn.Embedding's initialisation (Flickr8k dev, attention, 4 epochs: val loss
+    3.30 with the whole matrix scaled to standard deviation 1, 3.16 so; 3.24 without vectors)."""
     counts = Counter(w for c in captions for w in c)
     words = sorted((w for w, n in counts.items() if n >= min_count), key=lambda w: (-counts[w], w))
     index = {w: i for i, w in enumerate(words)}
@@ -49,7 +50,7 @@ def ppmi_svd(captions: list[list[str]], dim: int, window: int, min_count: int) -
     torch.manual_seed(0)
     u, s, _ = torch.svd_lowrank(ppmi, q=dim, niter=4)
     vectors = (u * s.sqrt()).numpy()
-    return words, vectors / vectors.std()
+    return words, vectors / np.linalg.norm(vectors, axis=1, keepdims=True) * np.sqrt(dim)
 
 
 def main() -> None:
