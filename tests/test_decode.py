@@ -12,8 +12,8 @@ import torch
 from captioner.data.endings import bad_ending_ids, bad_ending_words
 from captioner.data.vocab import END, SPECIALS, START, Vocabulary
 from captioner.decode import NEVER, Decoder, beam_search, greedy, normalise, repeats, sample, sample_captions, search
-from captioner.models.attention import ShowAttendTell
-from captioner.models.decoder import ShowTell
+from captioner.models.config import ModelConfig
+from captioner.models.families import DECODERS, create_decoder
 from captioner.search_options import SearchOptions
 
 VOCAB, FEATURES = 10, 6  # 4 specials + 6 words
@@ -21,8 +21,9 @@ VOCAB, FEATURES = 10, 6  # 4 specials + 6 words
 
 def decoder(family: str, end_bias: float = 0.0, seed: int = 0, layers: int = 1) -> torch.nn.Module:
     torch.manual_seed(seed)
-    d = (ShowTell(VOCAB, FEATURES, 8, 16, num_layers=layers) if family == "show-tell"
-         else ShowAttendTell(VOCAB, FEATURES, 8, 16, 8, 8, cells=4)).eval()
+    config = ModelConfig(VOCAB, family, grid=2, embed_size=8, hidden_size=16, num_layers=layers, attention_size=8,
+                         context_size=8)
+    d = create_decoder(family, config, FEATURES).eval()
     with torch.no_grad():
         d.out.weight.mul_(4)  # peaked distributions: no near-ties between candidates
         d.out.bias[END] += end_bias
@@ -52,7 +53,7 @@ def plain_beam(d: torch.nn.Module, features: torch.Tensor, k: int, max_len: int,
     return sorted(ended, key=lambda c: -normalise(c[1], len(c[0]), alpha))[:k]
 
 
-@pytest.mark.parametrize("family", ["show-tell", "attention"])
+@pytest.mark.parametrize("family", DECODERS)
 @pytest.mark.parametrize(("beam", "alpha", "end_bias"), [(2, 0.0, 0.0), (3, 0.0, 2.0), (3, 1.0, -2.0), (5, 0.6, 0.0)])
 def test_beam_equals_a_plain_beam_run_to_max_len(family: str, beam: int, alpha: float, end_bias: float) -> None:
     d = decoder(family, end_bias)
@@ -65,7 +66,7 @@ def test_beam_equals_a_plain_beam_run_to_max_len(family: str, beam: int, alpha: 
                                                        abs=1e-4)
 
 
-@pytest.mark.parametrize(("family", "layers"), [("show-tell", 1), ("show-tell", 2), ("attention", 1)])
+@pytest.mark.parametrize(("family", "layers"), [("show-tell", 2), *((f, 1) for f in DECODERS)])
 @pytest.mark.parametrize("rows", [1, 3])  # one row and several take different fast products
 def test_search_step_matches_the_training_step(family: str, layers: int, rows: int) -> None:
     d = decoder(family, layers=layers)
@@ -89,7 +90,7 @@ def test_search_step_matches_the_training_step(family: str, layers: int, rows: i
     assert torch.allclose(fast, steps(d), atol=1e-5)  # with autograd: the live parameters
 
 
-@pytest.mark.parametrize("family", ["show-tell", "attention"])
+@pytest.mark.parametrize("family", DECODERS)
 def test_int8_search_stays_close_to_float32_and_switches_back(family: str) -> None:
     d = decoder(family)
     features, captions = torch.randn(8, 4, FEATURES), torch.randint(4, VOCAB, (8, 6))
@@ -113,7 +114,7 @@ def test_int8_search_stays_close_to_float32_and_switches_back(family: str) -> No
     assert int8_beams == beams  # peaked distributions: the same captions
 
 
-@pytest.mark.parametrize("family", ["show-tell", "attention"])
+@pytest.mark.parametrize("family", DECODERS)
 def test_a_caption_has_a_word_even_when_the_model_would_end_at_once(family: str) -> None:
     """An undertrained model may rank <end> first at the first step: every search still returns one word (the best
     first word), then ends."""
@@ -239,7 +240,7 @@ def test_block_ngram_rules_out_a_word_that_would_repeat_an_ngram(impl: str) -> N
             assert row and all(len(set(grams(ids, 3))) == len(grams(ids, 3)) for ids, _, _ in row)
 
 
-@pytest.mark.parametrize("family", ["show-tell", "attention"])
+@pytest.mark.parametrize("family", DECODERS)
 @pytest.mark.parametrize("n", [1, 2, 3])
 def test_no_search_repeats_an_ngram_when_blocked(family: str, n: int) -> None:
     d, features = decoder(family, end_bias=-30.0), torch.randn(4, 4, FEATURES)  # 8 of 6 words: they repeat
@@ -298,7 +299,7 @@ def test_length_normalisation_keeps_beam_from_the_two_word_caption_raw_log_proba
     assert normalised[0][2] < raw[0][2]  # it is the less likely caption, per word the likelier
 
 
-@pytest.mark.parametrize("family", ["show-tell", "attention"])
+@pytest.mark.parametrize("family", DECODERS)
 def test_the_same_seed_gives_the_same_captions_whatever_the_batch(family: str) -> None:
     d, features = decoder(family), torch.randn(3, 4, FEATURES)
     kw = dict(n=5, max_len=8, temperature=1.5, seed=7)
@@ -317,7 +318,7 @@ def test_the_same_seed_gives_the_same_captions_whatever_the_batch(family: str) -
                                                              for row in ids[:5].tolist()]
 
 
-@pytest.mark.parametrize("family", ["show-tell", "attention"])
+@pytest.mark.parametrize("family", DECODERS)
 @pytest.mark.parametrize("rules", [{}, dict(block_ngram=2, bad_endings=[4, 5])])
 def test_sampling_as_temperature_goes_to_zero_is_greedy(family: str, rules: dict) -> None:
     d, features = decoder(family), torch.randn(6, 4, FEATURES)
@@ -344,7 +345,7 @@ def test_top_k_and_top_p_draw_only_the_likeliest_words(impl: str, kw: dict, word
         assert drawn.count("a") / 300 == pytest.approx(0.5, abs=0.08)
 
 
-@pytest.mark.parametrize("family", ["show-tell", "attention"])
+@pytest.mark.parametrize("family", DECODERS)
 @pytest.mark.parametrize(("beam", "alpha", "kw"), [
     (1, 0.0, dict(block_ngram=2)), (3, 0.6, dict(block_ngram=3)), (3, 0.0, dict(bad_endings=[4, 6])),
     (3, 1.0, dict(block_ngram=1, bad_endings=[5])),
@@ -379,7 +380,7 @@ def test_diverse_beam_groups_choose_other_words_than_earlier_groups(impl: str) -
                                                      abs=1e-4)  # scores stay log-probabilities
 
 
-@pytest.mark.parametrize("family", ["show-tell", "attention"])
+@pytest.mark.parametrize("family", DECODERS)
 def test_diverse_beam_gives_distinct_captions_for_every_image(family: str) -> None:
     d, features = decoder(family, end_bias=-30.0), torch.randn(6, 4, FEATURES)  # 5 words each
     plain = beam_search(d, features, 4, 5)

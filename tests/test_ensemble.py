@@ -11,10 +11,9 @@ import torch
 from captioner.data.vocab import SPECIALS, Vocabulary
 from captioner.decode import search, word_log_probs
 from captioner.inference import Captioner, load, load_ensemble
-from captioner.models.attention import ShowAttendTell
 from captioner.models.captioner import ModelConfig
-from captioner.models.decoder import ShowTell
 from captioner.models.ensemble import Ensemble
+from captioner.models.families import DECODERS, create_decoder
 from captioner.search_options import SearchOptions
 
 VOCAB, FEATURES = 10, 6
@@ -26,8 +25,8 @@ SEARCHES = [dict(beam=1), dict(beam=3, length_penalty=1.0), dict(beam=4, options
 
 def decoder(family: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    d = (ShowTell(VOCAB, FEATURES, 8, 16) if family == "show-tell"
-         else ShowAttendTell(VOCAB, FEATURES, 8, 16, 8, 8, cells=4)).eval()
+    config = ModelConfig(VOCAB, family, grid=2, embed_size=8, hidden_size=16, attention_size=8, context_size=8)
+    d = create_decoder(family, config, FEATURES).eval()
     with torch.no_grad():
         d.out.weight.mul_(4)
     return d
@@ -37,7 +36,7 @@ def found(d: torch.nn.Module, features: torch.Tensor, **kw) -> list[list[tuple[l
     return [[(h.ids, h.score, h.log_prob) for h in row] for row in search(d, features, WORDS, max_len=7, **kw)]
 
 
-@pytest.mark.parametrize("family", ["show-tell", "attention"])
+@pytest.mark.parametrize("family", DECODERS)
 @pytest.mark.parametrize("kw", SEARCHES)
 def test_an_ensemble_of_a_model_with_itself_gives_that_models_captions(family: str, kw: dict) -> None:
     d, features = decoder(family), torch.randn(4, 4, FEATURES)
@@ -48,7 +47,7 @@ def test_an_ensemble_of_a_model_with_itself_gives_that_models_captions(family: s
 
 
 def test_an_ensemble_step_is_the_renormalised_mean_of_its_members_any_family() -> None:
-    members = [decoder("show-tell"), decoder("attention", 1), decoder("show-tell", 2)]
+    members = [decoder(family, seed) for seed, family in enumerate(DECODERS)]  # show-tell first
     ensemble, features, tokens = Ensemble(members), torch.randn(3, 4, FEATURES), torch.tensor([4, 5, 6])
     with torch.no_grad():
         log_probs, state, alpha = ensemble.step(tokens, ensemble.start(features))
@@ -86,7 +85,7 @@ def test_loading_an_ensemble_checks_the_vocabulary_and_the_encoder(tmp_path) -> 
         load_ensemble([a, wider])
 
 
-@pytest.mark.parametrize("family", ["show-tell", "attention"])
+@pytest.mark.parametrize("family", DECODERS)
 @pytest.mark.parametrize("kw", SEARCHES + [dict(beam=3, options=SearchOptions(bad_endings=True, block_ngram=3))])
 def test_word_log_probabilities_add_up_to_the_searched_log_probability(family: str, kw: dict) -> None:
     d, features = decoder(family), torch.randn(4, 4, FEATURES)

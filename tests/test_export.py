@@ -24,6 +24,7 @@ from captioner.data.vocab import END, START, Vocabulary  # noqa: E402
 from captioner.export import export_onnx  # noqa: E402
 from captioner.inference import Captioner  # noqa: E402
 from captioner.models.captioner import ModelConfig  # noqa: E402
+from captioner.models.families import DECODERS  # noqa: E402
 from captioner.onnx_runner import load_onnx, preprocess  # noqa: E402
 from captioner.search_options import SearchOptions  # noqa: E402
 from captioner.serve.app import create_app  # noqa: E402
@@ -42,7 +43,7 @@ def images(tiny_synth: Path) -> list[Image.Image]:
     return [load_rgb(r.path) for r in records] + odd
 
 
-@pytest.fixture(scope="module", params=["show-tell", "attention"])
+@pytest.fixture(scope="module", params=DECODERS)
 def exported(request: pytest.FixtureRequest, tiny_synth: Path, images: list[Image.Image],
              tmp_path_factory: pytest.TempPathFactory) -> tuple[Captioner, Path]:
     """A random-weight model of each family, made to say several image-dependent words, and its ONNX export."""

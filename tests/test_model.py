@@ -15,13 +15,15 @@ from captioner.data.vocab import END, PAD, START, UNK, Vocabulary
 from captioner.decode import NEVER, beam_search, greedy, normalise, sample
 from captioner.inference import Captioner, load
 from captioner.models import attention
-from captioner.models.attention import ShowAttendTell, attention_penalty
+from captioner.models.attention import attention_penalty
 from captioner.models.captioner import ModelConfig
 from captioner.models.decoder import ShowTell, caption_loss
 from captioner.models.encoder import Encoder
+from captioner.models.families import DECODERS, create_decoder
+from captioner.models.families import FAMILIES as REGISTRY
 
 CAPTIONS = ["a red circle on the left", "a blue square above a green triangle", "a small red square on the right"]
-FAMILIES = ("show-tell", "attention")
+FAMILIES = DECODERS
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +40,9 @@ def tiny(vocab: Vocabulary, decoder: str) -> Captioner:
 
 def decoder_of(family: str, vocab_size: int, seed: int, features: int = 6, cells: int = 4) -> torch.nn.Module:
     torch.manual_seed(seed)
-    if family == "attention":
-        dec = ShowAttendTell(vocab_size, features, embed_size=5, hidden_size=7, attention_size=4, context_size=3,
-                             cells=cells)
-    else:
-        dec = ShowTell(vocab_size, features, embed_size=5, hidden_size=7)
+    grid = round(cells ** 0.5)
+    config = ModelConfig(vocab_size, family, grid=grid, embed_size=5, hidden_size=7, attention_size=4, context_size=3)
+    dec = create_decoder(family, config, features)
     with torch.no_grad():  # sharper distributions than the init, so search choices matter
         dec.out.weight.mul_(8)
         dec.out.bias.normal_(0, 2)
@@ -80,7 +80,7 @@ def test_teacher_forcing_padded_matches_alone_and_loss_ignores_padding(family: s
     alone, _ = dec(features[:1], short)
     assert torch.allclose(hidden[0, :3], alone[0], atol=1e-5)
     assert torch.allclose(caption_loss(dec.out, alone, short), caption_loss(dec.out, hidden[:1], padded[:1]))
-    if family == "attention":
+    if REGISTRY[family].attends:
         assert alphas.shape == (2, 5, 4)
 
 
@@ -122,6 +122,8 @@ def test_step_matches_teacher_forcing(family: str) -> None:
     dec = decoder_of(family, 12, seed=1)
     features, caption = torch.randn(1, 4, 6), torch.tensor([[START, 5, 6, 7, END]])
     hidden, _ = dec(features, caption)
+    with torch.no_grad():  # validation's teacher forcing (the search's packed weights exist there)
+        assert torch.allclose(dec(features, caption)[0], hidden, atol=1e-6)
     state, steps = dec.start(features), []
     for t in range(caption.size(1) - 1):
         log_probs, state, _ = dec.step(caption[:, t], state)
@@ -274,7 +276,7 @@ def test_caption_text_has_no_special_tokens_and_attention_has_a_map_per_word(voc
         for c in hyps:
             assert "<" not in c.text and c.score <= 0
     for (c,) in model.caption(images):
-        if family == "attention":
+        if REGISTRY[family].attends:
             assert c.attention.shape[1:] == (2, 2) and len(c.attention) >= len(c.text.split())
             assert torch.allclose(c.attention.sum((1, 2)), torch.ones(len(c.attention)), atol=1e-5)
         else:
@@ -367,3 +369,29 @@ def test_a_training_batch_is_not_normalised_by_its_own_statistics(family: str) -
     alone = copy.deepcopy(dec)(features[[0, 1, 2]], captions)[0][0]
     mates = copy.deepcopy(dec)(features[[0, 3, 4]], captions)[0][0]
     assert torch.allclose(alone, mates, atol=1e-6)
+
+
+def test_the_registry_builds_each_family_and_an_unknown_name_lists_the_choices() -> None:
+    config = ModelConfig(12, "show-tell", grid=2, embed_size=5, hidden_size=7, attention_size=4, context_size=3)
+    built = {name: type(create_decoder(name, config, 6)).__name__ for name in DECODERS}
+    assert built == {"show-tell": "ShowTell", "attention": "ShowAttendTell", "adaptive": "AdaptiveAttention",
+                     "topdown": "TopDown"}
+    with pytest.raises(ValueError, match="unknown decoder 'transformer'; choose one of show-tell, attention, "
+                                         "adaptive, topdown"):
+        create_decoder("transformer", config, 6)
+    with pytest.raises(ValueError, match="choose one of"):
+        ModelConfig(12, "transformer")
+
+
+def test_the_adaptive_sentinel_takes_a_share_of_the_context() -> None:
+    """Lu et al.'s gate: the softmax over the cells and the sentinel; the map a step returns is the cells' part,
+    renormalised, and the context moves with the sentinel's value."""
+    dec = decoder_of("adaptive", 12, seed=5, cells=9)
+    state = dec.start(torch.randn(2, 9, 6))
+    with torch.no_grad():
+        hidden, _, alpha = dec.advance(torch.tensor([5, 6]), state)
+        assert torch.allclose(alpha.sum(-1), torch.ones(2), atol=1e-6)
+        dec.sentinel.bias.add_(1.0)  # moves only the sentinel's value (and its score)
+        moved, _, alpha2 = dec.advance(torch.tensor([5, 6]), state)
+    assert not torch.allclose(hidden, moved)
+    assert torch.allclose(alpha, alpha2, atol=1e-6)  # the cells' own scores do not change

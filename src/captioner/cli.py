@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,6 +11,7 @@ import typer
 
 from captioner import recipe
 from captioner.cli_help import CAPTION_SECTIONS, EVALUATE_SECTIONS, TRAIN_SECTIONS, sectioned
+from captioner.models.families import DECODERS, FAMILIES, describe, family
 from captioner.search_options import SearchOptions
 
 # rich_markup_mode=None: click's plain help, which wraps text but never cuts an option's name (rich's tables did)
@@ -25,6 +27,8 @@ ImagesOpt = Annotated[Path | None, typer.Option(help="Image folder (COCO file, F
 
 LangOpt = Annotated[str | None, typer.Option("--lang", help="Caption language: en, zh, de, fr, es, it, nl (stored in "
                                              "vocab.json; default: guessed from the captions, said in the log)")]
+Decoder = Enum("Decoder", {name: name for name in DECODERS}, type=str)  # --decoder's choices: the registry
+DEFAULT_DECODER = Decoder(recipe.DECODER)
 TokenizerOpt = Annotated[str | None, typer.Option(help="The language's tokenizer: zh jieba (words, default) or char; "
                                                   "en treebank; others unicode")]
 
@@ -145,8 +149,8 @@ def train(ctx: typer.Context, data: DataArg,
                                                       "data has no val split")] = 0.05,
           val_split: Annotated[str, typer.Option(help="The data's split to validate on; 'none': hold out "
                                                  "--val-fraction of train (to keep val unseen for scoring)")] = "val",
-          decoder: Annotated[str, typer.Option(help="show-tell (pooled image as the LSTM's first input) or attention "
-                                               "(Show, Attend and Tell over the G x G grid)")] = recipe.DECODER,
+          decoder: Annotated[Decoder, typer.Option(help=f"Decoder family: {describe()}")]
+          = DEFAULT_DECODER,
           backbone: Annotated[str, typer.Option(help="efficientnet_lite0/1/2 (ImageNet weights ship with the "
                                                 "package: offline), resnet18/34/50/101/152, resnext50_32x4d, "
                                                 "wide_resnet50_2, or timm:NAME (any timm model: CLIP, SigLIP, "
@@ -194,6 +198,10 @@ def train(ctx: typer.Context, data: DataArg,
                                              "validated and saved (e.g. 0.99; 0: none)")] = recipe.TRAIN["ema"],
           threshold: Annotated[int, typer.Option(help="Vocabulary frequency threshold")] = recipe.TRAIN["threshold"],
           lang: LangOpt = None, tokenizer: TokenizerOpt = None,
+          word_vectors: Annotated[Path | None, typer.Option(help="GloVe / fastText / word2vec text file (UTF-8, any "
+                                                            "language, .gz too) initialising the word embedding; its "
+                                                            "dimension must be --embed-size")] = None,
+          freeze_word_vectors: Annotated[bool, typer.Option(help="Keep the embedding at --word-vectors")] = False,
           batching: Annotated[str, typer.Option(help="bucket (one caption length per batch) or pad (packed)")]
           = "bucket",
           cache_views: Annotated[int, typer.Option(help="Cached views per image: 1 plain, 2 +mirrored, more +crops")]
@@ -235,7 +243,8 @@ def train(ctx: typer.Context, data: DataArg,
                           train_max_len=train_max_len,
                           epochs=epochs, batch_size=batch_size, lr=lr, min_lr=min_lr, scheduler=scheduler,
                           weight_decay=weight_decay, clip=clip, ema=ema, attention_penalty=attention_penalty,
-                          threshold=threshold, lang=lang, tokenizer=tokenizer, batching=batching,
+                          threshold=threshold, word_vectors=str(word_vectors) if word_vectors else None,
+                          freeze_word_vectors=freeze_word_vectors, lang=lang, tokenizer=tokenizer, batching=batching,
                           cache_views=cache_views,
                           cache_dir=str(cache_dir) if cache_dir else None, eval_every=eval_every,
                           val_images=val_images, early_stop=early_stop, seed=seed, accelerator=accelerator,
@@ -245,7 +254,7 @@ def train(ctx: typer.Context, data: DataArg,
                           progress=progress)
         if backbone.startswith("timm:") and ctx and ctx.get_parameter_source("image_size").name == "DEFAULT":
             image_size = None  # the model's own (train resolves it)
-        run(cfg, dict(decoder=decoder, backbone=backbone, encoder_weights=encoder_weights, image_size=image_size,
+        run(cfg, dict(decoder=decoder.value, backbone=backbone, encoder_weights=encoder_weights, image_size=image_size,
                       grid=grid, embed_size=embed_size, hidden_size=hidden_size, num_layers=num_layers,
                       attention_size=attention_size, context_size=context_size, dropout=dropout,
                       batch_norm=batch_norm, fine_tune=fine_tune, max_len=max_len, output_stride=output_stride),
@@ -345,8 +354,9 @@ def caption(model: ModelsOpt,
             model, int8=runtime == "int8", precision=precision)
         if warning := m.config.synthetic_warning():
             typer.secho(f"warning: {warning}", fg="yellow", err=True)
-        if attention and m.config.decoder != "attention":
-            raise ValueError(f"--attention needs an attention model; {model} is {m.config.decoder}")
+        if attention and not family(m.config.decoder).attends:
+            attending = ", ".join(name for name, f in FAMILIES.items() if f.attends)
+            raise ValueError(f"--attention needs an attention model ({attending}); {model} is {m.config.decoder}")
         captioned, crops, skipped = [], [], 0  # crops: what --attention draws, 224 px (not the decoded photos)
         for path, image, hyps in caption_files(m, _image_files(images), beam, max_len=max_len,
                                                length_penalty=length_penalty, options=options, word_scores=json):

@@ -25,6 +25,7 @@ from torch.optim.swa_utils import get_ema_multi_avg_fn
 from captioner.data.datasets import ImageRecord, SkipReport, describe, has_splits, open_split
 from captioner.data.tokenizers import choose_tokenizer
 from captioner.data.vocab import Vocabulary
+from captioner.data.word_vectors import apply_word_vectors
 from captioner.io import read_json, write_json
 from captioner.model_card import write_card
 from captioner.models.captioner import ModelConfig, load_state, read_artifact, save_artifact
@@ -182,6 +183,12 @@ def _train(cfg: TrainConfig, model_kwargs: dict[str, Any], defaults: dict[str, A
     data = CaptionData(cfg, model_cfg, train_records, val_records, vocab, precision)
     module = CaptionModule(asdict(model_cfg), vocab.itos, asdict(cfg))
     module.vocab = vocab  # with its threshold, for the artifact's vocab.json
+    if cfg.word_vectors:  # a resumed run's checkpoint holds them; only the freezing is set again
+        embed = module.model.decoder.embed
+        if cfg.resume:
+            embed.weight.requires_grad_(not cfg.freeze_word_vectors)
+        else:
+            print(apply_word_vectors(embed, cfg.word_vectors, vocab, cfg.freeze_word_vectors), flush=True)
     if init_state is not None:
         load_state(module.model, init_state, f"{cfg.init}/model.safetensors")
         print(f"starting from {cfg.init}", flush=True)

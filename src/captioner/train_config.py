@@ -38,6 +38,8 @@ class TrainConfig:
     # training captions cut to this many words (0: whole; None: the 99.9th percentile of their lengths, said in the log)
     train_max_len: int | None = None
     threshold: int = 5
+    word_vectors: str | None = None  # GloVe / fastText / word2vec text file initialising the word embedding
+    freeze_word_vectors: bool = False  # keep the embedding at the word vectors (no training)
     lang: str | None = None  # caption language (data/tokenizers.py); None: guessed from the training captions
     tokenizer: str | None = None  # the language's tokenizer (zh: jieba or char); None: its default
     batching: str = "bucket"
@@ -74,6 +76,10 @@ class TrainConfig:
             raise ValueError(f"need 0 < --min-lr <= --lr, got {self.min_lr} and {self.lr}")
         if self.scst and not (self.init or self.resume):
             raise ValueError("--scst starts from a cross-entropy model: give --init RUN_FOLDER")
+        if self.word_vectors and self.init:
+            raise ValueError("--word-vectors initialises a new model; with --init the model comes from that run")
+        if self.freeze_word_vectors and not self.word_vectors:
+            raise ValueError("--freeze-word-vectors needs --word-vectors FILE (the vectors to keep)")
         if self.scst and self.scst_samples < 2:
             raise ValueError(f"--scst-samples must be >= 2 (the others are the baseline), got {self.scst_samples}")
         for name in ("label_smoothing", "word_dropout"):

@@ -10,13 +10,14 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from captioner.data.vocab import PAD
-from captioner.models.decoder import Affines, State, batch_norm, lstm_cell
+from captioner.models.decoder import Affines, State, lstm_cell
+from captioner.models.grid import GridValues
 
 CHUNK = 2**24  # teacher forcing attends a batch's words in chunks of at most this many numbers ([B, words, N, A]),
 # each recomputed in the backward pass: COCO at batch 512 (7x7 x 256, 25 words) peaks at +1.3 GB, not +2.9 GB
 
 
-class ShowAttendTell(nn.Module):
+class ShowAttendTell(GridValues):
     """Grid -> values (Linear); per word: LSTM(word, mean value), Bahdanau attention from its h, sigmoid-gated
     context, Linear(h + context).
 
@@ -32,9 +33,7 @@ class ShowAttendTell(nn.Module):
     def __init__(self, vocab_size: int, feature_size: int, embed_size: int = 256, hidden_size: int = 512,
                  attention_size: int = 256, context_size: int = 256, dropout: float = 0.0, cells: int = 49) -> None:
         super().__init__()
-        self.standardize = nn.BatchNorm1d(feature_size, affine=False)
-        self.values = nn.Linear(feature_size, context_size)
-        self.where = nn.Parameter(0.1 * torch.randn(cells, context_size))
+        self.init_grid(feature_size, context_size, cells)
         self.keys = nn.Linear(context_size, attention_size)
         self.init_h = nn.Linear(context_size, hidden_size)
         self.init_c = nn.Linear(context_size, hidden_size)
@@ -50,8 +49,7 @@ class ShowAttendTell(nn.Module):
 
     def start(self, features: torch.Tensor) -> State:
         """(h, c, mean value [B, D], values [B, N, D], keys [B, N, A]) from grid features [B, N, C]."""
-        x = batch_norm(self.standardize, features.float().flatten(0, 1)).view_as(features)
-        values = self.values(x) + self.where
+        values = self.grid_values(features)
         mean = values.mean(1)
         return torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean)), mean, values, self.keys(values)
 

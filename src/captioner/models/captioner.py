@@ -12,13 +12,12 @@ from torch import nn
 
 from captioner.data.vocab import Vocabulary
 from captioner.io import read_json, write_json, write_together
-from captioner.models.attention import ShowAttendTell
 from captioner.models.config import ModelConfig
-from captioner.models.decoder import ShowTell
+from captioner.models.families import create_decoder
 
 ARTIFACT_FILES = ("model.safetensors", "config.json", "vocab.json")
 class CaptionModel(nn.Module):
-    """A frozen CNN encoder giving grid features and a decoder family reading them (Show-Tell or attention)."""
+    """A frozen CNN encoder giving grid features and a decoder family reading them (models/families.py)."""
 
     def __init__(self, config: ModelConfig, load_weights: bool = True) -> None:
         super().__init__()
@@ -27,13 +26,7 @@ class CaptionModel(nn.Module):
         self.config = c = config
         self.encoder = Encoder(c.backbone, c.encoder_weights if load_weights else "none", c.grid, c.fine_tune,
                                c.seed, c.output_stride, c.image_size)
-        if c.decoder == "attention":
-            self.decoder: nn.Module = ShowAttendTell(c.vocab_size, self.encoder.feature_size, c.embed_size,
-                                                     c.hidden_size, c.attention_size, c.context_size, c.dropout,
-                                                     cells=c.grid * c.grid)
-        else:
-            self.decoder = ShowTell(c.vocab_size, self.encoder.feature_size, c.embed_size, c.hidden_size,
-                                    c.num_layers, c.dropout, c.batch_norm)
+        self.decoder: nn.Module = create_decoder(c.decoder, c, self.encoder.feature_size)
 
     def features(self, inputs: torch.Tensor) -> torch.Tensor:
         """Grid features [B, N, C] of images [B, 3, H, W], or cached grid features passed through."""

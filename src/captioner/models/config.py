@@ -5,8 +5,8 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from captioner.data.vocab import Vocabulary
+from captioner.models.families import family
 
-DECODERS = ("show-tell", "attention")
 # each >= 1: a zero or negative one would fail deep in torch, far from the config.json that holds it
 SIZES = ("vocab_size", "image_size", "grid", "embed_size", "hidden_size", "num_layers", "attention_size",
          "context_size", "max_len", "output_stride")
@@ -41,8 +41,7 @@ class ModelConfig:
     vocab_sha256: str = ""  # the vocabulary's fingerprint (Vocabulary.sha256), written with the model; "": not checked
 
     def __post_init__(self) -> None:
-        if self.decoder not in DECODERS:
-            raise ValueError(f"unknown decoder {self.decoder!r}; choose one of {', '.join(DECODERS)}")
+        family(self.decoder)  # an unknown name lists the choices
         for name in SIZES:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name!r} must be >= 1, got {getattr(self, name)}")

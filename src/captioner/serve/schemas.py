@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from captioner.models.families import DECODERS
+
 
 class Caption(BaseModel):
     text: str = Field(description="UTF-8; words joined as the model's language writes them (Chinese: no spaces)")
@@ -31,7 +33,7 @@ class CaptionResponse(BaseModel):
 
 class ModelInfo(BaseModel):
     name: str
-    decoder: str = Field(description="show-tell or attention")
+    decoder: str = Field(description=f"decoder family: {', '.join(DECODERS)}")
     grid: int = Field(description="side G of the feature grid (attention maps are G x G)")
     backbone: str
     image_size: int
