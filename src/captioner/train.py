@@ -81,7 +81,9 @@ def check_resume(out: Path, cfg: TrainConfig, model_kwargs: dict[str, Any]) -> s
     """Stop a ``--resume`` whose flags differ from the run's saved ones; ``--force`` lets the safe ones change
     (returned)."""
     saved = read_json(out / "train_config.json", "training config of the run")
-    saved_model = read_json(out / "config.json", "model config of the run")
+    # a setting the run's config.json lacks (saved before it existed) has its default there
+    saved_model = {f.name: f.default for f in fields(ModelConfig)} | read_json(out / "config.json",
+                                                                               "model config of the run")
     diffs = [(k, saved[k], v) for k, v in asdict(cfg).items() if k not in NOT_COMPARED and k in saved and saved[k] != v]
     if not cfg.init:  # an --init run's model comes from there, whatever the model flags say
         diffs += [(k, saved_model.get(k), v) for k, v in model_kwargs.items() if saved_model.get(k) != v]

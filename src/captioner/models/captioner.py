@@ -30,7 +30,7 @@ class CaptionModel(nn.Module):
         if c.decoder == "attention":
             self.decoder: nn.Module = ShowAttendTell(c.vocab_size, self.encoder.feature_size, c.embed_size,
                                                      c.hidden_size, c.attention_size, c.context_size, c.dropout,
-                                                     cells=c.grid * c.grid)
+                                                     cells=c.grid * c.grid, score=c.attention_score)
         else:
             self.decoder = ShowTell(c.vocab_size, self.encoder.feature_size, c.embed_size, c.hidden_size,
                                     c.num_layers, c.dropout, c.batch_norm)

@@ -5,6 +5,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 DECODERS = ("show-tell", "attention")
+ATTENTION_SCORES = ("additive", "dot")  # attention.py's score functions (models saved before "dot" are additive)
 SYNTHETIC = "captioner synthetic shapes"  # synth.py's description: a model trained on it knows shapes, not photos
 # JSON types each annotation accepts (a float setting takes an integer too; true/false is no number)
 _KINDS: dict[str, tuple[tuple[type, ...], str]] = {"int": ((int,), "an integer"), "float": ((int, float), "a number"),
@@ -26,6 +27,7 @@ class ModelConfig:
     num_layers: int = 1
     attention_size: int = 256
     context_size: int = 256
+    attention_score: str = "additive"
     dropout: float = 0.0
     batch_norm: bool = True
     fine_tune: bool = False
@@ -37,6 +39,9 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.decoder not in DECODERS:
             raise ValueError(f"unknown decoder {self.decoder!r}; choose one of {', '.join(DECODERS)}")
+        if self.attention_score not in ATTENTION_SCORES:
+            raise ValueError(f"unknown attention score {self.attention_score!r}; choose one of "
+                             f"{', '.join(ATTENTION_SCORES)}")
         if self.grid < 1 or self.max_len < 1:
             raise ValueError(f"grid and max_len must be >= 1, got {self.grid} and {self.max_len}")
 
