@@ -10,7 +10,7 @@ from benchmarks.common import row, say, timed_together
 
 SECTION = "attention"
 # a Flickr8k training batch of the recipe: 7x7 cells of 1280 (Lite2), ~14 tokens, 2,474 words, batch 32
-FULL = dict(cells=49, dim=1280, tokens=14, vocab=2474, batch=32, repeat=5, steps=3)
+FULL = dict(cells=49, dim=1280, tokens=14, vocab=2474, batch=32, repeat=15, steps=2)
 QUICK = dict(cells=4, dim=1280, tokens=6, vocab=50, batch=4, repeat=2, steps=1)
 # (name, decoder family, attention score)
 VARIANTS = (("show-tell", "show-tell", "additive"), ("attention, additive score", "attention", "additive"),

@@ -80,7 +80,9 @@ class ShowAttendTell(nn.Module):
         words = self.embed(captions[:, :-1])
         x = torch.cat([words, mean.unsqueeze(1).expand(-1, words.size(1), -1)], 2)
         h, _ = self.lstm(x, (h.unsqueeze(0), c.unsqueeze(0)))
-        query, gate = self.query(h), self.gate(h)
+        query, gate = F.linear(h, torch.cat([self.query.weight, self.gate.weight]),  # one product over h, not two
+                               torch.cat([self.query.bias, self.gate.bias])).split(
+            [self.query.out_features, self.gate.out_features], -1)
         alpha = self._attend(keys, query)
         context = torch.sigmoid(gate) * torch.bmm(alpha, values)
         return self.drop(h + self.mix(context)), alpha
