@@ -8,8 +8,9 @@ disk, all deleted after), gpu (COCO-shaped training steps with the cache in GPU 
 onnx (ONNX Runtime vs PyTorch greedy captions), serve_load (good, malformed-EXIF, thin and huge uploads at once
 against `captioner serve`: every answer as it must be, no 500, server peak RSS under 2 GB; benchmarks/serve_load_bench),
 precision (fp32 vs bf16 autocast side by side: the CNN alone, the encoder pass over real photos with the features'
-cosine, training steps of both families), photos (the real-photo main job on Flickr8k from an empty cache: phases
-and total vs 20 minutes; needs $CAPTIONER_SHARED, skipped with --quick).
+cosine, training steps of both families), attention (training steps of Show-Tell and the attention decoder with
+each score, fp32 and bf16: the attention / Show-Tell ratios), photos (the real-photo main job on Flickr8k from an
+empty cache: phases and total vs 20 minutes; needs $CAPTIONER_SHARED, skipped with --quick).
 Each comparison is measured side by side in the same run. Progress goes to stderr, the table to stdout.
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch
 from benchmarks.common import device, row, say
 
 SECTIONS = ("train", "latency", "extract", "vocab", "rewards", "serve", "scale", "gpu", "onnx", "serve_load",
-            "precision", "photos")
+            "precision", "attention", "photos")
 SERVE_CLIENTS = 8
 
 

@@ -89,3 +89,17 @@ def test_cider_ceiling_scores_like_pycocoevalcap_and_climbs_only_up() -> None:
         best, caption = climb(score, words, i, sorted({w for r in references[i] for w in r}))
         assert best == score(caption, i) and best > score(words, i)
     assert score("a red circle on the left".split(), 1) > score("a blue square".split(), 1)
+
+
+def test_quick_attention_section_times_every_decoder_and_precision() -> None:
+    from benchmarks import attention_bench
+
+    rows = attention_bench.run(quick=True)
+    steps = [r for r in rows if r["unit"] == "ms"]
+    ratios = {r["figure"]: r["value"] for r in rows if r["unit"] == "x"}
+    assert len(steps) == 3 * 2 and all(r["value"] > 0 for r in steps)
+    assert set(ratios) == {f"attention, {s} score / show-tell time, {p}" for s in ("additive", "dot")
+                           for p in ("fp32", "bf16")}
+    ms = {r["figure"]: r["value"] for r in steps}
+    assert ratios["attention, dot score / show-tell time, bf16"] == pytest.approx(
+        ms["training step, attention, dot score, bf16"] / ms["training step, show-tell, bf16"])

@@ -41,8 +41,10 @@ def tiny(vocab: Vocabulary, decoder: str) -> Captioner:
 def decoder_of(family: str, vocab_size: int, seed: int, features: int = 6, cells: int = 4) -> torch.nn.Module:
     torch.manual_seed(seed)
     grid = round(cells ** 0.5)
-    config = ModelConfig(vocab_size, family, grid=grid, embed_size=5, hidden_size=7, attention_size=4, context_size=3)
-    dec = create_decoder(family, config, features)
+    name, _, score = family.partition(":")  # "attention:dot": the dot-product score
+    config = ModelConfig(vocab_size, name, grid=grid, embed_size=5, hidden_size=7, attention_size=4, context_size=3,
+                         attention_score=score or "additive")
+    dec = create_decoder(name, config, features)
     with torch.no_grad():  # sharper distributions than the init, so search choices matter
         dec.out.weight.mul_(8)
         dec.out.bias.normal_(0, 2)
@@ -116,7 +118,7 @@ def test_attention_in_recomputed_chunks_gives_the_same_result(monkeypatch) -> No
         assert (a is None and b is None) or torch.allclose(a, b, atol=1e-6)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", [*FAMILIES, "attention:dot"])
 def test_step_matches_teacher_forcing(family: str) -> None:
     """The search's step-by-step path computes what training computes."""
     dec = decoder_of(family, 12, seed=1)
@@ -293,6 +295,30 @@ def test_artifact_round_trip_gives_identical_captions(vocab: Vocabulary, family:
     features = torch.randn(2, 4, 512)
     assert [[(c.text, c.score) for c in row] for row in model.generate(features, beam=2)] == \
            [[(c.text, c.score) for c in row] for row in again.generate(features, beam=2)]
+
+
+def test_the_attention_score_is_saved_and_a_config_without_it_is_additive(vocab: Vocabulary, tmp_path) -> None:
+    """A dot-score model round-trips with its score and without the additive score's layers; a config.json from
+    before the setting loads as the additive model it was."""
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=len(vocab), decoder="attention", backbone="resnet18", encoder_weights="none",
+                         image_size=32, grid=2, embed_size=16, hidden_size=32, attention_size=16, context_size=16,
+                         attention_score="dot")
+    model = Captioner(config, vocab).eval()
+    folder = model.save(tmp_path / "dot")
+    assert json.loads((folder / "config.json").read_text())["attention_score"] == "dot"
+    assert not any(k.startswith(("decoder.keys", "decoder.score")) for k in load_file(folder / "model.safetensors"))
+    again = load(folder)
+    features = torch.randn(2, 4, 512)
+    assert [[c.text for c in row] for row in model.generate(features)] == \
+           [[c.text for c in row] for row in again.generate(features)]
+    old = tiny(vocab, "attention").save(tmp_path / "old")
+    settings = json.loads((old / "config.json").read_text())
+    del settings["attention_score"]
+    (old / "config.json").write_text(json.dumps(settings))
+    assert load(old).config.attention_score == "additive"
+    with pytest.raises(ValueError, match="unknown attention score 'luong'"):
+        ModelConfig(vocab_size=9, decoder="attention", attention_score="luong")
 
 
 def test_artifact_errors_name_the_file(vocab: Vocabulary, tmp_path) -> None:

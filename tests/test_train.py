@@ -161,6 +161,22 @@ def test_resume_refuses_changed_flags_unless_safe_and_forced(tiny_synth, tmp_pat
     assert [int(r["epoch"]) for r in rows(run)] == [0, 1]
 
 
+def test_resume_takes_a_model_setting_missing_from_an_older_run_as_its_default(tiny_synth, tmp_path) -> None:
+    import json
+
+    cfg = dict(data=str(tiny_synth), out=str(tmp_path / "run"), epochs=1, batch_size=16, threshold=1,
+               eval_every=10, cache_dir=str(tmp_path / "cache"), progress=False)
+    model = TINY | {"decoder": "attention", "attention_size": 8, "context_size": 8}
+    run = train(TrainConfig(**cfg), model)
+    saved = json.loads((run / "config.json").read_text())
+    del saved["attention_score"]  # as a run from before the setting wrote it
+    (run / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="--attention-score was 'additive', now 'dot'"):
+        train(TrainConfig(**cfg | {"resume": True}), model | {"attention_score": "dot"})
+    train(TrainConfig(**cfg | {"resume": True, "epochs": 2, "force": True}), model | {"attention_score": "additive"})
+    assert [int(r["epoch"]) for r in rows(run)] == [0, 1]
+
+
 def test_cli_flags_reach_their_fields_and_epoch_lines_read_well(tiny_synth, tmp_path) -> None:
     import json
 

@@ -170,6 +170,9 @@ def train(ctx: typer.Context, data: DataArg,
           num_layers: Annotated[int, typer.Option(help="LSTM layers (show-tell)")] = 1,
           attention_size: Annotated[int, typer.Option(help="Attention MLP width (attention)")] = 256,
           context_size: Annotated[int, typer.Option(help="Width the grid is projected to (attention)")] = 256,
+          attention_score: Annotated[str, typer.Option(help="additive (Bahdanau) or dot (Luong's general score "
+                                                       "over the values: ~1.6x faster training steps; attention)")]
+          = "additive",
           attention_penalty: Annotated[float, typer.Option(help="Weight of the doubly stochastic attention "
                                                          "regulariser (attention)")]
           = recipe.TRAIN["attention_penalty"],
@@ -256,8 +259,9 @@ def train(ctx: typer.Context, data: DataArg,
             image_size = None  # the model's own (train resolves it)
         run(cfg, dict(decoder=decoder.value, backbone=backbone, encoder_weights=encoder_weights, image_size=image_size,
                       grid=grid, embed_size=embed_size, hidden_size=hidden_size, num_layers=num_layers,
-                      attention_size=attention_size, context_size=context_size, dropout=dropout,
-                      batch_norm=batch_norm, fine_tune=fine_tune, max_len=max_len, output_stride=output_stride),
+                      attention_size=attention_size, context_size=context_size,
+                      attention_score=attention_score, dropout=dropout, batch_norm=batch_norm, fine_tune=fine_tune,
+                      max_len=max_len, output_stride=output_stride),
             _defaults(ctx))
     except (OSError, ValueError, WeightsUnavailableError) as e:
         raise _fail(e) from None

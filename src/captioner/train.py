@@ -93,7 +93,9 @@ def check_resume(out: Path, cfg: TrainConfig, model_kwargs: dict[str, Any]) -> s
     """Stop a ``--resume`` whose flags differ from the run's saved ones; ``--force`` lets the safe ones change
     (returned)."""
     saved = read_json(out / "train_config.json", "training config of the run")
-    saved_model = read_json(run_file(out, RUN_CONFIG), "model config of the run")
+    # a setting the run's config lacks (saved before it existed) has its default there
+    saved_model = {f.name: f.default for f in fields(ModelConfig)} | read_json(run_file(out, RUN_CONFIG),
+                                                                               "model config of the run")
     if cfg.train_max_len is None and "train_max_len" in saved:  # the default: whatever the run used
         cfg.train_max_len = saved["train_max_len"]
     diffs = [(k, saved[k], v) for k, v in asdict(cfg).items() if k not in NOT_COMPARED and k in saved and saved[k] != v]

@@ -13,6 +13,7 @@ from captioner.data.vocab import PAD
 from captioner.models.decoder import Affines, State, lstm_cell
 from captioner.models.grid import GridValues
 
+SCORES = ("additive", "dot")  # ModelConfig.attention_score
 CHUNK = 2**24  # teacher forcing attends a batch's words in chunks of at most this many numbers ([B, words, N, A]),
 # each recomputed in the backward pass: COCO at batch 512 (7x7 x 256, 25 words) peaks at +1.3 GB, not +2.9 GB
 
@@ -28,19 +29,30 @@ class ShowAttendTell(GridValues):
     so teacher forcing runs the LSTM over a whole caption in one call (an epoch 10 -> 6.5 s on the demo). The values
     are a projection of the standardised grid (``context_size`` wide) plus a learned embedding of each cell's
     place: a CNN's cell features hardly say where they are, so without it the context could not tell left from right.
+
+    ``score`` "additive" is Bahdanau's w . tanh(keys + W h); "dot" is Luong's "general" score (W h) . value / sqrt(D):
+    one [B, T, D] x [B, D, N] product per batch, no [B, T, N, A] tensor through tanh (the additive score was ~45% of
+    a training step), no keys (``attention_size`` unused; a key projection would add nothing, as W_k^T W_q is one
+    more D x H matrix). The state keeps its layout: its keys are the values.
     """
 
     def __init__(self, vocab_size: int, feature_size: int, embed_size: int = 256, hidden_size: int = 512,
-                 attention_size: int = 256, context_size: int = 256, dropout: float = 0.0, cells: int = 49) -> None:
+                 attention_size: int = 256, context_size: int = 256, dropout: float = 0.0, cells: int = 49,
+                 score: str = "additive") -> None:
         super().__init__()
+        if score not in SCORES:
+            raise ValueError(f"unknown attention score {score!r}; choose one of {', '.join(SCORES)}")
+        self.additive = score == "additive"
         self.init_grid(feature_size, context_size, cells)
-        self.keys = nn.Linear(context_size, attention_size)
+        if self.additive:  # keys and score made where they always were: a seed gives the same additive model
+            self.keys = nn.Linear(context_size, attention_size)
         self.init_h = nn.Linear(context_size, hidden_size)
         self.init_c = nn.Linear(context_size, hidden_size)
         self.embed = nn.Embedding(vocab_size, embed_size, padding_idx=PAD)
         self.lstm = nn.LSTM(embed_size + context_size, hidden_size, batch_first=True)
-        self.query = nn.Linear(hidden_size, attention_size)
-        self.score = nn.Linear(attention_size, 1)
+        self.query = nn.Linear(hidden_size, attention_size if self.additive else context_size)
+        if self.additive:
+            self.score = nn.Linear(attention_size, 1)
         self.gate = nn.Linear(hidden_size, context_size)
         self.mix = nn.Linear(context_size, hidden_size)
         self.drop = nn.Dropout(dropout)
@@ -48,10 +60,12 @@ class ShowAttendTell(GridValues):
         self.affines = Affines(self._affines)
 
     def start(self, features: torch.Tensor) -> State:
-        """(h, c, mean value [B, D], values [B, N, D], keys [B, N, A]) from grid features [B, N, C]."""
+        """(h, c, mean value [B, D], values [B, N, D], keys [B, N, A]; the values for "dot") from grid features
+        [B, N, C]."""
         values = self.grid_values(features)
         mean = values.mean(1)
-        return torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean)), mean, values, self.keys(values)
+        keys = self.keys(values) if self.additive else values
+        return torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean)), mean, values, keys
 
     def forward(self, features: torch.Tensor, captions: torch.Tensor,
                 lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,7 +78,9 @@ class ShowAttendTell(GridValues):
         words = self.embed(captions[:, :-1])
         x = torch.cat([words, mean.unsqueeze(1).expand(-1, words.size(1), -1)], 2)
         h, _ = self.lstm(x, (h.unsqueeze(0), c.unsqueeze(0)))
-        query, gate = self.query(h), self.gate(h)
+        query, gate = F.linear(h, torch.cat([self.query.weight, self.gate.weight]),  # one product over h, not two
+                               torch.cat([self.query.bias, self.gate.bias])).split(
+            [self.query.out_features, self.gate.out_features], -1)
         alpha = self._attend(keys, query)
         context = torch.sigmoid(gate) * torch.bmm(alpha, values)
         return self.drop(h + self.mix(context)), alpha
@@ -89,7 +105,9 @@ class ShowAttendTell(GridValues):
         return h + mix(context), (h, c, mean, values, keys), alpha
 
     def _attend(self, keys: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-        """Bahdanau attention weights [B, T, N] from the cells' keys [B, N, A] and the queries [B, T, A]."""
+        """Attention weights [B, T, N] from the cells' keys [B, N, A] and the queries [B, T, A]."""
+        if not self.additive:
+            return F.softmax(torch.bmm(query, keys.transpose(1, 2)) * keys.size(-1) ** -0.5, dim=-1)
         words = max(1, CHUNK // keys.numel())
         if query.size(1) <= words:
             return self._weights(keys, query)

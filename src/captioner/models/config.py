@@ -10,6 +10,7 @@ from captioner.models.families import family
 # each >= 1: a zero or negative one would fail deep in torch, far from the config.json that holds it
 SIZES = ("vocab_size", "image_size", "grid", "embed_size", "hidden_size", "num_layers", "attention_size",
          "context_size", "max_len", "output_stride")
+ATTENTION_SCORES = ("additive", "dot")  # attention.py's score functions (models saved before "dot" are additive)
 SYNTHETIC = "captioner synthetic shapes"  # synth.py's description: a model trained on it knows shapes, not photos
 # JSON types each annotation accepts (a float setting takes an integer too; true/false is no number)
 _KINDS: dict[str, tuple[tuple[type, ...], str]] = {"int": ((int,), "an integer"), "float": ((int, float), "a number"),
@@ -31,6 +32,7 @@ class ModelConfig:
     num_layers: int = 1
     attention_size: int = 256
     context_size: int = 256
+    attention_score: str = "additive"
     dropout: float = 0.0
     batch_norm: bool = True
     fine_tune: bool = False
@@ -58,6 +60,7 @@ class ModelConfig:
             raise ValueError(f"{vocab_file} is not the vocabulary of {config_file} (its words' sha256 "
                              f"{vocab.sha256()[:12]}... differs from the recorded {self.vocab_sha256[:12]}...): copy "
                              f"the model folder's own vocab.json back beside it")
+ATTENTION_SCORES = ("additive", "dot")  # attention.py's score functions (models saved before "dot" are additive)
 
     def synthetic_warning(self) -> str | None:
         """What to tell a user who captions photos with a model that only ever saw the synthetic shapes."""

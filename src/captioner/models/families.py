@@ -35,7 +35,8 @@ def _attention(c: Any, feature_size: int) -> nn.Module:
     from captioner.models.attention import ShowAttendTell
 
     return ShowAttendTell(c.vocab_size, feature_size, c.embed_size, c.hidden_size, c.attention_size,
-                          c.context_size, c.dropout, cells=c.grid * c.grid)
+                          c.context_size, c.dropout, cells=c.grid * c.grid,
+                          score=c.attention_score)
 
 
 def _adaptive(c: Any, feature_size: int) -> nn.Module:
