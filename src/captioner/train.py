@@ -10,7 +10,7 @@ import signal
 import sys
 import traceback
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 

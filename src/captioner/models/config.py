@@ -44,6 +44,9 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         family(self.decoder)  # an unknown name lists the choices
+        if self.attention_score not in ATTENTION_SCORES:
+            raise ValueError(f"unknown attention score {self.attention_score!r}; choose one of "
+                             f"{', '.join(ATTENTION_SCORES)}")
         for name in SIZES:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name!r} must be >= 1, got {getattr(self, name)}")
@@ -60,7 +63,6 @@ class ModelConfig:
             raise ValueError(f"{vocab_file} is not the vocabulary of {config_file} (its words' sha256 "
                              f"{vocab.sha256()[:12]}... differs from the recorded {self.vocab_sha256[:12]}...): copy "
                              f"the model folder's own vocab.json back beside it")
-ATTENTION_SCORES = ("additive", "dot")  # attention.py's score functions (models saved before "dot" are additive)
 
     def synthetic_warning(self) -> str | None:
         """What to tell a user who captions photos with a model that only ever saw the synthetic shapes."""
