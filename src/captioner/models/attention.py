@@ -85,16 +85,6 @@ class ShowAttendTell(GridValues):
         context = torch.sigmoid(gate) * torch.bmm(alpha, values)
         return self.drop(h + self.mix(context)), alpha
 
-    def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, torch.Tensor]:
-        """Log-probabilities [B, V] of the word after ``tokens`` [B], the next state, the attention [B, N]."""
-        affines = self.affines(self.parameters())
-        hidden, state, alpha = self._advance(tokens, state, affines)
-        return F.log_softmax(affines[-1](hidden), dim=-1), state, alpha
-
-    def advance(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, torch.Tensor]:
-        """``step`` up to the output layer's input [B, H] (before dropout), for step-by-step training."""
-        return self._advance(tokens, state, self.affines(self.parameters()))
-
     def _advance(self, tokens: torch.Tensor, state: State, affines: tuple) -> tuple[torch.Tensor, State, torch.Tensor]:
         h, c, mean, values, keys = state
         lstm, query_gate, mix, _ = affines

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from captioner.models.decoder import batch_norm
+from captioner.models.decoder import State, batch_norm
 
 
 class GridValues(nn.Module):
@@ -23,6 +23,18 @@ class GridValues(nn.Module):
         """Values [B, N, D] of grid features [B, N, C]."""
         x = batch_norm(self.standardize, features.float().flatten(0, 1)).view_as(features)
         return self.values(x) + self.where
+
+    # a family's ``_advance(tokens, state, affines)`` reads one word; ``affines`` (decoder.Affines) holds its
+    # layers' weights, the output layer last, prepared once per step for int8 and ONNX alike
+    def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, torch.Tensor]:
+        """Log-probabilities [B, V] of the word after ``tokens`` [B], the next state, the attention [B, N]."""
+        affines = self.affines(self.parameters())
+        hidden, state, alpha = self._advance(tokens, state, affines)
+        return F.log_softmax(affines[-1](hidden), dim=-1), state, alpha
+
+    def advance(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, torch.Tensor]:
+        """``step`` up to the output layer's input [B, H] (before dropout), for step-by-step training."""
+        return self._advance(tokens, state, self.affines(self.parameters()))
 
 
 def additive_scores(keys: torch.Tensor, query: torch.Tensor, score: nn.Module) -> torch.Tensor:

@@ -3,7 +3,6 @@ LSTM decides where to look, a language LSTM says the word."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from captioner.data.vocab import PAD
@@ -44,16 +43,6 @@ class TopDown(GridValues):
         """Teacher forcing: the output layer's inputs [B, T-1, H] predicting captions[:, 1:] and the attention
         [B, T-1, N]; padded positions are computed but ignored by the loss."""
         return teacher_force(self, features, captions)
-
-    def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, torch.Tensor]:
-        """Log-probabilities [B, V] of the word after ``tokens`` [B], the next state, the attention [B, N]."""
-        affines = self.affines(self.parameters())
-        hidden, state, alpha = self._advance(tokens, state, affines)
-        return F.log_softmax(affines[-1](hidden), dim=-1), state, alpha
-
-    def advance(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, torch.Tensor]:
-        """``step`` up to the output layer's input [B, H] (before dropout), for step-by-step training."""
-        return self._advance(tokens, state, self.affines(self.parameters()))
 
     def _advance(self, tokens: torch.Tensor, state: State, affines: tuple) -> tuple[torch.Tensor, State, torch.Tensor]:
         h1, c1, h2, c2, mean, values, keys = state
