@@ -1,0 +1,145 @@
+"""`captioner serve`, `export` and `demo`: the service, ONNX graphs and the main job."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from captioner import recipe
+from captioner.cli.common import (
+    BadEndingsOpt,
+    BeamOpt,
+    BlockOpt,
+    DiversityOpt,
+    GroupsOpt,
+    ImagesOpt,
+    LangOpt,
+    MaxLenOpt,
+    NOpt,
+    PenaltyOpt,
+    PrecisionOpt,
+    RuntimeOpt,
+    SampleOpt,
+    SeedOpt,
+    TemperatureOpt,
+    TokenizerOpt,
+    TopKOpt,
+    TopPOpt,
+    _fail,
+    _options,
+    app,
+)
+
+
+@app.command()
+def serve(model: Annotated[Path, typer.Option(help="Model folder")],
+          host: Annotated[str, typer.Option(help="Address to bind (loopback by default)")] = "127.0.0.1",
+          port: int = 8000, beam: BeamOpt = None, max_len: MaxLenOpt = None,
+          length_penalty: PenaltyOpt = recipe.SEARCH["length_penalty"],
+          block_ngram: BlockOpt = recipe.SEARCH["block_ngram"],
+          no_bad_endings: BadEndingsOpt = recipe.SEARCH["bad_endings"], sample: SampleOpt = False,
+          temperature: TemperatureOpt = 1.0, top_k: TopKOpt = 0, top_p: TopPOpt = 1.0, n: NOpt = 1,
+          seed: SeedOpt = None, groups: GroupsOpt = 1, diversity: DiversityOpt = 0.0,
+          max_batch: Annotated[int, typer.Option(help="Most images in one model batch")] = 16,
+          max_wait_ms: Annotated[float, typer.Option(help="How long a batch waits to fill")] = 10.0,
+          max_queue: Annotated[int, typer.Option(help="Most images held at once (decoding, queued or being "
+                                                      "captioned); past it requests get 503 with Retry-After")] = 64,
+          timeout: Annotated[float, typer.Option(help="Seconds a request may take after its upload; then 504")] = 30.0,
+          max_request_pixels: Annotated[int, typer.Option(help="Most pixels decoded for one request (all its "
+                                                               "images, after JPEG reduction); then 413")] = 50_000_000,
+          allowed_hosts: Annotated[str | None, typer.Option(help="Host names (and addresses) the server answers for, "
+                                                            "comma-separated, '*' any; others get 400 (a web page "
+                                                            "reaching it by DNS rebinding). Default: --host and "
+                                                            "localhost, 127.0.0.1, [::1]")] = None,
+          runtime: RuntimeOpt = "torch", precision: PrecisionOpt = "auto") -> None:
+    """Serve captions over HTTP: a web page at /, the API at /v1/captions, its documentation at /docs."""
+    from captioner.serve.app import serve as run
+
+    try:
+        beam, options = _options(beam, block_ngram, no_bad_endings, sample, temperature, top_k, top_p, n, seed, groups,
+                                 diversity)
+        run(model, host=host, port=port, beam=beam, max_batch=max_batch, max_wait_ms=max_wait_ms,
+            max_queue=max_queue, request_timeout_s=timeout, max_request_pixels=max_request_pixels, max_len=max_len,
+            length_penalty=length_penalty, runtime=runtime, options=options, precision=precision,
+            allowed_hosts=[h.strip() for h in allowed_hosts.split(",") if h.strip()] if allowed_hosts else None)
+    except (OSError, ValueError, ImportError) as e:
+        raise _fail(e) from None
+
+
+@app.command()
+def export(model: Annotated[Path, typer.Option(help="Model folder (model.safetensors, config.json, vocab.json)")],
+           onnx: Annotated[Path, typer.Option(help="Folder to write the ONNX graphs (encoder, decoder start and step) "
+                                              "and the config, vocabulary and preprocessing to")]) -> None:
+    """Export a model as ONNX graphs for onnxruntime: then `caption` and `serve` with --runtime onnx."""
+    from captioner.export import export_onnx
+
+    try:
+        typer.echo(f"onnx: {export_onnx(model, onnx)}")
+    except (OSError, ValueError, ImportError) as e:
+        raise _fail(e) from None
+
+
+SYNTHETIC_ONLY = ("train_images", "epochs", "attention_epochs", "image_size", "grid", "backbone", "output_stride")
+PHOTOS_ONLY = ("images", "families", "cache_dir", "lang", "tokenizer")
+
+
+@app.command()
+def demo(ctx: typer.Context,
+         out: Annotated[Path | None, typer.Option(help="Folder for the data set, the runs and the served model "
+                                                "(default runs/demo, with --data runs/photos)")] = None,
+         data: Annotated[Path | None, typer.Option(help="A real photo set instead of the synthetic scenes: a "
+                                                  "Flickr token file, captions CSV, Karpathy JSON or COCO folder")]
+         = None,
+         images: ImagesOpt = None,
+         families: Annotated[str, typer.Option(help="With --data: decoder families to train, comma-separated")]
+         = ",".join(recipe.DEMO_FAMILIES),
+         cache_dir: Annotated[Path | None, typer.Option(help="With --data: feature cache folder (default OUT/cache)")]
+         = None,
+         lang: LangOpt = None, tokenizer: TokenizerOpt = None,
+         train_images: Annotated[int, typer.Option(help="Synthetic training images")] = 4000,
+         epochs: Annotated[int, typer.Option(help="Show-Tell epochs (synthetic)")] = 6,
+         attention_epochs: Annotated[int, typer.Option(help="Attention epochs (synthetic)")] = 8,
+         scst_epochs: Annotated[int | None, typer.Option(help="Self-critical epochs for the better family (0: none; "
+                                                         f"default 2, with --data {recipe.SCST['epochs']})")] = None,
+         image_size: Annotated[int, typer.Option(help="Encoder input side (synthetic)")] = 128,
+         grid: Annotated[int, typer.Option(help="Feature grid side G, odd: a centre cell (synthetic)")] = 5,
+         backbone: Annotated[str, typer.Option(help="Frozen encoder (efficientnet_lite0: pretrained, offline)")]
+         = "efficientnet_lite0",
+         output_stride: Annotated[int, typer.Option(help="Stride of the encoder's feature map (16: Lite0's "
+                                                    "stride-16 stage, whose cells keep colour and place)")] = 16,
+         precision: PrecisionOpt = "auto", progress: bool = True) -> None:
+    """The main job, offline: synthetic scenes (or, with --data, a real photo set with the real-photo recipe) ->
+    one feature cache -> Show-Tell and attention models -> self-critical training -> a table, pictures."""
+    from captioner.models.backbones import WeightsUnavailableError
+
+    try:
+        given = [n for n in SYNTHETIC_ONLY if data is not None] + [n for n in PHOTOS_ONLY if data is None]
+        given = [n for n in given if ctx.get_parameter_source(n).name == "COMMANDLINE"]
+        if given:
+            flags = ", ".join("--" + n.replace("_", "-") for n in given)
+            which = "synthetic demo (without --data)" if data else "demo with --data"
+            raise ValueError(f"{flags}: only for the {which}; the real-photo recipe's settings are in "
+                             f"captioner/recipe.py")
+        if data is not None:
+            from captioner.photo_demo import run_photo_demo
+
+            chosen = tuple(f.strip() for f in families.split(",") if f.strip())
+            unknown = [f for f in chosen if f not in recipe.FAMILY]
+            if unknown or not chosen:
+                raise ValueError(f"--families: choose from {', '.join(recipe.FAMILY)}, got {families!r}")
+            run_photo_demo(data, images, out or Path("runs/photos"), cache_dir, chosen,
+                           recipe.SCST["epochs"] if scst_epochs is None else scst_epochs, progress, lang, tokenizer,
+                           precision)
+            return
+        from captioner.pipeline import run_demo
+
+        run_demo(out or Path("runs/demo"), train_images=train_images, epochs=epochs,
+                 attention_epochs=attention_epochs, scst_epochs=2 if scst_epochs is None else scst_epochs,
+                 image_size=image_size, grid=grid, backbone=backbone, output_stride=output_stride, progress=progress,
+                 precision=precision)
+    except (OSError, ValueError, WeightsUnavailableError) as e:
+        raise _fail(e) from None
+
+if __name__ == "__main__":
+    app()
