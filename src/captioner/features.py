@@ -117,11 +117,10 @@ def reserve(path: Path, folder: Path) -> None:
     try:
         os.posix_fallocate(fd, 0, size)
     except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-            if e.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # a filesystem that cannot reserve: write and hope
-                return
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _no_space(folder, size) from None
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # else a filesystem that cannot reserve: write and hope
             raise
-        raise _no_space(folder, size) from None
     except AttributeError:  # no posix_fallocate on this system
         return
     finally:
