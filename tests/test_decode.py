@@ -11,7 +11,8 @@ import torch
 
 from captioner.data.endings import bad_ending_ids, bad_ending_words
 from captioner.data.vocab import END, SPECIALS, START, Vocabulary
-from captioner.decode import NEVER, Decoder, beam_search, greedy, normalise, repeats, sample, sample_captions, search
+from captioner.decode import NEVER, Decoder, beam_search, greedy, repeats, sample, sample_captions, search
+from captioner.hypotheses import normalise
 from captioner.models.config import ModelConfig
 from captioner.models.families import DECODERS, create_decoder
 from captioner.search_options import SearchOptions

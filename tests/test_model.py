@@ -12,7 +12,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from captioner.data.vocab import END, PAD, START, UNK, Vocabulary
-from captioner.decode import NEVER, beam_search, greedy, normalise, sample
+from captioner.decode import NEVER, beam_search, greedy, sample
+from captioner.hypotheses import normalise
 from captioner.inference import Captioner, load
 from captioner.models import attention
 from captioner.models.attention import attention_penalty

@@ -12,33 +12,23 @@ word of a caption cut at ``max_len``. onnx_runner.py mirrors all of it in numpy.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from captioner.data.endings import bad_ending_ids
 from captioner.data.vocab import END, PAD, START, UNK, Vocabulary
+from captioner.hypotheses import Ended, Hypothesis, per_image, scored_rows, until_end
 from captioner.models.decoder import State
 from captioner.search_options import SearchOptions
 
 NEVER = (PAD, START, UNK)  # tokens no search ever generates; nor <end> first: a caption has a word
-Kept = tuple[float, float, int, int, bool]  # a beam's ended caption: normalised and raw score, last step, beam, <end>
 
 
 class Decoder(Protocol):
     def start(self, features: torch.Tensor) -> State: ...
     def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State, torch.Tensor | None]: ...
-
-
-class Hypothesis(NamedTuple):
-    """A caption: word ids (no <start>/<end>), the score its list is ordered by, per step the attention [steps, N]
-    (or None) and its log-probability."""
-
-    ids: list[int]
-    score: float
-    attention: torch.Tensor | None
-    log_prob: float
 
 
 CHECK_EVERY = 4  # greedy on a GPU asks whether all captions ended every few steps: each question waits for it
@@ -89,11 +79,6 @@ def _reorder(state: State, rows: torch.Tensor) -> State:
     return tuple(s.index_select(0, rows) for s in state)
 
 
-def normalise(score: float, words: int, alpha: float) -> float:
-    """GNMT length penalty: alpha 0 keeps the raw log-probability, larger alpha favours longer captions."""
-    return score / (((5 + words) / 6) ** alpha) if alpha else score
-
-
 @torch.inference_mode()
 def search(decoder: Decoder, features: torch.Tensor, vocab: Vocabulary, beam: int = 1, max_len: int = 20,
            length_penalty: float = 0.0, options: SearchOptions | None = None) -> list[list[Hypothesis]]:
@@ -132,9 +117,8 @@ def greedy(decoder: Decoder, features: torch.Tensor, max_len: int = 20, block_ng
             break
     out = []
     for i, (row, s) in enumerate(zip(ids.tolist(), score.tolist(), strict=True)):
-        words = row[:row.index(END)] if END in row else row
-        attention = None if alpha is None else torch.stack([a[i] for a in alphas[:len(words) + (END in row)]])
-        out.append(Hypothesis(words, s, attention, s))
+        words, steps = until_end(row)
+        out.append(Hypothesis(words, s, None if alpha is None else torch.stack([a[i] for a in alphas[:steps]]), s))
     return out
 
 
@@ -164,43 +148,20 @@ def beam_search(decoder: Decoder, features: torch.Tensor, beam: int = 3, max_len
     scores[:, ::kg] = 0.0  # all beams start identical: keep one a group so the first step yields kg different words
     first_row = torch.arange(0, n * k, k, device=device).unsqueeze(1)
     words, parents, alphas = [], [], []  # per step: each beam's new word and the beam it extends [n, k]; attention
-    kept: list[list[list[Kept]]] = [[[] for _ in range(groups)] for _ in range(n)]  # per image and group, best first
-    done = [False] * n
+    ended = Ended(n, groups, kg, max_len, length_penalty)
     moved = [False] * len(state)  # state tensors a step has replaced (the rest need no reordering, see below)
-
-    def keep(i: int, raw: float, last: int, b: int, end: bool) -> None:
-        """Offer beam ``b`` as it stood after step ``last`` (+ <end> if ``end``) to its group's best ``kg``."""
-        score, best = normalise(raw, last + 1, length_penalty), kept[i][b // kg]
-        if len(best) < kg or score > best[-1][0]:  # a tie with the worst kept one would be dropped
-            best.append((score, raw, last, b, end))
-            best.sort(key=lambda x: -x[0])
-            del best[kg:]
-
     for t in range(max_len):
         log_probs, new, alpha = step(tokens, state, so_far)
         moved = [m or a is not b for m, a, b in zip(moved, new, state, strict=True)]
         state = new
         alphas.append(alpha)
         total = scores.unsqueeze(-1) + log_probs.view(n, k, -1)
-        ended = total[:, :, END].tolist()
+        with_end = total[:, :, END].tolist()
         total[:, :, END] = float("-inf")
         scores, beams, tokens = _top(total, groups, diversity)
         words.append(tokens)
         parents.append(beams)
-        for i in range(n):
-            for b in range(k):
-                if not done[i] and ended[i][b] > float("-inf"):
-                    keep(i, ended[i][b], t - 1, b, True)
-        if t == max_len - 1:  # the live beams are cut at max_len tokens: they end here, without <end>
-            for i, row in enumerate(scores.tolist()):
-                for b, raw in enumerate(row):
-                    if not done[i] and raw > float("-inf"):
-                        keep(i, raw, t, b, False)
-            break
-        best = scores.view(n, groups, kg).max(2).values.tolist()
-        done = [d or all(len(g) == kg and g[-1][0] >= normalise(top, max_len, length_penalty)
-                         for g, top in zip(kept[i], best[i], strict=True)) for i, d in enumerate(done)]
-        if all(done):
+        if ended.offer(t, with_end, scores.tolist()):
             break
         # a tensor no step replaced still holds k equal rows per image (e.g. the attention's values), so
         # reordering beams within each image leaves it as it is
@@ -208,8 +169,8 @@ def beam_search(decoder: Decoder, features: torch.Tensor, beam: int = 3, max_len
         state = tuple(s.index_select(0, rows) if m else s for s, m in zip(state, moved, strict=True))
         tokens = tokens.view(-1)
         so_far = torch.cat([so_far.index_select(0, rows), tokens.unsqueeze(1)], 1)
-    merged = [sorted((c for g in row for c in g), key=lambda x: -x[0]) for row in kept]  # stable: group order
-    return _read_back(merged, torch.stack(words).tolist(), torch.stack(parents).tolist(), alphas, k)
+    maps = None if alphas[0] is None else torch.stack(alphas)  # [steps, n * k, N]
+    return ended.read_back(torch.stack(words).tolist(), torch.stack(parents).tolist(), maps, k)
 
 
 def _top(total: torch.Tensor, groups: int, diversity: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -230,36 +191,12 @@ def _top(total: torch.Tensor, groups: int, diversity: float) -> tuple[torch.Tens
     return tuple(torch.cat(x, 1) for x in zip(*out, strict=True))
 
 
-def _read_back(kept: list[list[Kept]], words: list, parents: list, alphas: list[torch.Tensor | None],
-               k: int) -> list[list[Hypothesis]]:
-    """The kept captions' words and attention maps, following the back-pointers from their last step (a caption
-    kept twice, by two groups, once)."""
-    maps = None if alphas[0] is None else torch.stack(alphas)  # [steps, n * k, N]
-    out = []
-    for i, row in enumerate(kept):
-        hyps, seen = [], set()
-        for score, raw, last, b, end in row:
-            ids, cells = [], [(last + 1, i * k + b)] if end else []  # <end>'s attention map was taken on beam b
-            for t in range(last, -1, -1):
-                parent = parents[t][i][b]
-                ids.append(words[t][i][b])
-                cells.append((t, i * k + parent))
-                b = parent
-            if tuple(ids) in seen:
-                continue
-            seen.add(tuple(ids))
-            steps, rows = zip(*reversed(cells), strict=True)
-            hyps.append(Hypothesis(ids[::-1], score, None if maps is None else maps[list(steps), list(rows)], raw))
-        out.append(hyps)
-    return out
-
-
 @torch.inference_mode()
 def word_log_probs(decoder: Decoder, features: torch.Tensor, captions: list[list[list[int]]],
                    max_len: int) -> list[list[list[float]]]:
     """Per image and caption (word ids), each token's log-probability as a search scored it: its words, then <end>
     unless the caption has ``max_len`` words (cut, no <end>). All captions of all images in one batched pass."""
-    rows = [(i, ids + [END] if len(ids) < max_len else ids) for i, caps in enumerate(captions) for ids in caps]
+    rows = scored_rows(captions, max_len)
     if not rows:
         return [[] for _ in captions]
     device, longest = features.device, max(len(t) for _, t in rows)
@@ -272,11 +209,7 @@ def word_log_probs(decoder: Decoder, features: torch.Tensor, captions: list[list
         log_probs, state, _ = decoder.step(tokens, state)
         steps.append(log_probs.gather(1, targets[:, t:t + 1]).squeeze(1))
         tokens = targets[:, t]
-    table = torch.stack(steps, 1).tolist()
-    out: list[list[list[float]]] = [[] for _ in captions]
-    for (i, tokens), values in zip(rows, table, strict=True):
-        out[i].append(values[:len(tokens)])
-    return out
+    return per_image(rows, torch.stack(steps, 1).tolist(), len(captions))
 
 
 def sample(decoder: Decoder, features: torch.Tensor, n: int = 5, max_len: int = 20, temperature: float = 1.0,
@@ -306,9 +239,8 @@ def sample_captions(decoder: Decoder, features: torch.Tensor, n: int = 5, max_le
     for first in range(0, len(ids), n):
         hyps = []
         for r in range(first, first + n):
-            row, s = ids[r].tolist(), float(total[r])
-            words = row[:row.index(END)] if END in row else row
-            maps = None if alphas[0] is None else torch.stack([a[r] for a in alphas[:len(words) + (END in row)]])
+            (words, steps), s = until_end(ids[r].tolist()), float(total[r])
+            maps = None if alphas[0] is None else torch.stack([a[r] for a in alphas[:steps]])
             hyps.append(Hypothesis(words, s, maps, s))
         out.append(sorted(hyps, key=lambda h: -h.score))
     return out

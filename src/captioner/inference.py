@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -11,25 +10,11 @@ from PIL import Image
 from captioner.data.images import eval_transform, to_rgb
 from captioner.data.vocab import Vocabulary
 from captioner.decode import search, word_log_probs
+from captioner.hypotheses import Caption, captions
 from captioner.models.captioner import CaptionModel, ModelConfig, load_state, read_artifact, save_artifact
 from captioner.models.ensemble import Ensemble
 from captioner.precision import autocast, resolve
 from captioner.search_options import SearchOptions
-
-
-@dataclass
-class Caption:
-    """One caption: its text, the score its list is ordered by (beam: length-normalised), its log-probability,
-    per-word attention and its words (the text joins them as the language writes: Chinese without spaces)."""
-
-    text: str
-    score: float
-    log_prob: float
-    attention: torch.Tensor | None = None  # [tokens, G, G]: a map per word (+ <end> when produced)
-    tokens: list[str] | None = None  # with ``word_scores``: the words, then <end> when produced
-    word_log_probs: list[float] | None = None  # with ``word_scores``: each token's log-probability (they sum to
-    # log_prob)
-    words: tuple[str, ...] = ()
 
 
 class Captioner(CaptionModel):
@@ -55,12 +40,8 @@ class Captioner(CaptionModel):
             raise ValueError(f"max_len must be >= 1 tokens, got {max_len}")
         rows = search(self.decoder, features, self.vocab, beam, max_len, length_penalty, options)
         per_word = word_log_probs(self.decoder, features, [[h.ids for h in row] for row in rows], max_len) \
-            if word_scores else [[None] * len(row) for row in rows]
-        return [[Caption(self.vocab.decode(h.ids), h.score, h.log_prob,
-                         None if h.attention is None else h.attention.view(-1, g, g).cpu(),
-                         None if lps is None else [self.vocab.itos[i] for i in h.ids] + ["<end>"] * (
-                             len(lps) > len(h.ids)), lps, tuple(self.vocab.words(h.ids)))
-                 for h, lps in zip(row, lp_row, strict=True)] for row, lp_row in zip(rows, per_word, strict=True)]
+            if word_scores else None
+        return captions(self.vocab, rows, per_word, lambda maps: maps.view(-1, g, g).cpu())
 
     @torch.inference_mode()
     def caption(self, images: Sequence[Image.Image], beam: int = 1, batch_size: int = 32, max_len: int | None = None,

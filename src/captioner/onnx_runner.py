@@ -1,10 +1,10 @@
 """Caption with the ONNX graphs of ``captioner export --onnx`` on onnxruntime, without torch: ``load_onnx(folder)``
 gives a model with inference.Captioner's ``caption(images, beam, ...)``, ``config`` and ``vocab``.
 
-Greedy, beam (and diverse beam) search and sampling are written again here in numpy, because torch is absent: this
-is the one place search is duplicated, and it mirrors decode.py's conventions exactly (at most ``max_len`` tokens; a
-caption's log-probability counts its words and <end> when produced, its score is what its list is ordered by; GNMT
-length penalty; the beam keeps the best k ended captions and stops once no live beam can beat them; n-gram blocking
+Greedy, beam (and diverse beam) search and sampling are written again here in numpy, because torch is absent; what
+needs no arrays is shared with decode.py (hypotheses.py: the beam's kept captions, its stopping rule and read-back,
+the Caption). The rest mirrors decode.py's conventions exactly (at most ``max_len`` tokens; a caption's
+log-probability counts its words and <end> when produced, its score is what its list is ordered by; n-gram blocking
 and bad endings; seeded sampling draws decode's uniforms, so the same captions).
 Preprocessing replicates data/images.eval_transform on PIL images: the centre at most 3:1 (rgb.crop_aspect), PIL's
 antialiased bilinear resize of the short side, centre crop, scale to [0, 1], normalise with the backbone's mean and
@@ -13,7 +13,6 @@ std.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ from PIL import Image
 from captioner.data.endings import bad_ending_ids
 from captioner.data.rgb import crop_aspect, to_rgb
 from captioner.data.vocab import END, PAD, START, UNK, Vocabulary
+from captioner.hypotheses import Caption, Ended, Hypothesis, captions, per_image, scored_rows, until_end
 from captioner.io import read_json
 from captioner.models.config import ModelConfig
 from captioner.search_options import SearchOptions
@@ -31,22 +31,6 @@ NEVER = [PAD, START, UNK]  # tokens no search ever generates, nor <end> after <s
 FILES = ("encoder.onnx", "start.onnx", "step.onnx", "config.json", "vocab.json", "preprocess.json")
 State = list[np.ndarray]
 Step = Callable[[np.ndarray, State], tuple[np.ndarray, State, np.ndarray | None]]
-Kept = tuple[float, float, int, int, bool]  # decode.Kept: normalised and raw score, last step, beam, <end>
-Hyp = tuple[list[int], float, np.ndarray | None, float]  # decode.Hypothesis: ids, score, attention, log-probability
-
-
-@dataclass
-class Caption:
-    """One caption: its text, the score its list is ordered by (beam: length-normalised), its log-probability,
-    per-word attention and its words (the text joins them as the language writes: Chinese without spaces)."""
-
-    text: str
-    score: float
-    log_prob: float
-    attention: np.ndarray | None = None  # [tokens, G, G]: a map per word (+ <end> when produced)
-    tokens: list[str] | None = None  # with ``word_scores``: the words, then <end> when produced
-    word_log_probs: list[float] | None = None  # with ``word_scores``: each token's log-probability
-    words: tuple[str, ...] = ()
 
 
 def preprocess(image: Image.Image, size: int, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -60,11 +44,6 @@ def preprocess(image: Image.Image, size: int, mean: Sequence[float], std: Sequen
     top, left = int(round((new[1] - size) / 2.0)), int(round((new[0] - size) / 2.0))
     x = np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.float32) * np.float32(1 / 255)
     return ((x - np.float32(mean)) / np.float32(std)).transpose(2, 0, 1)
-
-
-def normalise(score: float, words: int, alpha: float) -> float:
-    """GNMT length penalty (decode.normalise)."""
-    return score / (((5 + words) / 6) ** alpha) if alpha else score
 
 
 class Rules:
@@ -101,7 +80,7 @@ def repeats(words: np.ndarray, n: int, vocab: int) -> np.ndarray:
 
 
 def greedy(step: Step, state: State, n: int, max_len: int, block_ngram: int = 0,
-           bad_endings: Sequence[int] | None = None) -> list[Hyp]:
+           bad_endings: Sequence[int] | None = None) -> list[Hypothesis]:
     """decode.greedy: the likeliest word at each step until <end> or ``max_len`` tokens."""
     rules = Rules(max_len, block_ngram, bad_endings)
     tokens = np.full(n, START, np.int64)
@@ -119,15 +98,15 @@ def greedy(step: Step, state: State, n: int, max_len: int, block_ngram: int = 0,
             break
     out = []
     for i, row in enumerate(ids.tolist()):
-        words = row[:row.index(END)] if END in row else row
-        maps = None if alphas[0] is None else np.stack([a[i] for a in alphas[:len(words) + (END in row)]])
-        out.append((words, float(score[i]), maps, float(score[i])))
+        words, steps = until_end(row)
+        maps = None if alphas[0] is None else np.stack([a[i] for a in alphas[:steps]])
+        out.append(Hypothesis(words, float(score[i]), maps, float(score[i])))
     return out
 
 
 def beam_search(step: Step, state: State, replaced: list[int], n: int, k: int, max_len: int,
                 length_penalty: float, block_ngram: int = 0, bad_endings: Sequence[int] | None = None,
-                groups: int = 1, diversity: float = 0.0) -> list[list[Hyp]]:
+                groups: int = 1, diversity: float = 0.0) -> list[list[Hypothesis]]:
     """decode.beam_search: the ``k`` best captions per image by normalised score, with its exact stopping rule
     (and its diverse beam search with ``groups`` > 1).
 
@@ -141,63 +120,25 @@ def beam_search(step: Step, state: State, replaced: list[int], n: int, k: int, m
     scores[:, ::kg] = 0.0
     first_row = np.arange(0, n * k, k)[:, None]
     words, parents, alphas = [], [], []
-    kept: list[list[list[Kept]]] = [[[] for _ in range(groups)] for _ in range(n)]
-    done = [False] * n
-
-    def keep(i: int, raw: float, last: int, b: int, end: bool) -> None:
-        score, best = normalise(raw, last + 1, length_penalty), kept[i][b // kg]
-        if len(best) < kg or score > best[-1][0]:
-            best.append((score, raw, last, b, end))
-            best.sort(key=lambda x: -x[0])
-            del best[kg:]
-
+    ended = Ended(n, groups, kg, max_len, length_penalty)
     for t in range(max_len):
         log_probs, state, alpha = step(tokens, state)
         log_probs = rules(log_probs, so_far)
         alphas.append(alpha)
         total = scores[:, :, None] + log_probs.reshape(n, k, -1)
-        ended = total[:, :, END].tolist()
+        with_end = total[:, :, END].tolist()
         total[:, :, END] = -np.inf
         scores, beams, tokens = _top(total, groups, diversity)
         words.append(tokens)
         parents.append(beams)
-        for i in range(n):
-            for b in range(k):
-                if not done[i] and ended[i][b] > -np.inf:
-                    keep(i, ended[i][b], t - 1, b, True)
-        if t == max_len - 1:
-            for i, row in enumerate(scores.tolist()):
-                for b, raw in enumerate(row):
-                    if not done[i] and raw > -np.inf:
-                        keep(i, raw, t, b, False)
-            break
-        best = scores.reshape(n, groups, kg).max(2).tolist()
-        done = [d or all(len(g) == kg and g[-1][0] >= normalise(top, max_len, length_penalty)
-                         for g, top in zip(kept[i], best[i], strict=True)) for i, d in enumerate(done)]
-        if all(done):
+        if ended.offer(t, with_end, scores.tolist()):
             break
         rows = (beams + first_row).reshape(-1)
         state = [s[rows] if j in replaced else s for j, s in enumerate(state)]
         tokens = tokens.reshape(-1)
         so_far = np.concatenate([so_far[rows], tokens[:, None]], 1)
     maps = None if alphas[0] is None else np.stack(alphas)
-    out = []
-    for i, by_group in enumerate(kept):
-        hyps, seen = [], set()
-        for score, raw, last, b, end in sorted((c for g in by_group for c in g), key=lambda x: -x[0]):
-            ids, cells = [], [(last + 1, i * k + b)] if end else []
-            for t in range(last, -1, -1):
-                parent = int(parents[t][i, b])
-                ids.append(int(words[t][i, b]))
-                cells.append((t, i * k + parent))
-                b = parent
-            if tuple(ids) in seen:
-                continue
-            seen.add(tuple(ids))
-            steps, rows = zip(*reversed(cells), strict=True)
-            hyps.append((ids[::-1], score, None if maps is None else maps[list(steps), list(rows)], raw))
-        out.append(hyps)
-    return out
+    return ended.read_back(np.stack(words).tolist(), np.stack(parents).tolist(), maps, k)
 
 
 def _top(total: np.ndarray, groups: int, diversity: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -217,7 +158,7 @@ def _top(total: np.ndarray, groups: int, diversity: float) -> tuple[np.ndarray, 
 
 def word_log_probs(step: Step, state: State, captions: list[list[list[int]]], max_len: int) -> list[list[list[float]]]:
     """decode.word_log_probs: per image and caption each token's log-probability (words, then <end> unless cut)."""
-    rows = [(i, ids + [END] if len(ids) < max_len else ids) for i, caps in enumerate(captions) for ids in caps]
+    rows = scored_rows(captions, max_len)
     if not rows:
         return [[] for _ in captions]
     longest = max(len(t) for _, t in rows)
@@ -230,16 +171,12 @@ def word_log_probs(step: Step, state: State, captions: list[list[list[int]]], ma
         log_probs, state, _ = step(tokens, state)
         steps.append(log_probs[np.arange(len(rows)), targets[:, t]])
         tokens = targets[:, t]
-    table = np.stack(steps, 1).tolist()
-    out: list[list[list[float]]] = [[] for _ in captions]
-    for (i, tokens), values in zip(rows, table, strict=True):
-        out[i].append(values[:len(tokens)])
-    return out
+    return per_image(rows, np.stack(steps, 1).tolist(), len(captions))
 
 
 def sample(step: Step, state: State, images: int, n: int, max_len: int, temperature: float = 1.0, top_k: int = 0,
            top_p: float = 1.0, seed: int | None = None, block_ngram: int = 0,
-           bad_endings: Sequence[int] | None = None) -> list[list[Hyp]]:
+           bad_endings: Sequence[int] | None = None) -> list[list[Hypothesis]]:
     """decode.sample_captions: ``n`` captions drawn per image, most likely first; with ``seed`` the same uniforms as
     decode's, so the same captions."""
     rules, rng, rows = Rules(max_len, block_ngram, bad_endings), np.random.default_rng(seed), images * n
@@ -261,10 +198,10 @@ def sample(step: Step, state: State, images: int, n: int, max_len: int, temperat
     for first in range(0, rows, n):
         hyps = []
         for r in range(first, first + n):
-            words = ids[r][:ids[r].index(END)] if END in ids[r] else ids[r]
-            maps = None if alphas[0] is None else np.stack([a[r] for a in alphas[:len(words) + (END in ids[r])]])
-            hyps.append((words, float(total[r]), maps, float(total[r])))
-        out.append(sorted(hyps, key=lambda h: -h[1]))
+            words, taken = until_end(ids[r])
+            maps = None if alphas[0] is None else np.stack([a[r] for a in alphas[:taken]])
+            hyps.append(Hypothesis(words, float(total[r]), maps, float(total[r])))
+        out.append(sorted(hyps, key=lambda h: -h.score))
     return out
 
 
@@ -352,13 +289,9 @@ class OnnxCaptioner:
             else:
                 rows = beam_search(self.step, state, self.replaced, len(x), beam, max_len, length_penalty, **rules,
                                    groups=o.groups, diversity=o.diversity)
-            per_word = word_log_probs(self.step, state, [[h[0] for h in row] for row in rows], max_len) \
-                if word_scores else [[None] * len(row) for row in rows]
-            out += [[Caption(self.vocab.decode(ids), score, log_prob, None if maps is None else maps.reshape(-1, g, g),
-                             None if lps is None else [self.vocab.itos[i] for i in ids] + ["<end>"] * (
-                                 len(lps) > len(ids)), lps, tuple(self.vocab.words(ids)))
-                     for (ids, score, maps, log_prob), lps in zip(row, lp_row, strict=True)]
-                    for row, lp_row in zip(rows, per_word, strict=True)]
+            per_word = word_log_probs(self.step, state, [[h.ids for h in row] for row in rows], max_len) \
+                if word_scores else None
+            out += captions(self.vocab, rows, per_word, lambda maps: maps.reshape(-1, g, g))
         return out
 
 

@@ -15,7 +15,8 @@ from tqdm import tqdm
 from captioner.data import rgb
 from captioner.data.datasets import ImageRecord
 from captioner.features import ImageViews, encode_images
-from captioner.inference import Caption, Captioner
+from captioner.hypotheses import Caption
+from captioner.inference import Captioner
 from captioner.precision import autocast
 from captioner.search_options import SearchOptions
 
