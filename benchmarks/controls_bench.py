@@ -22,25 +22,24 @@ from captioner.diagnostics import diagnose
 from captioner.evaluate import score_columns
 from captioner.inference import load, load_ensemble
 from captioner.predict import caption_features, record_features
-from captioner.search_options import SearchOptions
+from captioner.search import Search
 
 RULES = dict(block_ngram=3, bad_endings=True)
 BEAM3 = dict(beam=3, length_penalty=1.0)
-# (label, search keyword arguments) run on the base model; "recipe" is recipe.SEARCH
+# (label, search) run on the base model; "recipe" is recipe.SEARCH
 SEARCHES = [
-    ("greedy", dict(beam=1)),
-    ("greedy + block 3-grams", dict(beam=1, options=SearchOptions(block_ngram=3))),
-    ("greedy + no bad endings", dict(beam=1, options=SearchOptions(bad_endings=True))),
-    ("greedy + both", dict(beam=1, options=SearchOptions(**RULES))),
-    ("beam 3", BEAM3),
-    ("beam 3 + block 3-grams", dict(**BEAM3, options=SearchOptions(block_ngram=3))),
-    ("beam 3 + no bad endings", dict(**BEAM3, options=SearchOptions(bad_endings=True))),
-    ("beam 3 + both (recipe)", dict(**BEAM3, options=SearchOptions(**RULES))),
-    ("diverse beam 3, 3 groups, diversity 0.5, + both", dict(**BEAM3, options=SearchOptions(
-        **RULES, groups=3, diversity=0.5))),
-    ("sampling, T 1, 1 caption, + both", dict(beam=1, options=SearchOptions(**RULES, sample=True, seed=0))),
-    ("sampling, T 0.5, top-p 0.9, likeliest of 5, + both", dict(beam=1, options=SearchOptions(
-        **RULES, sample=True, temperature=0.5, top_p=0.9, n=5, seed=0))),
+    ("greedy", Search()),
+    ("greedy + block 3-grams", Search(block_ngram=3)),
+    ("greedy + no bad endings", Search(bad_endings=True)),
+    ("greedy + both", Search(**RULES)),
+    ("beam 3", Search(**BEAM3)),
+    ("beam 3 + block 3-grams", Search(**BEAM3, block_ngram=3)),
+    ("beam 3 + no bad endings", Search(**BEAM3, bad_endings=True)),
+    ("beam 3 + both (recipe)", Search(**BEAM3, **RULES)),
+    ("diverse beam 3, 3 groups, diversity 0.5, + both", Search(**BEAM3, **RULES, groups=3, diversity=0.5)),
+    ("sampling, T 1, 1 caption, + both", Search(**RULES, sample=True, seed=0)),
+    ("sampling, T 0.5, top-p 0.9, likeliest of 5, + both", Search(**RULES, sample=True, temperature=0.5, top_p=0.9,
+                                                                   n=5, seed=0)),
 ]
 GREEDY_AND_RECIPE = [SEARCHES[0], SEARCHES[7]]
 TRAINED = {"ls01": "label smoothing 0.1", "ss": "scheduled sampling 0.1:0:1:0.25"}
@@ -66,9 +65,9 @@ def run(data: Path, runs: Path, cache_dir: Path | None, only: list[str] | None =
                for name in trained]
     texts, seconds = {}, {}
     for name, model, searches in models:
-        for label, kw in searches:
+        for label, search in searches:
             start = time.perf_counter()
-            caps = caption_features(model, features, rows, progress=False, **kw)
+            caps = caption_features(model, features, rows, search, progress=False)
             seconds[f"{name}, {label}"] = time.perf_counter() - start
             texts[f"{name}, {label}"] = [c.text for c in caps]
             print(f"{name}, {label}: {seconds[f'{name}, {label}']:.0f} s", flush=True)

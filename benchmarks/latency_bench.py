@@ -38,7 +38,7 @@ def run(quick: bool) -> list[dict]:
     from captioner.inference import Captioner
     from captioner.models.captioner import ModelConfig
     from captioner.models.ensemble import Ensemble
-    from captioner.search_options import SearchOptions
+    from captioner.search import Search
 
     s, dev = QUICK if quick else FULL, device()
     real = bad_ending_words()  # so that the bad-endings rule has words to rule on
@@ -65,12 +65,11 @@ def run(quick: bool) -> list[dict]:
         with torch.inference_mode():
             features = encoder(x)
             fns = {"encoder": partial(encoder, x)}
-            fns |= {(family, words, steps, beam): partial(model.generate, features, beam, steps)
+            fns |= {(family, words, steps, beam): partial(model.generate, features, Search(beam, steps))
                     for family, model in models.items() for words, steps in LENGTHS for beam in BEAMS}
-            fns |= {("option", family, name, beam): partial(models[family].generate, features, beam, 20,
-                                                  options=SearchOptions(**o))
+            fns |= {("option", family, name, beam): partial(models[family].generate, features, Search(beam, 20, **o))
                     for family in s["option_families"] for name, beam, o in OPTIONS}
-            fns |= {("ensemble", beam): partial(ensemble.generate, features, beam, 20) for beam in BEAMS}
+            fns |= {("ensemble", beam): partial(ensemble.generate, features, Search(beam, 20)) for beam in BEAMS}
             times = timed_together(fns, dev, s["repeat"])
         options = {key[1:]: times.pop(key) for key in list(times) if key[0] == "option"}
         joined = {key[1]: times.pop(key) for key in list(times) if key[0] == "ensemble"}

@@ -30,6 +30,7 @@ def run(quick: bool) -> list[dict]:
     from captioner.inference import Captioner
     from captioner.models.captioner import ModelConfig
     from captioner.onnx_runner import load_onnx
+    from captioner.search import Search
 
     s = QUICK if quick else FULL
     vocab = Vocabulary(list(SPECIALS) + [f"word{i}" for i in range(s["vocab"] - len(SPECIALS))])
@@ -52,7 +53,7 @@ def run(quick: bool) -> list[dict]:
                                                          threads=torch.get_num_threads())
         for b in s["batches"]:
             say(f"onnx: batch {b}")
-            fns = {key: partial(m.caption, [photo] * b, 1, max_len=STEPS) for key, m in runtimes.items()}
+            fns = {key: partial(m.caption, [photo] * b, Search(max_len=STEPS)) for key, m in runtimes.items()}
             times = timed_together(fns, "cpu", s["repeat"])
             for family in FAMILIES:
                 torch_s, onnx_s = times[family, "PyTorch"], times[family, "ONNX Runtime"]

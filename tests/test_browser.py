@@ -12,6 +12,7 @@ import torch
 from captioner.data.vocab import END, Vocabulary
 from captioner.inference import Captioner
 from captioner.models.captioner import ModelConfig
+from captioner.search import Search
 from captioner.serve.app import create_app, running
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -31,7 +32,8 @@ def test_upload_in_browser(shared: Path, tmp_path: Path) -> None:
         model.decoder.out.bias[END] = -50  # an untrained model that never ends: five words to point at
     model.save(tmp_path / "model")
     shot = tmp_path / "serve.png"
-    with running(create_app(tmp_path / "model", beam=3, length_penalty=1.0)) as url, sync_api.sync_playwright() as pw:
+    app = create_app(tmp_path / "model", Search(beam=3, length_penalty=1.0))
+    with running(app) as url, sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         try:
             page = browser.new_page(viewport={"width": 900, "height": 700})

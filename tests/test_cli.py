@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from captioner.cli import app
 from captioner.data.vocab import END, Vocabulary
 from captioner.inference import Captioner, load
 from captioner.models.captioner import ModelConfig
-from captioner.search_options import SearchOptions
+from captioner.search import Search
 
 runner = CliRunner()
 COMMANDS = ("synth", "inspect", "vocab", "train", "caption", "evaluate", "score", "serve", "demo")
@@ -305,8 +306,8 @@ def test_max_len_below_one_is_a_clear_error(model, synth, tmp_path, monkeypatch,
     for command in commands:
         result = invoke(*command, "--max-len", max_len)
         assert result.exit_code == 2 and "Invalid value for '--max-len'" in result.output, result.output
-    with pytest.raises(ValueError, match="max_len must be >= 1"):  # the library too: 0 is not "the default"
-        load(model).caption([Image.open(image)], max_len=max_len)
+    with pytest.raises(ValueError, match=r"--max-len \(max_len\) must be >= 1"):  # the library too: 0 is not None
+        load(model).caption([Image.open(image)], Search(max_len=max_len))
 
 
 def test_a_runs_vocabulary_records_the_threshold_it_was_built_with(synth, tmp_path) -> None:
@@ -346,8 +347,7 @@ def test_caption_evaluate_and_serve_take_the_search_options(model, synth, tmp_pa
     served = {}
     monkeypatch.setattr(captioner.serve.app, "serve", lambda *a, **k: served.update(k))  # never binds a port
     assert invoke("serve", "--model", model, "--sample", "--top-k", 5).exit_code == 0
-    assert served["options"] == SearchOptions(sample=True, top_k=5, block_ngram=recipe.SEARCH["block_ngram"],
-                                             bad_endings=recipe.SEARCH["bad_endings"])  # the recipe defaults
+    assert served["search"] == replace(recipe.SEARCH, beam=1, sample=True, top_k=5)  # the recipe's rules and penalty
     for flags, words in ((["--block-ngram", -1], "--block-ngram (block_ngram) must be >= 0"),
                          (["--top-k", 3], "add --sample"), (["--sample", "--beam", 2], "leave --beam"),
                          (["--sample", "--top-p", 0], "--top-p (top_p) must be in (0, 1]"),

@@ -15,7 +15,7 @@ from captioner.decode import NEVER, Decoder, beam_search, greedy, repeats, sampl
 from captioner.hypotheses import normalise
 from captioner.models.config import ModelConfig
 from captioner.models.families import DECODERS, create_decoder
-from captioner.search_options import SearchOptions
+from captioner.search import Search
 
 VOCAB, FEATURES = 10, 6  # 4 specials + 6 words
 
@@ -391,25 +391,19 @@ def test_diverse_beam_gives_distinct_captions_for_every_image(family: str) -> No
         assert len(row) == 4 and len({h.ids[0] for h in row}) == 4
 
 
-def test_search_dispatches_on_the_options_and_checks_them() -> None:
+def test_search_dispatches_on_the_settings() -> None:
     d, features = decoder("attention"), torch.randn(2, 4, FEATURES)
     vocab = Vocabulary([*SPECIALS, "a", "the", "dog", "cat", "runs", "on"])
-    got = search(d, features, vocab, 1, 8)
+    got = search(d, features, vocab, Search(max_len=8))
     assert [[h.ids for h in row] for row in got] == [[h.ids] for h in greedy(d, features, 8)]
-    got = search(d, features, vocab, 3, 8, 0.5, SearchOptions(block_ngram=2, bad_endings=True))
+    got = search(d, features, vocab, Search(3, 8, 0.5, block_ngram=2, bad_endings=True))
     assert [[h.ids for h in row] for row in got] == [[h.ids for h in row] for row in
                                                      beam_search(d, features, 3, 8, 0.5, 2, [4, 5, 9])]
-    got = search(d, features, vocab, 4, 8, options=SearchOptions(groups=2, diversity=1.5))
+    got = search(d, features, vocab, Search(4, 8, groups=2, diversity=1.5))
     assert [[h.ids for h in row] for row in got] == [[h.ids for h in row] for row in
                                                      beam_search(d, features, 4, 8, groups=2, diversity=1.5)]
-    got = search(d, features, vocab, 1, 8, options=SearchOptions(sample=True, n=3, seed=2))
+    got = search(d, features, vocab, Search(max_len=8, sample=True, n=3, seed=2))
     assert [[h.ids for h in row] for row in got] == [[h.ids for h in row] for row in
                                                      sample_captions(d, features, 3, 8, seed=2)]
-    for options, beam, message in [(SearchOptions(block_ngram=-1), 1, r"--block-ngram \(block_ngram\) must be >= 0"),
-                                   (SearchOptions(temperature=0.5), 1, r"--temperature \(temperature\) .*--sample"),
-                                   (SearchOptions(sample=True, top_p=0), 1, r"--top-p \(top_p\) must be in \(0, 1\]"),
-                                   (SearchOptions(sample=True), 3, "leave --beam"),
-                                   (SearchOptions(groups=2), 3, "must divide --beam"),
-                                   (SearchOptions(diversity=0.5), 3, "add --groups"), (None, 0, "--beam")]:
-        with pytest.raises(ValueError, match=message):
-            search(d, features, vocab, beam, 8, options=options)
+    with pytest.raises(ValueError, match="needs the search's max_len"):  # the model's fills it in
+        search(d, features, vocab, Search())

@@ -14,13 +14,12 @@ from captioner.inference import Captioner, load, load_ensemble
 from captioner.models.captioner import ModelConfig
 from captioner.models.ensemble import Ensemble
 from captioner.models.families import DECODERS, create_decoder
-from captioner.search_options import SearchOptions
+from captioner.search import Search
 
 VOCAB, FEATURES = 10, 6
 WORDS = Vocabulary([*SPECIALS, *(f"w{i}" for i in range(VOCAB - len(SPECIALS)))])  # no bad endings among them
-SEARCHES = [dict(beam=1), dict(beam=3, length_penalty=1.0), dict(beam=4, options=SearchOptions(groups=2, diversity=2)),
-            dict(beam=3, options=SearchOptions(block_ngram=2)),
-            dict(options=SearchOptions(sample=True, n=3, seed=0, temperature=0.7))]
+SEARCHES = [dict(beam=1), dict(beam=3, length_penalty=1.0), dict(beam=4, groups=2, diversity=2),
+            dict(beam=3, block_ngram=2), dict(sample=True, n=3, seed=0, temperature=0.7)]
 
 
 def decoder(family: str, seed: int = 0) -> torch.nn.Module:
@@ -33,7 +32,7 @@ def decoder(family: str, seed: int = 0) -> torch.nn.Module:
 
 
 def found(d: torch.nn.Module, features: torch.Tensor, **kw) -> list[list[tuple[list[int], float, float]]]:
-    return [[(h.ids, h.score, h.log_prob) for h in row] for row in search(d, features, WORDS, max_len=7, **kw)]
+    return [[(h.ids, h.score, h.log_prob) for h in row] for row in search(d, features, WORDS, Search(max_len=7, **kw))]
 
 
 @pytest.mark.parametrize("family", DECODERS)
@@ -86,10 +85,10 @@ def test_loading_an_ensemble_checks_the_vocabulary_and_the_encoder(tmp_path) -> 
 
 
 @pytest.mark.parametrize("family", DECODERS)
-@pytest.mark.parametrize("kw", SEARCHES + [dict(beam=3, options=SearchOptions(bad_endings=True, block_ngram=3))])
+@pytest.mark.parametrize("kw", SEARCHES + [dict(beam=3, bad_endings=True, block_ngram=3)])
 def test_word_log_probabilities_add_up_to_the_searched_log_probability(family: str, kw: dict) -> None:
     d, features = decoder(family), torch.randn(4, 4, FEATURES)
-    rows = search(d, features, WORDS, max_len=5, **kw)
+    rows = search(d, features, WORDS, Search(max_len=5, **kw))
     per_word = word_log_probs(d, features, [[h.ids for h in row] for row in rows], 5)
     for row, values in zip(rows, per_word, strict=True):
         assert len(values) == len(row)
@@ -106,7 +105,7 @@ def test_the_onnx_runners_word_log_probabilities_mirror_decodes() -> None:
     from captioner import onnx_runner
 
     d, features = decoder("attention"), torch.randn(3, 4, FEATURES)
-    captions = [[h.ids for h in row] for row in search(d, features, WORDS, beam=3, max_len=5)]
+    captions = [[h.ids for h in row] for row in search(d, features, WORDS, Search(beam=3, max_len=5))]
     with torch.no_grad():
         state = [s.numpy() for s in d.start(features)]
     got = onnx_runner.word_log_probs(numpy_step(d), state, captions, 5)

@@ -26,7 +26,7 @@ from captioner.inference import Captioner  # noqa: E402
 from captioner.models.captioner import ModelConfig  # noqa: E402
 from captioner.models.families import DECODERS  # noqa: E402
 from captioner.onnx_runner import load_onnx, preprocess  # noqa: E402
-from captioner.search_options import SearchOptions  # noqa: E402
+from captioner.search import Search  # noqa: E402
 from captioner.serve.app import create_app  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,16 +110,15 @@ def test_features_and_step_log_probs_agree(exported: tuple[Captioner, Path], ima
 
 
 @pytest.mark.parametrize(("beam", "length_penalty", "options"), [
-    (1, 0.0, None), (3, 0.0, None), (3, 2.0, None), (1, 0.0, SearchOptions(block_ngram=2)),
-    (1, 0.0, SearchOptions(bad_endings=True)), (3, 1.0, SearchOptions(block_ngram=3, bad_endings=True)),
-    (1, 0.0, SearchOptions(sample=True, n=3, seed=0, temperature=0.8, top_k=5, top_p=0.9)),
-    (1, 0.0, SearchOptions(sample=True, n=2, seed=1, block_ngram=1, bad_endings=True)),
-    (4, 2.0, SearchOptions(groups=2, diversity=2.0))])
+    (1, 0.0, {}), (3, 0.0, {}), (3, 2.0, {}), (1, 0.0, dict(block_ngram=2)), (1, 0.0, dict(bad_endings=True)),
+    (3, 1.0, dict(block_ngram=3, bad_endings=True)), (1, 0.0, dict(sample=True, n=3, seed=0, temperature=0.8, top_k=5,
+                                                                   top_p=0.9)),
+    (1, 0.0, dict(sample=True, n=2, seed=1, block_ngram=1, bad_endings=True)), (4, 2.0, dict(groups=2, diversity=2.0))])
 def test_onnx_captions_equal_pytorch_captions(exported: tuple[Captioner, Path], images: list[Image.Image],
-                                              beam: int, length_penalty: float, options: SearchOptions | None) -> None:
-    model, folder = exported
-    expected = model.caption(images, beam, length_penalty=length_penalty, options=options)
-    got = load_onnx(folder).caption(images, beam, batch_size=4, length_penalty=length_penalty, options=options)
+                                              beam: int, length_penalty: float, options: dict) -> None:
+    model, folder, search = *exported, Search(beam, length_penalty=length_penalty, **options)
+    expected = model.caption(images, search)
+    got = load_onnx(folder).caption(images, search, batch_size=4)
     assert [[c.text for c in row] for row in got] == [[c.text for c in row] for row in expected]
     for field in ("score", "log_prob"):
         assert [getattr(c, field) for row in got for c in row] == pytest.approx(
@@ -127,7 +126,8 @@ def test_onnx_captions_equal_pytorch_captions(exported: tuple[Captioner, Path], 
     texts = [c.text for row in expected for c in row]
     assert len(set(texts)) > 1 and all(texts)  # the captions depend on the image; none is empty
     if options:  # each option changes some captions of these images
-        assert texts != [c.text for row in model.caption(images, beam, length_penalty=length_penalty) for c in row]
+        assert texts != [c.text for row in model.caption(images, Search(beam, length_penalty=length_penalty))
+                         for c in row]
     if (beam == 1 or length_penalty) and not options:  # (the best raw beam scores are one word with random weights)
         assert all(len(t.split()) >= 3 for t in texts)
     for row_got, row_expected in zip(got, expected, strict=True):
@@ -154,12 +154,13 @@ def test_the_runner_needs_no_torch(exported: tuple[Captioner, Path], images: lis
               "sys.modules['torch'] = None  # any import of torch now fails\n"
               "from captioner.onnx_runner import load_onnx\n"
               "from captioner.data.rgb import load_rgb\n"
-              f"rows = load_onnx({str(folder)!r}).caption([load_rgb(p) for p in {paths!r}], beam=2)\n"
+              "from captioner.search import Search\n"
+              f"rows = load_onnx({str(folder)!r}).caption([load_rgb(p) for p in {paths!r}], Search(beam=2))\n"
               "print(json.dumps([[c.text for c in row] for row in rows]))\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
                           env={"PYTHONPATH": str(ROOT / "src"), "PATH": ""})
     assert done.returncode == 0, done.stderr[-2000:]
-    expected = model.caption([load_rgb(p) for p in paths], beam=2)
+    expected = model.caption([load_rgb(p) for p in paths], Search(beam=2))
     assert json.loads(done.stdout) == [[c.text for c in row] for row in expected]
 
 

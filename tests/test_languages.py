@@ -6,6 +6,7 @@ import json
 import unicodedata
 import warnings
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from captioner.evaluate import metric_note, score_captions
 from captioner.inference import Captioner, load
 from captioner.models.captioner import ModelConfig
 from captioner.rewards import reference_ids
-from captioner.serve.app import create_app
+from captioner.serve.app import DEFAULT, create_app
 
 ZH, CHARS, DE = get_tokenizer("zh"), get_tokenizer("zh", "char"), get_tokenizer("de")
 HANZI = "一个穿着泳装的女人躺在海水里对恋人公园河边拥抱马场小女孩牵着匹火堆旁狗草地上玩耍跑男孩红色衣服"
@@ -159,7 +160,7 @@ def test_the_api_returns_chinese_text_in_utf8(tmp_path: Path) -> None:
     with torch.no_grad():
         model.decoder.out.bias[END] = -1e4  # random weights that never end: max_len words
         model.decoder.out.bias[START] = model.decoder.out.bias[UNK] = -1e4
-    with TestClient(create_app(model.save(tmp_path / "zh"), max_len=5)) as client:
+    with TestClient(create_app(model.save(tmp_path / "zh"), replace(DEFAULT, max_len=5))) as client:
         r = client.post("/v1/captions", files=[("files", ("a.png", image_bytes("PNG"), "image/png"))])
         info = client.get("/v1/model").json()
     assert r.status_code == 200 and info["language"] == "Chinese (zh), jieba words"

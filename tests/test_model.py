@@ -22,6 +22,7 @@ from captioner.models.decoder import ShowTell, caption_loss
 from captioner.models.encoder import Encoder
 from captioner.models.families import DECODERS, create_decoder
 from captioner.models.families import FAMILIES as REGISTRY
+from captioner.search import Search
 
 CAPTIONS = ["a red circle on the left", "a blue square above a green triangle", "a small red square on the right"]
 FAMILIES = DECODERS
@@ -275,7 +276,7 @@ def test_sampling_is_batched_and_never_emits_specials() -> None:
 def test_caption_text_has_no_special_tokens_and_attention_has_a_map_per_word(vocab: Vocabulary, family: str) -> None:
     model = tiny(vocab, family)
     images = [Image.new("L", (40, 30), 128), Image.new("RGBA", (30, 50), (255, 0, 0, 0)), Image.new("CMYK", (32, 32))]
-    for hyps in model.caption(images, beam=3):
+    for hyps in model.caption(images, Search(beam=3)):
         for c in hyps:
             assert "<" not in c.text and c.score <= 0
     for (c,) in model.caption(images):
@@ -294,8 +295,8 @@ def test_artifact_round_trip_gives_identical_captions(vocab: Vocabulary, family:
     again = load(folder)
     assert again.config.decoder == family and type(again.decoder) is type(model.decoder)
     features = torch.randn(2, 4, 512)
-    assert [[(c.text, c.score) for c in row] for row in model.generate(features, beam=2)] == \
-           [[(c.text, c.score) for c in row] for row in again.generate(features, beam=2)]
+    assert [[(c.text, c.score) for c in row] for row in model.generate(features, Search(beam=2))] == \
+           [[(c.text, c.score) for c in row] for row in again.generate(features, Search(beam=2))]
 
 
 def test_the_attention_score_is_saved_and_a_config_without_it_is_additive(vocab: Vocabulary, tmp_path) -> None:

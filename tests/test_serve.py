@@ -11,6 +11,7 @@ import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from io import BytesIO
 from pathlib import Path
 from types import SimpleNamespace
@@ -28,9 +29,10 @@ from test_images import MALFORMED_EXIF, halves_jpeg
 from captioner.data.vocab import END, Vocabulary
 from captioner.inference import Captioner, load
 from captioner.models.captioner import ModelConfig
+from captioner.search import Search
 from captioner.serve import app as serve_app
 from captioner.serve import batcher as serve_batcher
-from captioner.serve.app import create_app, running
+from captioner.serve.app import DEFAULT, create_app, running
 
 T = TypeVar("T")
 
@@ -168,7 +170,7 @@ def test_search_options_in_the_query(model_dir: Path, tmp_path: Path) -> None:
     with torch.no_grad():
         wordy.decoder.out.bias[END] = -1e4  # never ends: 8 words of random weights, which repeat
     photo = ("a.png", image_bytes("PNG"))
-    with TestClient(create_app(wordy.save(tmp_path / "wordy"), max_len=8)) as client:
+    with TestClient(create_app(wordy.save(tmp_path / "wordy"), replace(DEFAULT, max_len=8))) as client:
         for params, repeated in (({}, True), (dict(block_ngram=1, bad_endings="true"), False)):
             status, body = post(client, photo, beam=3, **params)
             assert status == 200, body
@@ -189,7 +191,7 @@ def test_the_apps_beam_requests_are_length_normalised_by_default(model_dir: Path
     wordy = load(model_dir)
     with torch.no_grad():
         wordy.decoder.out.bias[END] = -1e4  # never ends: 5-word captions
-    with TestClient(create_app(wordy.save(tmp_path / "wordy"), max_len=5)) as client:
+    with TestClient(create_app(wordy.save(tmp_path / "wordy"), replace(DEFAULT, max_len=5))) as client:
         status, body = post(client, ("photo.jpg", image_bytes()), beam=3)
     assert status == 200, body
     captions = body["results"][0]["captions"]
@@ -224,7 +226,7 @@ def test_model_without_metrics(model_dir: Path, tmp_path: Path) -> None:
     bare.mkdir()
     for f in ("model.safetensors", "config.json", "vocab.json"):
         (bare / f).write_bytes((model_dir / f).read_bytes())
-    with TestClient(create_app(bare, beam=2)) as c:
+    with TestClient(create_app(bare, Search(beam=2))) as c:
         info = c.get("/v1/model").json()
     assert info["metrics"] is None and info["beam"] == 2
 
@@ -284,9 +286,9 @@ def test_uploads_are_decoded_and_upright_before_they_join_a_batch(client: TestCl
     model, seen = client.app.state.model, []
     caption = model.caption
 
-    def record(images: list[Image.Image], beam: int = 1, **kw: int) -> list:
+    def record(images: list[Image.Image], search: Search = DEFAULT, **kw: int) -> list:
         seen.extend((im.size, im.mode) for im in images)
-        return caption(images, beam, **kw)
+        return caption(images, search, **kw)
 
     monkeypatch.setattr(model, "caption", record)
     exif = Image.Exif()
@@ -365,10 +367,10 @@ def _count_calls(model: Captioner, monkeypatch: pytest.MonkeyPatch) -> list[tupl
     calls: list[tuple[int, int]] = []
     caption = model.caption
 
-    def counted(images: list, beam: int = 1, **kw: int) -> list:
-        calls.append((len(images), beam))
+    def counted(images: list, search: Search = DEFAULT, **kw: int) -> list:
+        calls.append((len(images), search.beam))
         time.sleep(0.1)
-        return caption(images, beam, **kw)
+        return caption(images, search, **kw)
 
     monkeypatch.setattr(model, "caption", counted)
     return calls
@@ -427,11 +429,11 @@ def test_batcher_survives_unexpected_error(model_dir: Path, monkeypatch: pytest.
                                            caplog: pytest.LogCaptureFixture) -> None:
     real_run, calls = serve_batcher.Batcher._run, []
 
-    async def buggy(self: serve_batcher.Batcher, jobs: list, beam: int) -> None:
+    async def buggy(self: serve_batcher.Batcher, jobs: list, search: Search) -> None:
         calls.append(len(jobs))
         if len(calls) == 1:
             raise RuntimeError("a bug in the batcher")
-        await real_run(self, jobs, beam)
+        await real_run(self, jobs, search)
 
     monkeypatch.setattr(serve_batcher.Batcher, "_run", buggy)
     with caplog.at_level("ERROR", "captioner.serve"):
@@ -443,9 +445,9 @@ def test_large_jpeg_is_decoded_reduced(client: TestClient, monkeypatch: pytest.M
     model, sizes = client.app.state.model, []
     caption = model.caption
 
-    def record(images: list[Image.Image], beam: int = 1, **kw: int) -> list:
+    def record(images: list[Image.Image], search: Search = DEFAULT, **kw: int) -> list:
         sizes.extend(im.size for im in images)
-        return caption(images, beam, **kw)
+        return caption(images, search, **kw)
 
     monkeypatch.setattr(model, "caption", record)
     big = BytesIO()
@@ -463,12 +465,12 @@ def _hold_first_call(model: Captioner, monkeypatch: pytest.MonkeyPatch) -> tuple
     calls, entered, release = [], threading.Event(), threading.Event()
     caption = model.caption
 
-    def held(images: list, beam: int = 1, **kw: int) -> list:
+    def held(images: list, search: Search = DEFAULT, **kw: int) -> list:
         calls.append(len(images))
         if len(calls) == 1:
             entered.set()
             release.wait(10)
-        return caption(images, beam, **kw)
+        return caption(images, search, **kw)
 
     monkeypatch.setattr(model, "caption", held)
     return calls, entered, release
@@ -514,9 +516,9 @@ def test_overload_is_shed_with_bounded_memory(model_dir: Path, monkeypatch: pyte
     app = create_app(model_dir, max_queue=16, max_pixels=4_000_000, request_timeout_s=10, queue_wait_s=0)
     caption = app.state.model.caption
 
-    def slow(images: list, beam: int = 1, **kw: int) -> list:
+    def slow(images: list, search: Search = DEFAULT, **kw: int) -> list:
         time.sleep(0.2)
-        return caption(images, beam, **kw)
+        return caption(images, search, **kw)
 
     monkeypatch.setattr(app.state.model, "caption", slow)
     clients, data = 64, blank_png((2000, 1500))  # a few kB that decode to 3 MB

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from captioner.cli import app
 from captioner.features import fingerprint
 from captioner.models.encoder import Encoder
+from captioner.search import Search
 
 VIT, CONVNEXT = "timm:vit_tiny_patch16_224", "timm:convnext_atto"
 runner = CliRunner()
@@ -76,8 +77,8 @@ def test_a_timm_model_trains_captions_and_exports_to_onnx_with_the_same_captions
     from PIL import Image
 
     pictures = [Image.open(p) for p in images]
-    expected = [c.text for row in load(run, "cpu").caption(pictures, beam=2) for c in row]
-    got = [c.text for row in load_onnx(tmp_path / "onnx").caption(pictures, beam=2) for c in row]
+    expected = [c.text for row in load(run, "cpu").caption(pictures, Search(beam=2)) for c in row]
+    got = [c.text for row in load_onnx(tmp_path / "onnx").caption(pictures, Search(beam=2)) for c in row]
     assert got == expected and all(expected)
     preprocess = json.loads((tmp_path / "onnx" / "preprocess.json").read_text())
     assert preprocess["image_size"] == config["image_size"]

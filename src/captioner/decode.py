@@ -1,5 +1,5 @@
 """Caption search on the decoder interface (start / step), for every model family: greedy, beam (and diverse beam),
-sampling; ``search`` picks one from SearchOptions.
+sampling; ``search`` picks one as a Search asks (its settings checked there).
 
 Conventions shared by all: a caption has at least one word and at most ``max_len`` tokens; its log-probability
 counts the words it returns plus <end> when <end> was produced (a caption cut at ``max_len`` has no <end>); its
@@ -21,7 +21,7 @@ from captioner.data.endings import bad_ending_ids
 from captioner.data.vocab import END, PAD, START, UNK, Vocabulary
 from captioner.hypotheses import Ended, Hypothesis, per_image, scored_rows, until_end
 from captioner.models.decoder import State
-from captioner.search_options import SearchOptions
+from captioner.search import Search
 
 NEVER = (PAD, START, UNK)  # tokens no search ever generates; nor <end> first: a caption has a word
 
@@ -40,8 +40,6 @@ class _Step:
 
     def __init__(self, decoder: Decoder, device: torch.device, max_len: int, block_ngram: int = 0,
                  bad_endings: Sequence[int] | None = None) -> None:
-        if block_ngram < 0:
-            raise ValueError(f"block_ngram must be >= 0 (0: off), got {block_ngram}")
         self.decoder, self.max_len, self.block = decoder, max_len, block_ngram
         self.never, self.never_first = torch.tensor(NEVER, device=device), torch.tensor((*NEVER, END), device=device)
         self.bad = torch.tensor(sorted(set(bad_endings)), device=device) if bad_endings else None
@@ -80,18 +78,18 @@ def _reorder(state: State, rows: torch.Tensor) -> State:
 
 
 @torch.inference_mode()
-def search(decoder: Decoder, features: torch.Tensor, vocab: Vocabulary, beam: int = 1, max_len: int = 20,
-           length_penalty: float = 0.0, options: SearchOptions | None = None) -> list[list[Hypothesis]]:
-    """Each image's captions, best first, as ``beam`` and ``options`` ask: greedy, beam, diverse beam or sampling."""
-    o = options or SearchOptions()
-    o.check(beam)
-    rules = dict(block_ngram=o.block_ngram, bad_endings=bad_ending_ids(vocab) if o.bad_endings else None)
-    if o.sample:
-        return sample_captions(decoder, features, o.n, max_len, o.temperature, o.top_k, o.top_p, o.seed, **rules)
-    if beam == 1:
-        return [[h] for h in greedy(decoder, features, max_len, **rules)]
-    return beam_search(decoder, features, beam, max_len, length_penalty, **rules, groups=o.groups,
-                       diversity=o.diversity)
+def search(decoder: Decoder, features: torch.Tensor, vocab: Vocabulary, s: Search) -> list[list[Hypothesis]]:
+    """Each image's captions, best first, as ``s`` asks (its max_len set: Search.resolved): greedy, beam, diverse
+    beam or sampling."""
+    if s.max_len is None:
+        raise ValueError("decode.search needs the search's max_len: Search.resolved(the model's max_len)")
+    rules = dict(block_ngram=s.block_ngram, bad_endings=bad_ending_ids(vocab) if s.bad_endings else None)
+    if s.sample:
+        return sample_captions(decoder, features, s.n, s.max_len, s.temperature, s.top_k, s.top_p, s.seed, **rules)
+    if s.beam == 1:
+        return [[h] for h in greedy(decoder, features, s.max_len, **rules)]
+    return beam_search(decoder, features, s.beam, s.max_len, s.length_penalty, **rules, groups=s.groups,
+                       diversity=s.diversity)
 
 
 @torch.inference_mode()
@@ -135,10 +133,8 @@ def beam_search(decoder: Decoder, features: torch.Tensor, beam: int = 3, max_len
     With ``groups`` G > 1, diverse beam search (Vijayakumar et al. 2018): G groups of beam / G beams, each a beam
     search of its own whose choice at a step is penalised by ``diversity`` for each earlier group's beam that chose
     the same word at that step (Hamming diversity); scores stay log-probabilities; a caption two groups found is
-    returned once.
+    returned once. The settings are as a Search checks them (``groups`` divides ``beam``).
     """
-    if beam < 1 or groups < 1 or beam % groups:
-        raise ValueError(f"beam size must be >= 1 and a multiple of groups, got beam {beam}, groups {groups}")
     n, k, kg, device = features.size(0), beam, beam // groups, features.device
     step = _Step(decoder, device, max_len, block_ngram, bad_endings)
     state = _reorder(decoder.start(features), torch.arange(n, device=device).repeat_interleave(k))
@@ -249,9 +245,6 @@ def sample_captions(decoder: Decoder, features: torch.Tensor, n: int = 5, max_le
 def _sample(decoder: Decoder, features: torch.Tensor, n: int, max_len: int, temperature: float, top_k: int,
             top_p: float, seed: int | None, block_ngram: int,
             bad_endings: Sequence[int] | None) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor | None]]:
-    if n < 1 or temperature <= 0 or top_k < 0 or not 0 < top_p <= 1:
-        raise ValueError(f"sampling needs n >= 1, temperature > 0, top_k >= 0 and 0 < top_p <= 1, got n {n}, "
-                         f"temperature {temperature}, top_k {top_k}, top_p {top_p}")
     device = features.device
     step, state = _Step(decoder, device, max_len, block_ngram, bad_endings), decoder.start(features)
     rows = torch.arange(features.size(0), device=device).repeat_interleave(n)

@@ -7,14 +7,14 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from captioner import decode
 from captioner.data.images import eval_transform, to_rgb
 from captioner.data.vocab import Vocabulary
-from captioner.decode import search, word_log_probs
 from captioner.hypotheses import Caption, captions
 from captioner.models.captioner import CaptionModel, ModelConfig, load_state, read_artifact, save_artifact
 from captioner.models.ensemble import Ensemble
 from captioner.precision import autocast, resolve
-from captioner.search_options import SearchOptions
+from captioner.search import DEFAULT, Search
 
 
 class Captioner(CaptionModel):
@@ -28,24 +28,20 @@ class Captioner(CaptionModel):
         self.precision = "fp32"  # the encoder pass's on images: "bf16" autocasts it (load(precision=...))
 
     @torch.inference_mode()
-    def generate(self, features: torch.Tensor, beam: int = 1, max_len: int | None = None,
-                 length_penalty: float = 0.0, options: SearchOptions | None = None,
+    def generate(self, features: torch.Tensor, search: Search = DEFAULT,
                  word_scores: bool = False) -> list[list[Caption]]:
-        """Captions of grid features [B, N, C] (or images): per image a best-first list (``options``: decode.search);
+        """Captions of grid features [B, N, C] (or images): per image a best-first list, as ``search`` asks;
         ``word_scores``: with each caption's tokens and their log-probabilities."""
         with autocast(self.precision, features.device):
             features, g = self.features(features).float(), self.config.grid
-        max_len = self.config.max_len if max_len is None else max_len
-        if max_len < 1:
-            raise ValueError(f"max_len must be >= 1 tokens, got {max_len}")
-        rows = search(self.decoder, features, self.vocab, beam, max_len, length_penalty, options)
-        per_word = word_log_probs(self.decoder, features, [[h.ids for h in row] for row in rows], max_len) \
+        s = search.resolved(self.config.max_len)
+        rows = decode.search(self.decoder, features, self.vocab, s)
+        per_word = decode.word_log_probs(self.decoder, features, [[h.ids for h in row] for row in rows], s.max_len) \
             if word_scores else None
         return captions(self.vocab, rows, per_word, lambda maps: maps.view(-1, g, g).cpu())
 
     @torch.inference_mode()
-    def caption(self, images: Sequence[Image.Image], beam: int = 1, batch_size: int = 32, max_len: int | None = None,
-                length_penalty: float = 0.0, options: SearchOptions | None = None,
+    def caption(self, images: Sequence[Image.Image], search: Search = DEFAULT, batch_size: int = 32,
                 word_scores: bool = False) -> list[list[Caption]]:
         """Caption PIL images with the eval preprocessing (resize, centre crop, normalise)."""
         self.eval()
@@ -54,7 +50,7 @@ class Captioner(CaptionModel):
         out: list[list[Caption]] = []
         for start in range(0, len(images), batch_size):
             x = torch.stack([transform(to_rgb(im)) for im in images[start:start + batch_size]]).to(device)
-            out += self.generate(x, beam, max_len, length_penalty, options, word_scores)
+            out += self.generate(x, search, word_scores)
         return out
 
     def save(self, folder: str | Path) -> Path:

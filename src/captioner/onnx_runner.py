@@ -1,5 +1,5 @@
 """Caption with the ONNX graphs of ``captioner export --onnx`` on onnxruntime, without torch: ``load_onnx(folder)``
-gives a model with inference.Captioner's ``caption(images, beam, ...)``, ``config`` and ``vocab``.
+gives a model with inference.Captioner's ``caption(images, search, ...)``, ``config`` and ``vocab``.
 
 Greedy, beam (and diverse beam) search and sampling are written again here in numpy, because torch is absent; what
 needs no arrays is shared with decode.py (hypotheses.py: the beam's kept captions, its stopping rule and read-back,
@@ -25,7 +25,7 @@ from captioner.data.vocab import END, PAD, START, UNK, Vocabulary
 from captioner.hypotheses import Caption, Ended, Hypothesis, captions, per_image, scored_rows, until_end
 from captioner.io import read_json
 from captioner.models.config import ModelConfig
-from captioner.search_options import SearchOptions
+from captioner.search import DEFAULT, Search
 
 NEVER = [PAD, START, UNK]  # tokens no search ever generates, nor <end> after <start> (decode.NEVER)
 FILES = ("encoder.onnx", "start.onnx", "step.onnx", "config.json", "vocab.json", "preprocess.json")
@@ -51,8 +51,6 @@ class Rules:
     ``block_ngram`` and ``bad_endings`` (decode's module docstring)."""
 
     def __init__(self, max_len: int, block_ngram: int = 0, bad_endings: Sequence[int] | None = None) -> None:
-        if block_ngram < 0:
-            raise ValueError(f"block_ngram must be >= 0 (0: off), got {block_ngram}")
         self.max_len, self.block = max_len, block_ngram
         self.bad = np.array(sorted(set(bad_endings)), np.int64) if bad_endings else None
 
@@ -77,6 +75,18 @@ def repeats(words: np.ndarray, n: int, vocab: int) -> np.ndarray:
     rows, cols = np.nonzero(seen)
     out[rows, grams[rows, cols, -1]] = True
     return out
+
+
+def hypotheses(step: Step, state: State, replaced: list[int], images: int, vocab: Vocabulary,
+               s: Search) -> list[list[Hypothesis]]:
+    """decode.search: each image's captions, best first, as ``s`` asks (its max_len set)."""
+    rules = dict(block_ngram=s.block_ngram, bad_endings=bad_ending_ids(vocab) if s.bad_endings else None)
+    if s.sample:
+        return sample(step, state, images, s.n, s.max_len, s.temperature, s.top_k, s.top_p, s.seed, **rules)
+    if s.beam == 1:
+        return [[h] for h in greedy(step, state, images, s.max_len, **rules)]
+    return beam_search(step, state, replaced, images, s.beam, s.max_len, s.length_penalty, **rules, groups=s.groups,
+                       diversity=s.diversity)
 
 
 def greedy(step: Step, state: State, n: int, max_len: int, block_ngram: int = 0,
@@ -268,28 +278,18 @@ class OnnxCaptioner:
         log_probs[tokens == START, END] = -np.inf
         return log_probs, state, out[-1] if self.attention else None
 
-    def caption(self, images: Sequence[Image.Image], beam: int = 1, batch_size: int = 32, max_len: int | None = None,
-                length_penalty: float = 0.0, options: SearchOptions | None = None,
+    def caption(self, images: Sequence[Image.Image], search: Search = DEFAULT, batch_size: int = 32,
                 word_scores: bool = False) -> list[list[Caption]]:
         """Caption PIL images (as inference.Captioner.caption): per image a best-first list."""
-        o = options or SearchOptions()
-        o.check(beam)
-        p, g, max_len = self.preprocess, self.config.grid, max_len or self.config.max_len
-        rules = dict(block_ngram=o.block_ngram, bad_endings=bad_ending_ids(self.vocab) if o.bad_endings else None)
+        p, g, s = self.preprocess, self.config.grid, search.resolved(self.config.max_len)
         out: list[list[Caption]] = []
         for first in range(0, len(images), batch_size):
             x = np.stack([preprocess(im, p["image_size"], p["mean"], p["std"])
                           for im in images[first:first + batch_size]])
             features = self.encoder.run(None, {"images": x})[0]
             state = self.start.run(None, {"features": features})
-            if o.sample:
-                rows = sample(self.step, state, len(x), o.n, max_len, o.temperature, o.top_k, o.top_p, o.seed, **rules)
-            elif beam == 1:
-                rows = [[h] for h in greedy(self.step, state, len(x), max_len, **rules)]
-            else:
-                rows = beam_search(self.step, state, self.replaced, len(x), beam, max_len, length_penalty, **rules,
-                                   groups=o.groups, diversity=o.diversity)
-            per_word = word_log_probs(self.step, state, [[h.ids for h in row] for row in rows], max_len) \
+            rows = hypotheses(self.step, state, self.replaced, len(x), self.vocab, s)
+            per_word = word_log_probs(self.step, state, [[h.ids for h in row] for row in rows], s.max_len) \
                 if word_scores else None
             out += captions(self.vocab, rows, per_word, lambda maps: maps.reshape(-1, g, g))
         return out

@@ -92,12 +92,11 @@ def run_photo_demo(data: str | Path, images: str | Path | None = None, out: str 
     texts = {}
     for name, model in models.items():
         for label, search in (("greedy", recipe.GREEDY), ("beam 3", recipe.SEARCH)):
-            caps = caption_features(model, features, rows, progress=False, **recipe.search_kwargs(search))
+            caps = caption_features(model, features, rows, search, progress=False)
             texts[f"{name}, {label}"] = [c.text for c in caps]
     blind = np.zeros((1, *features.shape[1:]), dtype=np.float32)
     texts["blind (same input for every image)"] = [c.text for c in caption_features(
-        models[families[0]], blind, np.zeros(len(records), dtype=int), progress=False,
-        **recipe.search_kwargs(recipe.GREEDY))]
+        models[families[0]], blind, np.zeros(len(records), dtype=int), recipe.GREEDY, progress=False)]
     words = models[families[0]].vocab.tokenizer
     columns = score_columns({label: dict(zip(refs, caps, strict=True)) for label, caps in texts.items()}, refs, print,
                             words)
@@ -119,7 +118,7 @@ def run_photo_demo(data: str | Path, images: str | Path | None = None, out: str 
         from captioner.data.images import load_rgb
 
         sample = [load_rgb(r.path) for r in records[:6]]
-        maps = models[attention].caption(sample, **recipe.search_kwargs(recipe.SEARCH))
+        maps = models[attention].caption(sample, recipe.SEARCH)
         pictures.append(attention_maps(sample, [c[0] for c in maps], out / f"attention_{split}.png"))
     phases["total"] = time.perf_counter() - start
     summary = {"split": split, "language": words.describe(), "metrics": columns, "diagnostics": diagnostics,

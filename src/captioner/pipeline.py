@@ -16,16 +16,15 @@ from captioner.inference import load, load_ensemble
 from captioner.io import read_csv, write_json
 from captioner.model_card import write_card
 from captioner.predict import caption_features, record_features
-from captioner.search_options import SearchOptions
+from captioner.search import DEFAULT, Search
 
 
 def evaluate_split(model_dir: str | Path | Sequence[str | Path], data: str | Path, split: str = "test",
-                   images: str | Path | None = None, beam: int = 1, out: str | Path | None = None, java: bool = True,
-                   spice: bool = False, cache_dir: str | Path | None = None, max_len: int | None = None,
-                   length_penalty: float = 0.0, int8: bool = False,
-                   options: SearchOptions | None = None, precision: str = "fp32") -> dict[str, float]:
-    """Decode a split, write results_<split>.json and metrics_<split>.json, print the table (0-100); ``int8``
-    decodes with int8 copies of the decoder's weights (``--runtime int8``); ``options``: decode.search;
+                   images: str | Path | None = None, search: Search = DEFAULT, out: str | Path | None = None,
+                   java: bool = True, spice: bool = False, cache_dir: str | Path | None = None, int8: bool = False,
+                   precision: str = "fp32") -> dict[str, float]:
+    """Decode a split as ``search`` asks, write results_<split>.json and metrics_<split>.json, print the table
+    (0-100); ``int8`` decodes with int8 copies of the decoder's weights (``--runtime int8``);
     ``precision``: the encoder pass's (fp32, bf16, auto). Several
     model folders: their ensemble (inference.load_ensemble), whose files go to ``out`` (then required)."""
     folders = [model_dir] if isinstance(model_dir, str | Path) else list(model_dir)
@@ -38,8 +37,7 @@ def evaluate_split(model_dir: str | Path | Sequence[str | Path], data: str | Pat
         raise ValueError(f"{data}: no usable images in split {split!r}")
     features, ok = record_features(model, records, cache_dir)
     records = [r for r, good in zip(records, ok, strict=True) if good]
-    captions = caption_features(model, features, np.flatnonzero(ok), beam, max_len=max_len,
-                                length_penalty=length_penalty, options=options)
+    captions = caption_features(model, features, np.flatnonzero(ok), search)
     results = {r.image_id: c.text for r, c in zip(records, captions, strict=True)}
     words = model.vocab.tokenizer
     metrics = score_captions(results, {r.image_id: list(r.captions) for r in records}, java, spice, tokenizer=words)
@@ -50,9 +48,9 @@ def evaluate_split(model_dir: str | Path | Sequence[str | Path], data: str | Pat
     if len(folders) == 1 and out == Path(model_dir):  # the card's metrics table, with how they were measured
         flags = ["--images", str(images)] if images else []
         write_card(out, {split: shlex.join(["captioner", "evaluate", "--model", str(model_dir), "--data", str(data),
-                                            "--split", split, *flags, "--beam", str(beam), "--length-penalty",
-                                            str(length_penalty)]) + (f" (search {options})" if options else "")})
-    print(format_table({f"{' + '.join(Path(f).name for f in folders)} ({split}, beam {beam})": metrics}))
+                                            "--split", split, *flags, "--beam", str(search.beam),
+                                            "--length-penalty", str(search.length_penalty)]) + f" (search {search})"})
+    print(format_table({f"{' + '.join(Path(f).name for f in folders)} ({split}, beam {search.beam})": metrics}))
     if note := metric_note(words):
         print(f"note: {note}")
     print(f"results: {out / f'results_{split}.json'}\nmetrics: {out / f'metrics_{split}.json'}")
@@ -131,7 +129,8 @@ def run_demo(out: str | Path = "runs/demo", train_images: int = 4000, epochs: in
     for decoder, model in models.items():
         for beam in (1, 3):
             label = f"{decoder}, {'greedy' if beam == 1 else 'beam 3'}"
-            texts[label] = [c.text for c in caption_features(model, features, beam=beam, progress=False)]
+            texts[label] = [c.text for c in caption_features(model, features, search=Search(beam=beam),
+                                                             progress=False)]
     blind = np.zeros((1, *features.shape[1:]), dtype=np.float32)
     texts["blind (same input for every image)"] = [c.text for c in caption_features(
         models["show-tell"], blind, np.zeros(len(records), dtype=int), progress=False)]

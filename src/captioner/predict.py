@@ -18,7 +18,7 @@ from captioner.features import ImageViews, encode_images
 from captioner.hypotheses import Caption
 from captioner.inference import Captioner
 from captioner.precision import autocast
-from captioner.search_options import SearchOptions
+from captioner.search import DEFAULT, Search
 
 CHUNK = 8  # images decoded and captioned together by caption_files: its peak memory, whatever the number of files
 
@@ -43,24 +43,23 @@ def record_features(model: Captioner, records: list[ImageRecord], cache_dir: str
     return np.concatenate(out), np.concatenate(ok)
 
 
-def caption_features(model: Captioner, features: np.ndarray, rows: np.ndarray | None = None, beam: int = 1,
-                     batch_size: int = 64, max_len: int | None = None, length_penalty: float = 0.0,
-                     progress: bool = True, options: SearchOptions | None = None) -> list[Caption]:
+def caption_features(model: Captioner, features: np.ndarray, rows: np.ndarray | None = None,
+                     search: Search = DEFAULT, batch_size: int = 64, progress: bool = True) -> list[Caption]:
     """Best caption of each of ``rows`` (default all) of ``features``, decoded in batches read from disk."""
     rows = np.arange(len(features)) if rows is None else rows
     device = next(model.parameters()).device
     captions: list[Caption] = []
-    for start in tqdm(range(0, len(rows), batch_size), desc=f"decoding (beam {beam})", disable=not progress):
+    for start in tqdm(range(0, len(rows), batch_size), desc=f"decoding (beam {search.beam})", disable=not progress):
         x = torch.from_numpy(np.asarray(features[rows[start:start + batch_size]], dtype=np.float32)).to(device)
-        captions += [row[0] for row in model.generate(x, beam, max_len, length_penalty, options)]
+        captions += [row[0] for row in model.generate(x, search)]
     return captions
 
 
-def caption_files(model: Any, paths: Sequence[Path], beam: int = 1, chunk: int = CHUNK,
-                  **search: Any) -> Iterator[tuple[Path, Image.Image | None, list[Caption] | OSError]]:
-    """Per file, in order: its decoded image and its captions (best first), or the OSError that skipped it. Files are
-    decoded and captioned ``chunk`` at a time, so memory does not grow with their number; ``search`` goes to
-    ``model.caption`` (an image is used only until the next chunk is read: keep what you need of it)."""
+def caption_files(model: Any, paths: Sequence[Path], search: Search = DEFAULT, chunk: int = CHUNK,
+                  word_scores: bool = False) -> Iterator[tuple[Path, Image.Image | None, list[Caption] | OSError]]:
+    """Per file, in order: its decoded image and its captions (best first; ``word_scores``: model.caption's), or
+    the OSError that skipped it. Files are decoded and captioned ``chunk`` at a time, so memory does not grow with
+    their number (an image is used only until the next chunk is read: keep what you need of it)."""
     for start in range(0, len(paths), chunk):
         loaded: list[tuple[Path, Image.Image | OSError]] = []
         for path in paths[start:start + chunk]:
@@ -71,7 +70,7 @@ def caption_files(model: Any, paths: Sequence[Path], beam: int = 1, chunk: int =
             except OSError as e:
                 loaded.append((path, e))
         images = [im for _, im in loaded if isinstance(im, Image.Image)]
-        captions = iter(model.caption(images, beam, **search) if images else [])
+        captions = iter(model.caption(images, search, word_scores=word_scores) if images else [])
         for path, im in loaded:
             yield (path, None, im) if isinstance(im, OSError) else (path, im, next(captions))
         del loaded, images  # this chunk's images go before the next chunk is decoded

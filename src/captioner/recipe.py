@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from captioner.search_options import SearchOptions
+from captioner.search import Search
 
 # Lite2 at 260 px over Lite0 at 224 (Flickr8k dev, beam 3): BLEU-4 16.3 -> 16.9, METEOR 16.7 -> 17.4,
 # CIDEr 34.9 -> 36.6, distinct 40 -> 45%, for 2.2x the encoding time (greedy unchanged: CIDEr 33.1 / 32.7)
@@ -25,8 +25,8 @@ SCST = dict(epochs=1, batch_size=50, lr=5e-5, scst_samples=5)
 # A served model keeps this share of the most varied run's distinct val captions: SCST narrows them (Flickr8k-CN,
 # held-out: 62 -> 47% distinct, dev 40 -> 25%). Relative, since a small val set has more distinct captions.
 MIN_DISTINCT = 0.9
-GREEDY = dict(beam=1)
-SEARCH = dict(beam=3, length_penalty=1.0, block_ngram=3, bad_endings=True)  # caption, evaluate, serve defaults
+GREEDY = Search()
+SEARCH = Search(beam=3, length_penalty=1.0, block_ngram=3, bad_endings=True)  # caption, evaluate, serve defaults
 
 
 def xe(family: str) -> dict[str, dict[str, Any]]:
@@ -40,10 +40,3 @@ def scst(epochs: int) -> dict[str, Any]:
     """TrainConfig kwargs of the self-critical phase (constant learning rate)."""
     return dict(epochs=epochs, batch_size=SCST["batch_size"], lr=SCST["lr"], min_lr=SCST["lr"], scheduler="none",
                 scst_samples=SCST["scst_samples"], val_images=TRAIN["val_images"], threshold=TRAIN["threshold"])
-
-
-def search_kwargs(search: dict[str, Any]) -> dict[str, Any]:
-    """``caption_features``/``generate`` keyword arguments of a search setting (beam, penalty, SearchOptions)."""
-    return dict(beam=search["beam"], length_penalty=search.get("length_penalty", 0.0),
-                options=SearchOptions(block_ngram=search.get("block_ngram", 0),
-                                      bad_endings=search.get("bad_endings", False)))

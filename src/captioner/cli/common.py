@@ -10,7 +10,7 @@ import typer
 
 from captioner import recipe
 from captioner.models.families import DECODERS
-from captioner.search_options import SearchOptions
+from captioner.search import Search
 
 # rich_markup_mode=None: click's plain help, which wraps text but never cuts an option's name (rich's tables did)
 app = typer.Typer(help="Train, evaluate and serve CNN->LSTM image-captioning models (Show and Tell).",
@@ -39,7 +39,7 @@ def _fail(e: Exception) -> typer.Exit:
 
 MaxLenOpt = Annotated[int | None, typer.Option(min=1, help="Longest caption, in tokens (default: the model's "
                                                 "max_len)")]
-BeamOpt = Annotated[int | None, typer.Option(help=f"Beam width (1: greedy; default {recipe.SEARCH['beam']}, 1 with "
+BeamOpt = Annotated[int | None, typer.Option(help=f"Beam width (1: greedy; default {recipe.SEARCH.beam}, 1 with "
                                              "--sample)")]
 PenaltyOpt = Annotated[float, typer.Option(help="Beam length penalty alpha (GNMT): 0 raw log-probability, "
                                            "larger favours longer captions")]
@@ -65,13 +65,11 @@ DiversityOpt = Annotated[float, typer.Option(help="Diverse beam search: a group'
                                              "with the same word at that step")]
 
 
-def _options(beam: int | None, *flags: Any) -> tuple[int, SearchOptions]:
-    """The beam width (unset: the recipe's, 1 with --sample) and the search options from a command's flags (in
-    SearchOptions' field order), checked together."""
-    options = SearchOptions(*flags)
-    beam = beam if beam is not None else 1 if options.sample else recipe.SEARCH["beam"]
-    options.check(beam)
-    return beam, options
+def _search(beam: int | None, *flags: Any) -> Search:
+    """The search a command's flags ask for (after ``beam``, in Search's field order); unset, the beam width is the
+    recipe's, 1 with --sample."""
+    sample = flags[4]
+    return Search(beam if beam is not None else 1 if sample else recipe.SEARCH.beam, *flags)
 
 
 ModelsOpt = Annotated[list[Path], typer.Option("--model", help="Model folder (model.safetensors, config.json, "

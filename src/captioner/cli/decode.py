@@ -28,7 +28,7 @@ from captioner.cli.common import (
     TopKOpt,
     TopPOpt,
     _fail,
-    _options,
+    _search,
     app,
 )
 from captioner.cli.help import CAPTION_SECTIONS, EVALUATE_SECTIONS, sectioned
@@ -39,9 +39,9 @@ from captioner.models.families import FAMILIES, family
 def caption(model: ModelsOpt,
             images: Annotated[list[Path], typer.Argument(help="Image files, or folders: their images (not recursive)")],
             beam: BeamOpt = None,
-            max_len: MaxLenOpt = None, length_penalty: PenaltyOpt = recipe.SEARCH["length_penalty"],
-            block_ngram: BlockOpt = recipe.SEARCH["block_ngram"],
-            no_bad_endings: BadEndingsOpt = recipe.SEARCH["bad_endings"], sample: SampleOpt = False,
+            max_len: MaxLenOpt = None, length_penalty: PenaltyOpt = recipe.SEARCH.length_penalty,
+            block_ngram: BlockOpt = recipe.SEARCH.block_ngram,
+            no_bad_endings: BadEndingsOpt = recipe.SEARCH.bad_endings, sample: SampleOpt = False,
             temperature: TemperatureOpt = 1.0, top_k: TopKOpt = 0, top_p: TopPOpt = 1.0, n: NOpt = 1,
             seed: SeedOpt = None, groups: GroupsOpt = 1, diversity: DiversityOpt = 0.0,
             grid: Annotated[Path | None, typer.Option(help="Write a PNG grid of the images with captions")] = None,
@@ -64,12 +64,11 @@ def caption(model: ModelsOpt,
     from captioner.predict import caption_files
 
     try:
-        beam, options = _options(beam, block_ngram, no_bad_endings, sample, temperature, top_k, top_p, n, seed, groups,
-                                 diversity)
-        kept = options.n if options.sample else beam
-        if n_best > kept:
-            raise ValueError(f"--n-best {n_best}: the search keeps {kept} caption(s) per image; raise "
-                             f"{'--n' if options.sample else '--beam'} to at least {n_best}")
+        search = _search(beam, max_len, length_penalty, block_ngram, no_bad_endings, sample, temperature, top_k, top_p,
+                         n, seed, groups, diversity)
+        if n_best > search.kept:
+            raise ValueError(f"--n-best {n_best}: the search keeps {search.kept} caption(s) per image; raise "
+                             f"{'--n' if search.sample else '--beam'} to at least {n_best}")
         if len(model) > 1 and runtime == "onnx":
             raise ValueError("an ensemble (--model given twice or more) runs with --runtime torch or int8")
         m = load(str(model[0]), runtime=runtime, precision=precision) if len(model) == 1 else load_ensemble(
@@ -80,8 +79,7 @@ def caption(model: ModelsOpt,
             attending = ", ".join(name for name, f in FAMILIES.items() if f.attends)
             raise ValueError(f"--attention needs an attention model ({attending}); {model} is {m.config.decoder}")
         captioned, crops, skipped = [], [], 0  # crops: what --attention draws, 224 px (not the decoded photos)
-        for path, image, hyps in caption_files(m, _image_files(images), beam, max_len=max_len,
-                                               length_penalty=length_penalty, options=options, word_scores=json):
+        for path, image, hyps in caption_files(m, _image_files(images), search, word_scores=json):
             if isinstance(hyps, OSError):
                 typer.secho(f"skipped: {hyps}", fg="yellow", err=True)
                 if json:  # one line per image, as the API's result of a skipped file
@@ -137,9 +135,9 @@ def _image_files(paths: list[Path]) -> list[Path]:
 @app.command(cls=sectioned(EVALUATE_SECTIONS))
 def evaluate(model: ModelsOpt, data: DataArg, images: ImagesOpt = None,
              split: str = "test", beam: BeamOpt = None, max_len: MaxLenOpt = None,
-             length_penalty: PenaltyOpt = recipe.SEARCH["length_penalty"],
-             block_ngram: BlockOpt = recipe.SEARCH["block_ngram"],
-             no_bad_endings: BadEndingsOpt = recipe.SEARCH["bad_endings"], sample: SampleOpt = False,
+             length_penalty: PenaltyOpt = recipe.SEARCH.length_penalty,
+             block_ngram: BlockOpt = recipe.SEARCH.block_ngram,
+             no_bad_endings: BadEndingsOpt = recipe.SEARCH.bad_endings, sample: SampleOpt = False,
              temperature: TemperatureOpt = 1.0, top_k: TopKOpt = 0, top_p: TopPOpt = 1.0, n: NOpt = 1,
              seed: SeedOpt = None, groups: GroupsOpt = 1, diversity: DiversityOpt = 0.0,
              out: Annotated[Path | None, typer.Option(help="Where results/metrics JSON go (default: the model "
@@ -158,10 +156,10 @@ def evaluate(model: ModelsOpt, data: DataArg, images: ImagesOpt = None,
     try:
         if runtime not in ("torch", "int8"):
             raise ValueError(f"evaluate runs with --runtime torch or int8, not {runtime!r}")
-        beam, options = _options(beam, block_ngram, no_bad_endings, sample, temperature, top_k, top_p, n, seed, groups,
-                                 diversity)
-        evaluate_split(model, data, split, images, beam, out, java, spice, cache_dir, max_len, length_penalty,
-                       int8=runtime == "int8", options=options, precision=precision)
+        search = _search(beam, max_len, length_penalty, block_ngram, no_bad_endings, sample, temperature, top_k, top_p,
+                         n, seed, groups, diversity)
+        evaluate_split(model, data, split, images, search, out, java, spice, cache_dir, int8=runtime == "int8",
+                       precision=precision)
     except (OSError, ValueError, JavaMissingError) as e:
         raise _fail(e) from None
 

@@ -27,7 +27,7 @@ from captioner.cli.common import (
     TopKOpt,
     TopPOpt,
     _fail,
-    _options,
+    _search,
     app,
 )
 
@@ -36,9 +36,9 @@ from captioner.cli.common import (
 def serve(model: Annotated[Path, typer.Option(help="Model folder")],
           host: Annotated[str, typer.Option(help="Address to bind (loopback by default)")] = "127.0.0.1",
           port: int = 8000, beam: BeamOpt = None, max_len: MaxLenOpt = None,
-          length_penalty: PenaltyOpt = recipe.SEARCH["length_penalty"],
-          block_ngram: BlockOpt = recipe.SEARCH["block_ngram"],
-          no_bad_endings: BadEndingsOpt = recipe.SEARCH["bad_endings"], sample: SampleOpt = False,
+          length_penalty: PenaltyOpt = recipe.SEARCH.length_penalty,
+          block_ngram: BlockOpt = recipe.SEARCH.block_ngram,
+          no_bad_endings: BadEndingsOpt = recipe.SEARCH.bad_endings, sample: SampleOpt = False,
           temperature: TemperatureOpt = 1.0, top_k: TopKOpt = 0, top_p: TopPOpt = 1.0, n: NOpt = 1,
           seed: SeedOpt = None, groups: GroupsOpt = 1, diversity: DiversityOpt = 0.0,
           max_batch: Annotated[int, typer.Option(help="Most images in one model batch")] = 16,
@@ -57,11 +57,11 @@ def serve(model: Annotated[Path, typer.Option(help="Model folder")],
     from captioner.serve.app import serve as run
 
     try:
-        beam, options = _options(beam, block_ngram, no_bad_endings, sample, temperature, top_k, top_p, n, seed, groups,
-                                 diversity)
-        run(model, host=host, port=port, beam=beam, max_batch=max_batch, max_wait_ms=max_wait_ms,
-            max_queue=max_queue, request_timeout_s=timeout, max_request_pixels=max_request_pixels, max_len=max_len,
-            length_penalty=length_penalty, runtime=runtime, options=options, precision=precision,
+        search = _search(beam, max_len, length_penalty, block_ngram, no_bad_endings, sample, temperature, top_k, top_p,
+                         n, seed, groups, diversity)
+        run(model, host=host, port=port, search=search, max_batch=max_batch, max_wait_ms=max_wait_ms,
+            max_queue=max_queue, request_timeout_s=timeout, max_request_pixels=max_request_pixels, runtime=runtime,
+            precision=precision,
             allowed_hosts=[h.strip() for h in allowed_hosts.split(",") if h.strip()] if allowed_hosts else None)
     except (OSError, ValueError, ImportError) as e:
         raise _fail(e) from None

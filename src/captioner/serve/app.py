@@ -26,9 +26,9 @@ from PIL import Image
 
 from captioner import load, recipe
 from captioner.io import read_json
-from captioner.search_options import SearchOptions
+from captioner.search import Search
 from captioner.serve.admission import RETRY_AFTER_S, Admission
-from captioner.serve.batcher import Batcher, Beam, Captions
+from captioner.serve.batcher import Batcher, Captions
 from captioner.serve.hosts import HostCheck, default_hosts
 from captioner.serve.limits import (
     ACCEPTED,
@@ -44,19 +44,21 @@ from captioner.serve.limits import (
 from captioner.serve.schemas import Caption, CaptionResponse, Error, Health, ModelInfo, Result, SearchQuery
 
 log = logging.getLogger("captioner.serve")
+# an app's search unless told: greedy, and beam requests (the page asks for 3 alternatives) length-normalised as
+# `captioner serve`'s are (the recipe's penalty)
+DEFAULT = Search(length_penalty=recipe.SEARCH.length_penalty)
 
 
 @dataclass
 class Service:
-    """What the routes share: the model and its description, the server's search settings and limits, and the two
-    admissions (images held, decoded bytes held). ``caption`` is the batcher's, set while the app runs."""
+    """What the routes share: the model and its description, the server's search (what a request leaves unset) and
+    limits, and the two admissions (images held, decoded bytes held). ``caption`` is the batcher's, set while the app
+    runs."""
 
     model: Any
     info: ModelInfo
     page: str
-    beam: int
-    options: SearchOptions
-    search: dict[str, Any]  # max_len and length_penalty of every model call
+    search: Search
     batching: tuple[int, float]  # max images per model call, ms a batch waits to fill (1, 0: each request alone)
     max_bytes: int
     max_pixels: int
@@ -66,23 +68,21 @@ class Service:
     request_timeout_s: float
     admission: Admission
     memory: Admission
-    caption: Callable[[list[Image.Image], Beam], Awaitable[Captions]] | None = None
+    caption: Callable[[list[Image.Image], Search], Awaitable[Captions]] | None = None
 
     @property
     def min_side(self) -> int:
         return 2 * self.model.config.image_size  # JPEG drafts keep twice what the model's resize needs
 
 
-def create_app(model_dir: str | Path, beam: int = 1, max_batch: int = 16, max_wait_ms: float = 10.0,
+def create_app(model_dir: str | Path, search: Search = DEFAULT, max_batch: int = 16, max_wait_ms: float = 10.0,
                max_bytes: int = 10 * 2**20, max_pixels: int = 40_000_000, batching: bool = True,
                max_files: int = 16, max_queue: int = 64, request_timeout_s: float = 30.0,
-               max_request_pixels: int = 50_000_000, max_len: int | None = None,
-               length_penalty: float = recipe.SEARCH["length_penalty"], options: SearchOptions | None = None,
-               runtime: str = "torch", max_decoded_bytes: int = 2**29, precision: str = "fp32",
-               max_aspect: float = 20.0, queue_wait_s: float = 10.0,
+               max_request_pixels: int = 50_000_000, runtime: str = "torch", max_decoded_bytes: int = 2**29,
+               precision: str = "fp32", max_aspect: float = 20.0, queue_wait_s: float = 10.0,
                allowed_hosts: Sequence[str] | None = None) -> FastAPI:
-    """Load the model in ``model_dir`` and build the app; ``batching=False`` runs each request alone. Beam requests
-    (the page asks for 3 alternatives) are length-normalised as `captioner serve`'s are (the recipe's penalty).
+    """Load the model in ``model_dir`` and build the app; ``batching=False`` runs each request alone. A request's
+    search is ``search`` with the settings it sends (request_search).
 
     The server holds at most ``max_queue`` images and ``max_decoded_bytes`` of decoded pixels (what decoding each
     image's mode allocates: limits.decoded_bytes) at once; a request waits its turn for room in arrival order (503
@@ -100,13 +100,12 @@ def create_app(model_dir: str | Path, beam: int = 1, max_batch: int = 16, max_wa
                          "accepted")
     model_dir = Path(model_dir)
     model = load(str(model_dir), runtime=runtime, precision=precision)  # torch, or onnx (on onnxruntime)
-    info = describe_model(model_dir, model, beam)
+    info = describe_model(model_dir, model, search.beam)
     if info.warning:
         log.warning("%s: %s", model_dir, info.warning)
     service = Service(
-        model=model, info=info, beam=beam, options=options or SearchOptions(),
+        model=model, info=info, search=search,
         page=resources.files("captioner.serve").joinpath("static/index.html").read_text(encoding="utf-8"),
-        search={"max_len": max_len, "length_penalty": length_penalty},
         batching=(max_batch, max_wait_ms) if batching else (1, 0), max_bytes=max_bytes, max_pixels=max_pixels,
         max_files=max_files, max_request_pixels=max_request_pixels, max_aspect=max_aspect,
         request_timeout_s=request_timeout_s, admission=Admission(max_queue, max_wait_s=queue_wait_s),
@@ -141,8 +140,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     Image.core.set_block_size(IMAGE_BLOCK_BYTES)
     executor = ThreadPoolExecutor(1, thread_name_prefix="captioner-model")
 
-    async def run(images: list[Image.Image], beam: Beam) -> Captions:
-        call = partial(service.model.caption, images, beam[0], options=beam[1], **service.search)
+    async def run(images: list[Image.Image], search: Search) -> Captions:
+        call = partial(service.model.caption, images, search)
         return await asyncio.get_running_loop().run_in_executor(executor, call)
 
     batcher = Batcher(run, *service.batching)
@@ -216,10 +215,8 @@ async def captions(
     """Caption the uploaded images; with beam > 1 each gets ``beam`` alternatives, best first. A file that cannot
     be read is skipped with its error in its result, unless all are bad (then: that error's status)."""
     start, s = time.perf_counter(), request.app.state.service
-    asked = (beam_query or beam_form or s.beam, replace(s.options, **(
-        search.model_dump(exclude_none=True) if search else {})))
     try:
-        asked[1].check(asked[0])
+        asked = request_search(s.search, beam_query or beam_form, search)
     except ValueError as e:
         raise HTTPException(422, str(e)) from None
     if len(files) > s.max_files:
@@ -241,8 +238,13 @@ async def captions(
                            latency_ms=round((time.perf_counter() - start) * 1000, 2))
 
 
+def request_search(served: Search, beam: int | None, query: SearchQuery | None) -> Search:
+    """The search a request asks for: the server's, with the beam width and settings the request sets."""
+    return replace(served, **({"beam": beam} if beam else {}), **(query.model_dump(exclude_none=True) if query else {}))
+
+
 async def caption_files(s: Service, files: list[UploadFile], names: list[str],
-                        beam: Beam) -> list[list[Any] | HTTPException]:
+                        search: Search) -> list[list[Any] | HTTPException]:
     """Read and check the uploads, decode them within the request's and the server's pixel budgets, caption them:
     per file its captions, or the error that skipped it (when every file fails, the first file's error is raised)."""
     images: dict[int, Image.Image] = {}
@@ -273,7 +275,7 @@ async def caption_files(s: Service, files: list[UploadFile], names: list[str],
             log.warning("skipped %s: %s", names[i], e.detail)
         if not images:
             raise skipped[0]
-        captioned = iter(await s.caption(list(images.values()), beam))
+        captioned = iter(await s.caption(list(images.values()), search))
     return [skipped[i] if i in skipped else next(captioned) for i in range(len(files))]
 
 
