@@ -358,6 +358,31 @@ def test_caption_evaluate_and_serve_take_the_search_options(model, synth, tmp_pa
             assert result.exit_code == 2 and words in result.output, (command, flags, result.output)
 
 
+@pytest.mark.parametrize(("flags", "params"), [
+    ([], {}), (["--beam", 4, "--groups", 2, "--diversity", 1.5], dict(beam=4, groups=2, diversity=1.5)),
+    (["--beam", 2, "--block-ngram", 2, "--allow-bad-endings"], dict(beam=2, block_ngram=2, bad_endings="false")),
+    (["--beam", 1, "--sample", "--n", 3, "--seed", 7, "--temperature", 0.7, "--top-k", 5, "--top-p", 0.9],
+     dict(beam=1, sample="true", n=3, seed=7, temperature=0.7, top_k=5, top_p=0.9))])
+def test_the_search_flags_and_the_http_api_build_the_same_search(model, synth, monkeypatch, flags, params) -> None:
+    """`captioner serve` with the flags, and a request with the same settings to a server started without them."""
+    from fastapi.testclient import TestClient
+
+    import captioner.serve.app
+
+    served = {}
+    monkeypatch.setattr(captioner.serve.app, "serve", lambda *a, **k: served.update(k))  # never binds a port
+    flagged = [served["search"] for f in ([], flags) if invoke("serve", "--model", model, *f).exit_code == 0]
+    assert len(flagged) == 2 and flagged[0] == recipe.SEARCH
+    app, asked = captioner.serve.app.create_app(model, flagged[0]), []
+    caption = app.state.model.caption
+    monkeypatch.setattr(app.state.model, "caption", lambda images, search, **kw: asked.append(search) or caption(
+        images, search, **kw))
+    image = sorted((synth / "test").glob("*.png"))[0]
+    with TestClient(app) as client:
+        r = client.post("/v1/captions", params=params, files={"files": (image.name, image.read_bytes())})
+    assert r.status_code == 200 and asked == [flagged[1]], r.text
+
+
 def test_a_model_trained_on_the_synthetic_shapes_says_so(synth, tmp_path) -> None:
     from captioner.data.datasets import describe
     from captioner.models.config import SYNTHETIC

@@ -2,9 +2,12 @@
 exit."""
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_type_hints
 
 import typer
 
@@ -65,11 +68,45 @@ DiversityOpt = Annotated[float, typer.Option(help="Diverse beam search: a group'
                                              "with the same word at that step")]
 
 
-def _search(beam: int | None, *flags: Any) -> Search:
-    """The search a command's flags ask for (after ``beam``, in Search's field order); unset, the beam width is the
+# every command that searches takes these flags (``searching``): name, declaration, default (the recipe's search)
+SEARCH_FLAGS = (("beam", BeamOpt, None), ("max_len", MaxLenOpt, None),
+                ("length_penalty", PenaltyOpt, recipe.SEARCH.length_penalty),
+                ("block_ngram", BlockOpt, recipe.SEARCH.block_ngram),
+                ("no_bad_endings", BadEndingsOpt, recipe.SEARCH.bad_endings), ("sample", SampleOpt, False),
+                ("temperature", TemperatureOpt, 1.0), ("top_k", TopKOpt, 0), ("top_p", TopPOpt, 1.0), ("n", NOpt, 1),
+                ("seed", SeedOpt, None), ("groups", GroupsOpt, 1), ("diversity", DiversityOpt, 0.0))
+
+
+def search_from_flags(beam: int | None = None, no_bad_endings: bool = recipe.SEARCH.bad_endings,
+                      **flags: Any) -> Search:
+    """The Search that the search flags ask for (unset ones at their defaults); unset, the beam width is the
     recipe's, 1 with --sample."""
-    sample = flags[4]
-    return Search(beam if beam is not None else 1 if sample else recipe.SEARCH.beam, *flags)
+    flags = {name: default for name, _, default in SEARCH_FLAGS[1:] if name != "no_bad_endings"} | flags
+    beam = beam if beam is not None else 1 if flags["sample"] else recipe.SEARCH.beam
+    return Search(beam, bad_endings=no_bad_endings, **flags)
+
+
+def searching(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``command`` with the search flags in place of its ``search: Search`` parameter, which gets the Search they
+    ask for (a bad combination: the error exit, naming the flag)."""
+    hints = get_type_hints(command, include_extras=True)
+    params = []
+    for p in inspect.signature(command).parameters.values():
+        params += [inspect.Parameter(name, p.POSITIONAL_OR_KEYWORD, default=default, annotation=declared)
+                   for name, declared, default in SEARCH_FLAGS] if p.name == "search" else [
+            p.replace(annotation=hints[p.name])]
+
+    @functools.wraps(command)
+    def run(**kwargs: Any) -> Any:
+        try:
+            search = search_from_flags(**{name: kwargs.pop(name) for name, _, _ in SEARCH_FLAGS})
+        except ValueError as e:
+            raise _fail(e) from None
+        return command(**kwargs, search=search)
+
+    run.__signature__ = inspect.Signature(params, return_annotation=hints.get("return"))  # what typer reads
+    run.__annotations__ = {p.name: p.annotation for p in params}
+    return run
 
 
 ModelsOpt = Annotated[list[Path], typer.Option("--model", help="Model folder (model.safetensors, config.json, "

@@ -8,42 +8,26 @@ import typer
 
 from captioner import recipe
 from captioner.cli.common import (
-    BadEndingsOpt,
-    BeamOpt,
-    BlockOpt,
     DataArg,
-    DiversityOpt,
-    GroupsOpt,
     ImagesOpt,
-    MaxLenOpt,
     ModelsOpt,
-    NOpt,
-    PenaltyOpt,
     PrecisionOpt,
     RuntimeOpt,
-    SampleOpt,
-    SeedOpt,
-    TemperatureOpt,
     TokenizerOpt,
-    TopKOpt,
-    TopPOpt,
     _fail,
-    _search,
     app,
+    searching,
 )
 from captioner.cli.help import CAPTION_SECTIONS, EVALUATE_SECTIONS, sectioned
 from captioner.models.families import FAMILIES, family
+from captioner.search import Search
 
 
 @app.command(cls=sectioned(CAPTION_SECTIONS))
+@searching
 def caption(model: ModelsOpt,
             images: Annotated[list[Path], typer.Argument(help="Image files, or folders: their images (not recursive)")],
-            beam: BeamOpt = None,
-            max_len: MaxLenOpt = None, length_penalty: PenaltyOpt = recipe.SEARCH.length_penalty,
-            block_ngram: BlockOpt = recipe.SEARCH.block_ngram,
-            no_bad_endings: BadEndingsOpt = recipe.SEARCH.bad_endings, sample: SampleOpt = False,
-            temperature: TemperatureOpt = 1.0, top_k: TopKOpt = 0, top_p: TopPOpt = 1.0, n: NOpt = 1,
-            seed: SeedOpt = None, groups: GroupsOpt = 1, diversity: DiversityOpt = 0.0,
+            search: Search = recipe.SEARCH,
             grid: Annotated[Path | None, typer.Option(help="Write a PNG grid of the images with captions")] = None,
             attention: Annotated[Path | None, typer.Option(help="Write a PNG of each word's attention map over its "
                                                        "image (attention models)")] = None,
@@ -64,8 +48,6 @@ def caption(model: ModelsOpt,
     from captioner.predict import caption_files
 
     try:
-        search = _search(beam, max_len, length_penalty, block_ngram, no_bad_endings, sample, temperature, top_k, top_p,
-                         n, seed, groups, diversity)
         if n_best > search.kept:
             raise ValueError(f"--n-best {n_best}: the search keeps {search.kept} caption(s) per image; raise "
                              f"{'--n' if search.sample else '--beam'} to at least {n_best}")
@@ -133,13 +115,9 @@ def _image_files(paths: list[Path]) -> list[Path]:
 
 
 @app.command(cls=sectioned(EVALUATE_SECTIONS))
+@searching
 def evaluate(model: ModelsOpt, data: DataArg, images: ImagesOpt = None,
-             split: str = "test", beam: BeamOpt = None, max_len: MaxLenOpt = None,
-             length_penalty: PenaltyOpt = recipe.SEARCH.length_penalty,
-             block_ngram: BlockOpt = recipe.SEARCH.block_ngram,
-             no_bad_endings: BadEndingsOpt = recipe.SEARCH.bad_endings, sample: SampleOpt = False,
-             temperature: TemperatureOpt = 1.0, top_k: TopKOpt = 0, top_p: TopPOpt = 1.0, n: NOpt = 1,
-             seed: SeedOpt = None, groups: GroupsOpt = 1, diversity: DiversityOpt = 0.0,
+             split: str = "test", search: Search = recipe.SEARCH,
              out: Annotated[Path | None, typer.Option(help="Where results/metrics JSON go (default: the model "
                                                       "folder; an ensemble needs it)")]
              = None,
@@ -156,8 +134,6 @@ def evaluate(model: ModelsOpt, data: DataArg, images: ImagesOpt = None,
     try:
         if runtime not in ("torch", "int8"):
             raise ValueError(f"evaluate runs with --runtime torch or int8, not {runtime!r}")
-        search = _search(beam, max_len, length_penalty, block_ngram, no_bad_endings, sample, temperature, top_k, top_p,
-                         n, seed, groups, diversity)
         evaluate_split(model, data, split, images, search, out, java, spice, cache_dir, int8=runtime == "int8",
                        precision=precision)
     except (OSError, ValueError, JavaMissingError) as e:

@@ -8,39 +8,23 @@ import typer
 
 from captioner import recipe
 from captioner.cli.common import (
-    BadEndingsOpt,
-    BeamOpt,
-    BlockOpt,
-    DiversityOpt,
-    GroupsOpt,
     ImagesOpt,
     LangOpt,
-    MaxLenOpt,
-    NOpt,
-    PenaltyOpt,
     PrecisionOpt,
     RuntimeOpt,
-    SampleOpt,
-    SeedOpt,
-    TemperatureOpt,
     TokenizerOpt,
-    TopKOpt,
-    TopPOpt,
     _fail,
-    _search,
     app,
+    searching,
 )
+from captioner.search import Search
 
 
 @app.command()
+@searching
 def serve(model: Annotated[Path, typer.Option(help="Model folder")],
           host: Annotated[str, typer.Option(help="Address to bind (loopback by default)")] = "127.0.0.1",
-          port: int = 8000, beam: BeamOpt = None, max_len: MaxLenOpt = None,
-          length_penalty: PenaltyOpt = recipe.SEARCH.length_penalty,
-          block_ngram: BlockOpt = recipe.SEARCH.block_ngram,
-          no_bad_endings: BadEndingsOpt = recipe.SEARCH.bad_endings, sample: SampleOpt = False,
-          temperature: TemperatureOpt = 1.0, top_k: TopKOpt = 0, top_p: TopPOpt = 1.0, n: NOpt = 1,
-          seed: SeedOpt = None, groups: GroupsOpt = 1, diversity: DiversityOpt = 0.0,
+          port: int = 8000, search: Search = recipe.SEARCH,
           max_batch: Annotated[int, typer.Option(help="Most images in one model batch")] = 16,
           max_wait_ms: Annotated[float, typer.Option(help="How long a batch waits to fill")] = 10.0,
           max_queue: Annotated[int, typer.Option(help="Most images held at once (decoding, queued or being "
@@ -57,8 +41,6 @@ def serve(model: Annotated[Path, typer.Option(help="Model folder")],
     from captioner.serve.app import serve as run
 
     try:
-        search = _search(beam, max_len, length_penalty, block_ngram, no_bad_endings, sample, temperature, top_k, top_p,
-                         n, seed, groups, diversity)
         run(model, host=host, port=port, search=search, max_batch=max_batch, max_wait_ms=max_wait_ms,
             max_queue=max_queue, request_timeout_s=timeout, max_request_pixels=max_request_pixels, runtime=runtime,
             precision=precision,
