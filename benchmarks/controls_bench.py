@@ -20,8 +20,7 @@ import numpy as np
 from captioner.data.datasets import open_split
 from captioner.diagnostics import diagnose
 from captioner.evaluate import score_columns
-from captioner.inference import load, load_ensemble
-from captioner.predict import caption_features, record_features
+from captioner.inference import caption_features, load, load_ensemble, record_features
 from captioner.search import Search
 
 RULES = dict(block_ngram=3, bad_endings=True)

@@ -11,7 +11,7 @@ from captioner import load, recipe
 from captioner.data.datasets import open_split
 from captioner.data.tokenizers import get_tokenizer
 from captioner.evaluate import score_any
-from captioner.predict import caption_features, record_features
+from captioner.inference import caption_features, record_features
 from captioner.train import TrainConfig, train
 
 TRAIN_IMAGES, VAL_IMAGES = 800, 100

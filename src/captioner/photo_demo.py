@@ -11,10 +11,9 @@ from captioner import recipe
 from captioner.data.datasets import open_split
 from captioner.diagnostics import diagnose, format_diagnostics
 from captioner.evaluate import format_table, metric_note, score_columns, write_results
-from captioner.inference import load
+from captioner.inference import caption_features, load, record_features
 from captioner.io import write_json
 from captioner.pipeline import best_val_cider, best_val_row
-from captioner.predict import caption_features, record_features
 
 
 def scored_split(data: str | Path, images: str | Path | None) -> str:

@@ -12,10 +12,9 @@ import numpy as np
 from captioner.data.datasets import find_annotation, open_split
 from captioner.diagnostics import diagnose
 from captioner.evaluate import format_table, metric_note, score_captions, score_columns, write_results
-from captioner.inference import load, load_ensemble
+from captioner.inference import caption_features, load, load_ensemble, record_features
 from captioner.io import read_csv, write_json
 from captioner.model_card import write_card
-from captioner.predict import caption_features, record_features
 from captioner.search import DEFAULT, Search
 
 

@@ -44,8 +44,7 @@ def caption(model: ModelsOpt,
     from PIL import ImageOps
 
     from captioner import load
-    from captioner.inference import load_ensemble
-    from captioner.predict import caption_files
+    from captioner.inference import caption_files, load_ensemble
 
     try:
         if n_best > search.kept:
