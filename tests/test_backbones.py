@@ -15,12 +15,11 @@ from captioner.data.images import eval_transform, load_rgb
 from captioner.models.backbones import (
     BACKBONES,
     LITE_DEPTHS,
-    WeightsUnavailableError,
     build_trunk,
     classifier,
     lite_key,
-    weights_file,
 )
+from captioner.models.weights import WeightsUnavailableError, weights_file
 
 PHOTOS = "data/coco-mini/val2017"
 

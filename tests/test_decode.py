@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from captioner.data.endings import bad_ending_ids, bad_ending_words
+from captioner.data.endings import bad_ending_words
 from captioner.data.vocab import END, SPECIALS, START, Vocabulary
 from captioner.decode import NEVER, Decoder, beam_search, greedy, repeats, sample, sample_captions, search
 from captioner.hypotheses import normalise
@@ -267,7 +267,7 @@ ENDS_BADLY = Chain({"<start>": {"a": 1}, "a": {"dog": 1}, "dog": {"on": 0.6, "<e
 @pytest.mark.parametrize("impl", IMPLS)
 def test_no_caption_ends_on_a_function_word_with_bad_endings(impl: str) -> None:
     vocab = Vocabulary(ENDS_BADLY.itos)
-    bad = bad_ending_ids(vocab)
+    bad = vocab.bad_ending_ids()
     assert sorted(vocab.itos[i] for i in bad) == ["a", "on", "the"]
     ((ids, _, _),) = run(impl, ENDS_BADLY, ONE_IMAGE)[0]
     assert ENDS_BADLY.text(ids) == "a dog on"
@@ -284,7 +284,7 @@ def test_no_caption_ends_on_a_function_word_with_bad_endings(impl: str) -> None:
 def test_the_bad_endings_are_data_looked_up_in_the_vocabulary() -> None:
     words = bad_ending_words("en")
     assert {"a", "an", "the", "of", "with", "in", "on", "and"} <= set(words) and "dog" not in words
-    assert bad_ending_ids(Vocabulary([*SPECIALS, "dog", "the", "runs"])) == [5]
+    assert Vocabulary([*SPECIALS, "dog", "the", "runs"]).bad_ending_ids() == [5]
     with pytest.raises(ValueError, match="no bad-endings list for language 'xx'"):
         bad_ending_words("xx")
 

@@ -17,7 +17,6 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from captioner.data.endings import bad_ending_ids
 from captioner.data.vocab import END, PAD, START, UNK, Vocabulary
 from captioner.hypotheses import Ended, Hypothesis, per_image, scored_rows, until_end
 from captioner.models.decoder import State
@@ -83,7 +82,7 @@ def search(decoder: Decoder, features: torch.Tensor, vocab: Vocabulary, s: Searc
     beam or sampling."""
     if s.max_len is None:
         raise ValueError("decode.search needs the search's max_len: Search.resolved(the model's max_len)")
-    rules = dict(block_ngram=s.block_ngram, bad_endings=bad_ending_ids(vocab) if s.bad_endings else None)
+    rules = dict(block_ngram=s.block_ngram, bad_endings=vocab.bad_ending_ids() if s.bad_endings else None)
     if s.sample:
         return sample_captions(decoder, features, s.n, s.max_len, s.temperature, s.top_k, s.top_p, s.seed, **rules)
     if s.beam == 1:

@@ -19,7 +19,6 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from captioner.data.endings import bad_ending_ids
 from captioner.data.rgb import crop_aspect, to_rgb
 from captioner.data.vocab import END, PAD, START, UNK, Vocabulary
 from captioner.hypotheses import Caption, Ended, Hypothesis, captions, per_image, scored_rows, until_end
@@ -80,7 +79,7 @@ def repeats(words: np.ndarray, n: int, vocab: int) -> np.ndarray:
 def hypotheses(step: Step, state: State, replaced: list[int], images: int, vocab: Vocabulary,
                s: Search) -> list[list[Hypothesis]]:
     """decode.search: each image's captions, best first, as ``s`` asks (its max_len set)."""
-    rules = dict(block_ngram=s.block_ngram, bad_endings=bad_ending_ids(vocab) if s.bad_endings else None)
+    rules = dict(block_ngram=s.block_ngram, bad_endings=vocab.bad_ending_ids() if s.bad_endings else None)
     if s.sample:
         return sample(step, state, images, s.n, s.max_len, s.temperature, s.top_k, s.top_p, s.seed, **rules)
     if s.beam == 1:

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from importlib import resources
 
-from captioner.data.vocab import Vocabulary
-
 
 def bad_ending_words(language: str = "en") -> list[str]:
     """The language's list (bad_endings/<language>.txt: one word a line, # comments)."""
@@ -15,7 +13,3 @@ def bad_ending_words(language: str = "en") -> list[str]:
                          f"{language}.txt (one word a line)") from None
     return [w for line in text.splitlines() if (w := line.split("#")[0].strip())]
 
-
-def bad_ending_ids(vocab: Vocabulary) -> list[int]:
-    """Ids of the bad endings of the vocabulary's language that it holds."""
-    return [vocab.stoi[w] for w in bad_ending_words(vocab.tokenizer.language) if w in vocab.stoi]

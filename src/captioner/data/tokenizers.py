@@ -16,6 +16,8 @@ from functools import cache, lru_cache
 
 from nltk.tokenize import TreebankWordTokenizer
 
+from captioner.data.endings import bad_ending_words
+
 _TREEBANK = TreebankWordTokenizer()
 _PUNCT = frozenset(string.punctuation) | {"``", "''", "--", "..."}
 # Letters, digits and spaces with at most a final full stop (92% of COCO's captions): the Treebank tokenizer splits
@@ -125,7 +127,6 @@ def get_tokenizer(language: str | None = "en", kind: str | None = None) -> Token
 def guess_language(captions: Sequence[str]) -> tuple[str, str]:
     """(language, why) from some captions: Chinese when most hold hanzi, else the language whose function words
     (data/bad_endings) are most of the words; English when nothing stands out."""
-    from captioner.data.endings import bad_ending_words
 
     if not captions:
         return "en", "no captions to guess from"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from captioner.data.endings import bad_ending_words
 from captioner.data.tokenizers import ENGLISH, Tokenizer, get_tokenizer
 from captioner.io import read_json, write_json
 
@@ -67,6 +68,10 @@ class Vocabulary:
             if i not in (PAD, START):
                 words.append(self.itos[i])
         return words
+
+    def bad_ending_ids(self) -> list[int]:
+        """Ids of the words that its language's captions should not end on (data/bad_endings/) that it holds."""
+        return [self.stoi[w] for w in bad_ending_words(self.tokenizer.language) if w in self.stoi]
 
     def sha256(self) -> str:
         """A fingerprint of the words and their order (config.json records it: a model's ids mean these words)."""

@@ -1,15 +1,12 @@
 """Backbone registry: name -> how to build the CNN, where its ImageNet weights come from, what it outputs."""
 from __future__ import annotations
 
-import socket
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from importlib import resources
-from pathlib import Path
 from types import MappingProxyType
-from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -17,13 +14,10 @@ from torchvision import models
 
 from captioner.data.images import IMAGENET_MEAN, IMAGENET_STD
 from captioner.models.timm_backbones import build_timm, is_timm
+from captioner.models.weights import WeightsUnavailableError, torchvision_state
 
 WEIGHTS = ("imagenet", "none")
 DILATION = {32: None, 16: [False, False, True], 8: [False, True, True]}  # output stride -> dilated ResNet stages
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights are neither on disk nor downloadable."""
 
 
 @dataclass(frozen=True)
@@ -46,32 +40,6 @@ class BackboneSpec:
     def __deepcopy__(self, memo: dict) -> BackboneSpec:
         """Immutable: a copy of a model (e.g. the weight average's) shares its spec."""
         return self
-
-
-def weights_file(backbone: str) -> Path:
-    """Where torchvision's weights API keeps the ImageNet weights of ``backbone`` ($TORCH_HOME/hub/checkpoints)."""
-    url = models.get_model_weights(backbone).DEFAULT.url
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
-
-
-def _torchvision_state(name: str) -> dict[str, torch.Tensor]:
-    """ImageNet weights from the hub cache, downloading them only when the host answers within seconds."""
-    weights = models.get_model_weights(name).DEFAULT
-    file = weights_file(name)
-    remedy = (f"Place the file at {file} (copy it from a machine with internet; $TORCH_HOME moves the folder), "
-              f"use --backbone efficientnet_lite0 (ImageNet weights installed with the package, no download) "
-              f"or pass --encoder-weights none for a randomly initialised encoder.")
-    if not file.is_file():
-        host = urlparse(weights.url).hostname or ""
-        try:
-            socket.create_connection((host, 443), timeout=3).close()
-        except OSError as e:
-            raise WeightsUnavailableError(f"ImageNet weights for {name} not found at {file} and {host} "
-                                          f"cannot be reached ({e}). {remedy}") from None
-    try:
-        return weights.get_state_dict(progress=True)
-    except Exception as e:  # noqa: BLE001 - any download/parse failure gets the same advice
-        raise WeightsUnavailableError(f"could not load ImageNet weights for {name}: {e}. {remedy}") from e
 
 
 def _build_resnet(name: str, output_stride: int) -> nn.Module:
@@ -146,7 +114,7 @@ def _lite_state(name: str) -> dict[str, torch.Tensor]:
 RESNETS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048,
            "resnext50_32x4d": 2048, "wide_resnet50_2": 2048}  # name -> channels of the last feature map
 BACKBONES = MappingProxyType({
-    **{name: BackboneSpec(name, partial(_build_resnet, name), partial(_torchvision_state, name),
+    **{name: BackboneSpec(name, partial(_build_resnet, name), partial(torchvision_state, name),
                           dict.fromkeys(DILATION, channels), ("avgpool", "fc"), IMAGENET_MEAN, IMAGENET_STD,
                           dict.fromkeys(DILATION, ("layer4.",)))
        for name, channels in RESNETS.items()},

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from captioner.models.weights import WeightsUnavailableError
+
 PREFIX = "timm:"
 HUB_WEIGHTS = ("imagenet", "hub")  # for a timm model both mean its tag's pretrained weights
 HUB_FILES = ("model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
@@ -119,7 +121,6 @@ def _hub_model(backbone: str, name: str, image_size: int | None) -> nn.Module:
     """The model with its tag's pretrained weights: from the local cache, else downloaded when the hub answers."""
     from huggingface_hub import constants
 
-    from captioner.models.backbones import WeightsUnavailableError
 
     cfg = pretrained_cfg(backbone)
     repo = cfg.get("hf_hub_id")
