@@ -97,8 +97,9 @@ def test_quick_attention_section_times_every_decoder_and_precision() -> None:
     rows = attention_bench.run(quick=True)
     steps = [r for r in rows if r["unit"] == "ms"]
     ratios = {r["figure"]: r["value"] for r in rows if r["unit"] == "x"}
-    assert len(steps) == 3 * 2 and all(r["value"] > 0 for r in steps)
-    assert set(ratios) == {f"attention, {s} score / show-tell time, {p}" for s in ("additive", "dot")
+    assert len(steps) == 4 * 2 and all(r["value"] > 0 for r in steps)
+    assert set(ratios) == {f"attention, {s} / show-tell time, {p}" for s in ("additive score", "dot score",
+                                                                              "additive score, plain ops")
                            for p in ("fp32", "bf16")}
     ms = {r["figure"]: r["value"] for r in steps}
     assert ratios["attention, dot score / show-tell time, bf16"] == pytest.approx(

@@ -11,7 +11,7 @@ from torch.utils.checkpoint import checkpoint
 
 from captioner.data.vocab import PAD
 from captioner.models.decoder import Affines, State, lstm_cell
-from captioner.models.grid import GridValues
+from captioner.models.grid import GridValues, additive_weights
 
 SCORES = ("additive", "dot")  # ModelConfig.attention_score
 CHUNK = 2**24  # teacher forcing attends a batch's words in chunks of at most this many numbers ([B, words, N, A]),
@@ -105,7 +105,7 @@ class ShowAttendTell(GridValues):
         return torch.cat([weights(keys, q) for q in query.split(words, 1)], 1)
 
     def _weights(self, keys: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
-        return F.softmax(self.score(torch.tanh(keys.unsqueeze(1) + query.unsqueeze(2))).squeeze(-1), dim=-1)
+        return additive_weights(keys, query, self.score)
 
     def _affines(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The LSTM's gates of [word; mean; h], query and gate (both read h), the context's mix, the output layer."""
