@@ -39,8 +39,11 @@ class GridValues(nn.Module):
 
 def additive_scores(keys: torch.Tensor, query: torch.Tensor, score: nn.Linear) -> torch.Tensor:
     """Unnormalised attention scores [B, T, N] of the cells' keys [B, N, A] for the queries [B, T, A]:
-    w . tanh(key + query) + b. Under autograd (training) by ``AdditiveScores``; plain ops otherwise (search, export)."""
-    if torch.is_grad_enabled() and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export():
+    w . tanh(key + query) + b. Under autograd without autocast (float32 training) by ``AdditiveScores``; plain ops
+    otherwise (bf16 training, search, export)."""
+    # under bf16 autocast the plain ops are as fast (1 thread) or faster (2 threads), so the function is fp32's
+    if (torch.is_grad_enabled() and not torch.is_autocast_enabled(keys.device.type) and not torch.jit.is_tracing()
+            and not torch.onnx.is_in_onnx_export()):
         return AdditiveScores.apply(keys, query, score.weight, score.bias)
     return score(torch.tanh(keys.unsqueeze(1) + query.unsqueeze(2))).squeeze(-1)
 
@@ -50,7 +53,7 @@ class AdditiveScores(torch.autograd.Function):
     tanh), made the tanh's gradient as a K=1 matrix product [BTN, 1] x [1, A] and three more passes over it (~45% of
     a training step on CPU). Here one tensor holds the tanh, then its gradient.
 
-    On CPU it is float32 whatever the inputs (bf16 under autocast): the tanh as 2 sigmoid(2x) - 1 (within 3e-7 of
+    On CPU it is float32 whatever the inputs' dtype: the tanh as 2 sigmoid(2x) - 1 (within 3e-7 of
     it) is 3-4x faster there than PyTorch's float32 tanh, and faster than its bf16 tanh too, with float32's
     precision. Elsewhere (GPU) it keeps the inputs' dtype and tanh."""
 
