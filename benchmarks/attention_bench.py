@@ -1,6 +1,7 @@
-"""Cross-entropy training steps (forward, backward, clipping, Adam) of Show-Tell and the soft-attention decoder with
-each score function, fp32 and bf16 autocast, interleaved in one process: the attention / Show-Tell time ratios. The
-additive score runs both ways: models/grid.AdditiveScores (training's) and autograd's plain ops (what it replaced)."""
+"""Cross-entropy training steps (forward, backward, clipping, Adam) of Show-Tell, the soft-attention decoder with
+each score function and the other grid families, fp32 and bf16 autocast, interleaved in one process: their time
+ratios to Show-Tell. The additive score runs both ways: models/grid.AdditiveScores (fp32 training's) and autograd's
+plain ops (what it replaced, and what bf16 training keeps)."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -19,7 +20,9 @@ QUICK = dict(cells=4, dim=1280, tokens=6, vocab=50, batch=4, repeat=2, steps=1)
 VARIANTS = (("show-tell", "show-tell", "additive", False),
             ("attention, additive score", "attention", "additive", False),
             ("attention, additive score, plain ops", "attention", "additive", True),
-            ("attention, dot score", "attention", "dot", False))
+            ("attention, dot score", "attention", "dot", False),
+            ("adaptive, additive score", "adaptive", "additive", False),
+            ("topdown, additive score", "topdown", "additive", False))
 PRECISIONS = ("fp32", "bf16")
 
 

@@ -97,10 +97,10 @@ def test_quick_attention_section_times_every_decoder_and_precision() -> None:
     rows = attention_bench.run(quick=True)
     steps = [r for r in rows if r["unit"] == "ms"]
     ratios = {r["figure"]: r["value"] for r in rows if r["unit"] == "x"}
-    assert len(steps) == 4 * 2 and all(r["value"] > 0 for r in steps)
-    assert set(ratios) == {f"attention, {s} / show-tell time, {p}" for s in ("additive score", "dot score",
-                                                                              "additive score, plain ops")
-                           for p in ("fp32", "bf16")}
+    assert len(steps) == 6 * 2 and all(r["value"] > 0 for r in steps)
+    variants = ("attention, additive score", "attention, dot score", "attention, additive score, plain ops",
+                "adaptive, additive score", "topdown, additive score")
+    assert set(ratios) == {f"{v} / show-tell time, {p}" for v in variants for p in ("fp32", "bf16")}
     ms = {r["figure"]: r["value"] for r in steps}
     assert ratios["attention, dot score / show-tell time, bf16"] == pytest.approx(
         ms["training step, attention, dot score, bf16"] / ms["training step, show-tell, bf16"])
