@@ -104,3 +104,13 @@ def test_quick_attention_section_times_every_decoder_and_precision() -> None:
     ms = {r["figure"]: r["value"] for r in steps}
     assert ratios["attention, dot score / show-tell time, bf16"] == pytest.approx(
         ms["training step, attention, dot score, bf16"] / ms["training step, show-tell, bf16"])
+
+
+def test_curves_place_evaluated_epochs_at_their_cumulative_minutes_or_a_given_epoch_time(tmp_path: Path) -> None:
+    from benchmarks import curves
+
+    (tmp_path / "metrics.csv").write_text("epoch,val_cider,seconds\n0,30.0,60\n1,,120\n2,40.5,60\n")
+    assert curves.points(tmp_path, None) == ([1.0, 4.0], [30.0, 40.5])
+    assert curves.points(tmp_path, 30.0) == ([0.5, 1.5], [30.0, 40.5])
+    curves.main([str(tmp_path / "c.png"), f"a={tmp_path}", f"b={tmp_path}@90"])
+    assert (tmp_path / "c.png").stat().st_size > 0
