@@ -39,7 +39,8 @@ def synth(tmp_path_factory) -> Path:
 def model(synth, tmp_path_factory) -> Path:
     records = json.loads((synth / "annotations" / "captions_train.json").read_text())["annotations"]
     vocab = Vocabulary.build([a["caption"] for a in records], threshold=1)
-    config = ModelConfig(vocab_size=len(vocab), backbone="resnet18", encoder_weights="none", image_size=64,
+    config = ModelConfig(vocab_size=len(vocab), decoder="show-tell",
+                         backbone="resnet18", encoder_weights="none", image_size=64,
                          embed_size=16, hidden_size=32)
     return Captioner(config, vocab).save(tmp_path_factory.mktemp("model") / "m")
 
@@ -259,7 +260,8 @@ def test_real_coco_inspect_vocab_and_caption(shared, model, tmp_path) -> None:
 def test_evaluate_a_fine_tuned_model_encodes_pixels(synth, tmp_path) -> None:
     records = json.loads((synth / "annotations" / "captions_train.json").read_text())["annotations"]
     vocab = Vocabulary.build([a["caption"] for a in records], threshold=1)
-    config = ModelConfig(vocab_size=len(vocab), backbone="resnet18", encoder_weights="none", image_size=64,
+    config = ModelConfig(vocab_size=len(vocab), decoder="show-tell",
+                         backbone="resnet18", encoder_weights="none", image_size=64,
                          embed_size=16, hidden_size=32, fine_tune=True)
     model = Captioner(config, vocab).save(tmp_path / "tuned")
     first = sorted((synth / "test").iterdir())[0]
@@ -400,19 +402,7 @@ def test_a_model_trained_on_the_synthetic_shapes_says_so(synth, tmp_path) -> Non
 def _tiny(synth: Path, tmp_path: Path, trained_on: str) -> Path:
     records = json.loads((synth / "annotations" / "captions_train.json").read_text())["annotations"]
     vocab = Vocabulary.build([a["caption"] for a in records], threshold=1)
-    config = ModelConfig(vocab_size=len(vocab), backbone="resnet18", encoder_weights="none", image_size=64,
+    config = ModelConfig(vocab_size=len(vocab), decoder="show-tell",
+                         backbone="resnet18", encoder_weights="none", image_size=64,
                          embed_size=16, hidden_size=32, trained_on=trained_on)
     return Captioner(config, vocab).save(tmp_path / trained_on.replace(" ", "_"))
-
-
-def test_train_defaults_are_the_recipe() -> None:
-    """Every `captioner train` option named like a recipe setting defaults to it (image size once stayed 224 px when
-    the recipe moved to Lite2 at 260 px, so the CLI trained another model than the demo)."""
-    import typer.main
-
-    params = {p.name: p.default for p in typer.main.get_command(app).commands["train"].params}
-    settings = {**recipe.MODEL, **recipe.TRAIN, "decoder": recipe.DECODER}
-    shared = sorted(settings.keys() & params.keys())
-    assert {"backbone", "image_size", "grid", "hidden_size", "dropout", "lr", "epochs", "ema", "decoder",
-            "early_stop"} <= set(shared)
-    assert {k: params[k] for k in shared} == {k: settings[k] for k in shared}

@@ -289,7 +289,8 @@ def _score_main(out: str, rank: str, port: str) -> None:
                             timeout=timedelta(seconds=TIMEOUT))
     vocab = Vocabulary.build(["a red circle", "a blue square"], threshold=1)
     torch.manual_seed(0)
-    model = CaptionModel(ModelConfig(vocab_size=len(vocab), backbone="resnet18", encoder_weights="none", grid=1,
+    model = CaptionModel(ModelConfig(vocab_size=len(vocab), decoder="show-tell",
+                                     backbone="resnet18", encoder_weights="none", grid=1,
                                      embed_size=8, hidden_size=8))
     records = [ImageRecord(i, Path(f"{i}.png"), ("a red circle",), "val") for i in range(10)]
     decoded, calls = [0], []
@@ -337,7 +338,8 @@ def _skip_main(out: str, rank: str, port: str) -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     vocab = Vocabulary.build(["a red circle", "a blue square"], threshold=1)
-    config = ModelConfig(vocab_size=len(vocab), backbone="resnet18", encoder_weights="none", grid=1, embed_size=8,
+    config = ModelConfig(vocab_size=len(vocab), decoder="show-tell",
+                         backbone="resnet18", encoder_weights="none", grid=1, embed_size=8,
                          hidden_size=8)
     module = CaptionModule(asdict(config), vocab.itos, asdict(TrainConfig(data="unused", epochs=1)))
     good = [(torch.randn(1, 512), torch.tensor(vocab.encode("a red circle"))) for _ in range(2)]

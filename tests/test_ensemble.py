@@ -62,7 +62,8 @@ def test_an_ensemble_step_is_the_renormalised_mean_of_its_members_any_family() -
 
 
 def tiny(tmp_path, name: str, vocab: Vocabulary, **kw) -> Captioner:
-    config = ModelConfig(vocab_size=len(vocab), **(dict(backbone="resnet18", encoder_weights="none", image_size=64,
+    config = ModelConfig(vocab_size=len(vocab), **(dict(decoder="show-tell",
+                                                        backbone="resnet18", encoder_weights="none", image_size=64,
                                                         grid=2, embed_size=16, hidden_size=32) | kw))
     return Captioner(config, vocab).save(tmp_path / name)
 

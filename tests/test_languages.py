@@ -155,7 +155,8 @@ def test_caption_grid_draws_chinese_with_a_cjk_font(tmp_path: Path) -> None:
 
 def test_the_api_returns_chinese_text_in_utf8(tmp_path: Path) -> None:
     vocab = Vocabulary.build(["一只狗在草地上跑", "两个男孩在踢足球"], threshold=1, tokenizer=ZH)
-    model = Captioner(ModelConfig(vocab_size=len(vocab), backbone="resnet18", encoder_weights="none", image_size=64),
+    model = Captioner(ModelConfig(vocab_size=len(vocab), decoder="show-tell",
+                                  backbone="resnet18", encoder_weights="none", image_size=64),
                       vocab)
     with torch.no_grad():
         model.decoder.out.bias[END] = -1e4  # random weights that never end: max_len words

@@ -45,7 +45,7 @@ def decoder_of(family: str, vocab_size: int, seed: int, features: int = 6, cells
     grid = round(cells ** 0.5)
     name, _, score = family.partition(":")  # "attention:dot": the dot-product score
     config = ModelConfig(vocab_size, name, grid=grid, embed_size=5, hidden_size=7, attention_size=4, context_size=3,
-                         attention_score=score or "additive")
+                         attention_score=score or "additive", dropout=0.0)
     dec = create_decoder(name, config, features)
     with torch.no_grad():  # sharper distributions than the init, so search choices matter
         dec.out.weight.mul_(8)

@@ -1,14 +1,16 @@
-"""The real-photo main job (`captioner demo --data`) end to end on a tiny Flickr-layout set without a test list."""
+"""The main job (`captioner demo --data`) end to end on the photos preset, on a tiny Flickr-layout set without a test
+list; the served-model rule."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from captioner import recipe
 from captioner.data.datasets import open_split
-from captioner.photo_demo import run_photo_demo, scored_split, served_run
+from captioner.demo import run_demo, scored_split, served_run
 
 TINY_MODEL = dict(backbone="resnet18", encoder_weights="none", image_size=64, grid=2, embed_size=16, hidden_size=32,
                   attention_size=16, context_size=16)
@@ -32,14 +34,13 @@ def flickr_layout(tiny_synth: Path, tmp_path: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_photo_demo_scores_val_when_there_is_no_test_split(flickr_layout: Path, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(recipe, "MODEL", recipe.MODEL | TINY_MODEL)
-    monkeypatch.setattr(recipe, "TRAIN", recipe.TRAIN | dict(epochs=1, batch_size=16, threshold=1, ema=0.0))
+def test_photo_demo_scores_val_when_there_is_no_test_split(flickr_layout: Path, tmp_path: Path) -> None:
+    tiny = replace(recipe.PRESETS["photos"], families=("show-tell", "attention"), model=TINY_MODEL,
+                   train=dict(epochs=1, batch_size=16, threshold=1, ema=0.0))
     images = flickr_layout.parent / "images"
     assert scored_split(flickr_layout, images) == "val"
     out = tmp_path / "out"
-    summary = run_photo_demo(flickr_layout, images, out, families=("show-tell", "attention"), scst_epochs=1,
-                             progress=False)
+    summary = run_demo(tiny, flickr_layout, images, out, progress=False)
     assert summary["split"] == "val" and summary["served"] in ("show-tell", "attention", "show-tell + SCST",
                                                               "attention + SCST")
     labels = set(summary["metrics"])

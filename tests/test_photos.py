@@ -48,7 +48,7 @@ def cache(tmp_path_factory) -> Path:
 
 def short_run(data: Path, images: Path, out: Path, cache: Path, **config) -> tuple[list[str], float, float]:
     """A short recipe run on ``data``: its val captions, their CIDEr and the blind baseline's (the language's words)."""
-    settings = recipe.xe(recipe.DECODER)
+    settings = recipe.xe("attention")
     model_kwargs = settings["model"] | dict(hidden_size=256, embed_size=128, backbone="efficientnet_lite0",
                                             image_size=224)  # the recipe's training; the encoder 2.2x cheaper
     cfg = settings["train"] | dict(epochs=4, early_stop=0, threshold=3, val_images=VAL_IMAGES, ema=0.9) | config

@@ -79,7 +79,8 @@ def png_header(width: int, height: int) -> bytes:
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     v = Vocabulary.build(["a red circle on the left", "a blue square above a green triangle"], threshold=1)
     folder = tmp_path_factory.mktemp("serve") / "tiny-model"
-    config = ModelConfig(vocab_size=len(v), backbone="resnet18", encoder_weights="none", image_size=64)
+    config = ModelConfig(vocab_size=len(v), decoder="show-tell",
+                         backbone="resnet18", encoder_weights="none", image_size=64)
     Captioner(config, v).save(folder)
     (folder / "metrics_test.json").write_text('{"BLEU-4": 0.25, "CIDEr": 0.8}')
     return folder

@@ -29,7 +29,16 @@ from captioner.train import TrainConfig, cider_document_frequencies, load_record
 from captioner.train_data import CaptionData, caption_collate
 from captioner.train_module import CaptionModule
 
-TINY = dict(backbone="resnet18", encoder_weights="none", image_size=64, grid=2, embed_size=16, hidden_size=32)
+TINY = dict(decoder="show-tell", dropout=0.0, backbone="resnet18", encoder_weights="none", image_size=64, grid=2,
+            embed_size=16, hidden_size=32)
+
+
+def tiny_run(**settings) -> TrainConfig:
+    """A tiny run's config: a high rate, no moving average and no early stop, so that a few steps learn (the
+    defaults are the photo recipe's)."""
+    return TrainConfig(**(dict(lr=0.01, min_lr=0.001, ema=0.0, early_stop=0) | settings))
+
+
 CLI_TINY = ["--backbone", "resnet18", "--encoder-weights", "none", "--image-size", "64", "--grid", "2",
             "--embed-size", "16", "--hidden-size", "32"]
 
@@ -43,7 +52,7 @@ def test_train_writes_artifact_curves_epoch_lines_and_reuses_cache(tiny_synth, t
     per epoch, no carriage-return updates, and no "module(s) in eval mode" warning for the frozen encoder."""
     cfg = dict(data=str(tiny_synth), epochs=2, batch_size=16, threshold=1, cache_dir=str(tmp_path / "cache"),
                val_images=8)
-    run = train(TrainConfig(out=str(tmp_path / "run"), **cfg), TINY)
+    run = train(tiny_run(out=str(tmp_path / "run"), **cfg), TINY)
     out = capsys.readouterr()
     assert "\r" not in out.out + out.err and "encoded 24 images" in out.out
     assert [line.split()[1] for line in out.out.splitlines() if line.startswith("epoch ")] == ["0", "1"]
@@ -60,14 +69,14 @@ def test_train_writes_artifact_curves_epoch_lines_and_reuses_cache(tiny_synth, t
     assert float(table[0]["lr"]) > float(table[1]["lr"])  # the scheduler lowers it
     model = load(run)
     assert model.config.backbone == "resnet18" and len(model.vocab) == model.config.vocab_size
-    train(TrainConfig(out=str(tmp_path / "run2"), **cfg), TINY)
+    train(tiny_run(out=str(tmp_path / "run2"), **cfg), TINY)
     assert "feature cache hit" in capsys.readouterr().out
     with pytest.raises(FileExistsError, match="--resume"):
-        train(TrainConfig(out=str(tmp_path / "run"), **cfg), TINY)
+        train(tiny_run(out=str(tmp_path / "run"), **cfg), TINY)
 
 
 def test_padded_batches_train_too(tiny_synth, tmp_path) -> None:
-    run = train(TrainConfig(data=str(tiny_synth), out=str(tmp_path / "run"), epochs=1, batch_size=16, threshold=1,
+    run = train(tiny_run(data=str(tiny_synth), out=str(tmp_path / "run"), epochs=1, batch_size=16, threshold=1,
                             batching="pad", cache_views=2, cache_dir=str(tmp_path / "cache"), progress=False), TINY)
     assert len(rows(run)) == 1
 
@@ -94,7 +103,7 @@ def test_sigkill_then_resume_records_every_epoch_once(tiny_synth, tmp_path) -> N
 
 
 def test_fine_tuning_trains_the_last_stage_from_images(tiny_synth, tmp_path) -> None:
-    run = train(TrainConfig(data=str(tiny_synth), out=str(tmp_path / "run"), epochs=1, batch_size=32, threshold=1,
+    run = train(tiny_run(data=str(tiny_synth), out=str(tmp_path / "run"), epochs=1, batch_size=32, threshold=1,
                             progress=False), TINY | {"fine_tune": True})
     tuned, fresh_trunk = load(run), build_trunk("resnet18", "none", 0)[0]
     assert torch.equal(tuned.encoder.backbone.conv1.weight, fresh_trunk.conv1.weight)  # frozen stem
@@ -113,7 +122,7 @@ def test_batches_reshuffle_every_epoch_and_cover_every_caption(tiny_synth, tmp_p
         return fetch(self, indices)
 
     monkeypatch.setattr(CachedCaptions, "__getitems__", record)
-    train(TrainConfig(data=str(tiny_synth), out=str(tmp_path / "run"), epochs=2, batch_size=16, threshold=1,
+    train(tiny_run(data=str(tiny_synth), out=str(tmp_path / "run"), epochs=2, batch_size=16, threshold=1,
                       batching=batching, eval_every=10, cache_dir=str(tmp_path / "cache"), progress=False), TINY)
     half = len(seen) // 2
     first, second = seen[:half], seen[half:]
@@ -123,7 +132,7 @@ def test_batches_reshuffle_every_epoch_and_cover_every_caption(tiny_synth, tmp_p
 
 
 def test_early_stopping_counts_evaluations_only(tiny_synth, tmp_path) -> None:
-    run = train(TrainConfig(data=str(tiny_synth), out=str(tmp_path / "run"), epochs=4, batch_size=16, threshold=1,
+    run = train(tiny_run(data=str(tiny_synth), out=str(tmp_path / "run"), epochs=4, batch_size=16, threshold=1,
                             eval_every=2, early_stop=1, val_images=8, cache_dir=str(tmp_path / "cache"),
                             progress=False), TINY)
     table = rows(run)
@@ -134,30 +143,30 @@ def test_early_stopping_counts_evaluations_only(tiny_synth, tmp_path) -> None:
 def test_validation_never_uses_training_images(tiny_synth, tmp_path) -> None:
     one_file = dict(data=str(tiny_synth / "annotations" / "captions_train.json"), images=str(tiny_synth / "train"))
     messages: list[str] = []
-    train_records, val = load_records(TrainConfig(**one_file, val_fraction=0.25), messages.append)
+    train_records, val = load_records(tiny_run(**one_file, val_fraction=0.25), messages.append)
     assert len(val) == 6 and len(train_records) == 18 and "holding out 6 of 24" in " ".join(messages)
     assert not {r.path for r in train_records} & {r.path for r in val}
-    again, _ = load_records(TrainConfig(**one_file, val_fraction=0.25), messages.append)
+    again, _ = load_records(tiny_run(**one_file, val_fraction=0.25), messages.append)
     assert again == train_records  # seeded: the same split every time
-    _, val = load_records(TrainConfig(**one_file, val_data=str(tiny_synth), val_split="val"), messages.append)
+    _, val = load_records(tiny_run(**one_file, val_data=str(tiny_synth), val_split="val"), messages.append)
     assert len(val) == 8
     with pytest.raises(ValueError, match="also training images"):
-        load_records(TrainConfig(**one_file, val_data=one_file["data"], val_image_dir=one_file["images"]))
-    _, val = load_records(TrainConfig(data=str(tiny_synth)), messages.append)  # a folder: its own val split
+        load_records(tiny_run(**one_file, val_data=one_file["data"], val_image_dir=one_file["images"]))
+    _, val = load_records(tiny_run(data=str(tiny_synth)), messages.append)  # a folder: its own val split
     assert len(val) == 8 and all(r.split == "val" for r in val)
 
 
 def test_resume_refuses_changed_flags_unless_safe_and_forced(tiny_synth, tmp_path) -> None:
     cfg = dict(data=str(tiny_synth), out=str(tmp_path / "run"), epochs=1, batch_size=16, threshold=1,
                eval_every=10, cache_dir=str(tmp_path / "cache"), progress=False)
-    train(TrainConfig(**cfg), TINY)
+    train(tiny_run(**cfg), TINY)
     with pytest.raises(ValueError, match="--hidden-size was 32, now 64"):
-        train(TrainConfig(**cfg | {"resume": True}), TINY | {"hidden_size": 64})
+        train(tiny_run(**cfg | {"resume": True}), TINY | {"hidden_size": 64})
     with pytest.raises(ValueError, match="--threshold was 1, now 2"):
-        train(TrainConfig(**cfg | {"resume": True, "threshold": 2, "force": True}), TINY)
+        train(tiny_run(**cfg | {"resume": True, "threshold": 2, "force": True}), TINY)
     with pytest.raises(ValueError, match="--force"):
-        train(TrainConfig(**cfg | {"resume": True, "epochs": 2}), TINY)
-    run = train(TrainConfig(**cfg | {"resume": True, "epochs": 2, "force": True}), TINY)
+        train(tiny_run(**cfg | {"resume": True, "epochs": 2}), TINY)
+    run = train(tiny_run(**cfg | {"resume": True, "epochs": 2, "force": True}), TINY)
     assert [int(r["epoch"]) for r in rows(run)] == [0, 1]
 
 
@@ -167,13 +176,13 @@ def test_resume_takes_a_model_setting_missing_from_an_older_run_as_its_default(t
     cfg = dict(data=str(tiny_synth), out=str(tmp_path / "run"), epochs=1, batch_size=16, threshold=1,
                eval_every=10, cache_dir=str(tmp_path / "cache"), progress=False)
     model = TINY | {"decoder": "attention", "attention_size": 8, "context_size": 8}
-    run = train(TrainConfig(**cfg), model)
+    run = train(tiny_run(**cfg), model)
     saved = json.loads((run / "config.json").read_text())
     del saved["attention_score"]  # as a run from before the setting wrote it
     (run / "config.json").write_text(json.dumps(saved))
     with pytest.raises(ValueError, match="--attention-score was 'additive', now 'dot'"):
-        train(TrainConfig(**cfg | {"resume": True}), model | {"attention_score": "dot"})
-    train(TrainConfig(**cfg | {"resume": True, "epochs": 2, "force": True}), model | {"attention_score": "additive"})
+        train(tiny_run(**cfg | {"resume": True}), model | {"attention_score": "dot"})
+    train(tiny_run(**cfg | {"resume": True, "epochs": 2, "force": True}), model | {"attention_score": "additive"})
     assert [int(r["epoch"]) for r in rows(run)] == [0, 1]
 
 
@@ -202,7 +211,7 @@ def test_cli_flags_reach_their_fields_and_epoch_lines_read_well(tiny_synth, tmp_
 def test_a_batch_whose_images_all_failed_is_skipped() -> None:
     vocab = Vocabulary.build(["a cat"], threshold=1)
     config = ModelConfig(vocab_size=len(vocab), fine_tune=True, **TINY)
-    module = CaptionModule(asdict(config), vocab.itos, asdict(TrainConfig(data="unused")))
+    module = CaptionModule(asdict(config), vocab.itos, asdict(tiny_run(data="unused")))
     assert caption_collate([None, None]) == ()  # not None, which Lightning would drop before the step (DDP hangs)
     assert module.training_step((), 0) is None  # one process: no loss, no step
     assert module.validation_step((), 0) is None
@@ -211,9 +220,9 @@ def test_a_batch_whose_images_all_failed_is_skipped() -> None:
 @pytest.mark.parametrize("baseline", ["mean"])  # "greedy" raises it too (+24 % here) at twice the test time
 def test_self_critical_training_raises_the_reward(tiny_synth, tmp_path, baseline) -> None:
     cache = str(tmp_path / "cache")
-    xe = train(TrainConfig(data=str(tiny_synth), out=str(tmp_path / "xe"), epochs=3, batch_size=16, threshold=1,
+    xe = train(tiny_run(data=str(tiny_synth), out=str(tmp_path / "xe"), epochs=3, batch_size=16, threshold=1,
                            eval_every=10, cache_dir=cache, progress=False), TINY)
-    run = train(TrainConfig(data=str(tiny_synth), out=str(tmp_path / "scst"), epochs=6, batch_size=4, threshold=1,
+    run = train(tiny_run(data=str(tiny_synth), out=str(tmp_path / "scst"), epochs=6, batch_size=4, threshold=1,
                             eval_every=6, val_images=8, cache_dir=cache, progress=False, scst=True, init=str(xe),
                             lr=1e-2, min_lr=1e-2, scheduler="none", scst_baseline=baseline))
     table = rows(run)
@@ -234,7 +243,7 @@ def test_with_ema_the_average_is_validated_and_saved(tiny_synth, tmp_path, monke
         return score(model, *args, **kwargs)
 
     monkeypatch.setattr(train_module, "generation_scores", spy)
-    run = train(TrainConfig(data=str(tiny_synth), out=str(tmp_path / "run"), epochs=2, batch_size=8, threshold=1,
+    run = train(tiny_run(data=str(tiny_synth), out=str(tmp_path / "run"), epochs=2, batch_size=8, threshold=1,
                             eval_every=2, val_images=8, ema=0.9, cache_dir=str(tmp_path / "cache"), progress=False),
                 TINY)
     saved = load(run).decoder.out.weight
@@ -247,13 +256,13 @@ def test_resume_with_ema_gives_the_same_model_as_one_run_from_checkpoints_withou
                                                                                               tmp_path) -> None:
     cfg = dict(data=str(tiny_synth), batch_size=8, threshold=1, scheduler="none", eval_every=2, val_images=8,
                ema=0.9, cache_dir=str(tmp_path / "cache"), progress=False)  # saved: the second epoch's average
-    straight = train(TrainConfig(out=str(tmp_path / "straight"), epochs=2, **cfg), TINY)
+    straight = train(tiny_run(out=str(tmp_path / "straight"), epochs=2, **cfg), TINY)
     for name in ("last", "best"):  # the frozen trunk is rebuilt from config: neither the average nor the weights
         saved = torch.load(straight / "checkpoints" / f"{name}.ckpt", map_location="cpu", weights_only=True)
         keys = [*saved["state_dict"], *saved["current_model_state"], *saved["averaging_state"]]
         assert "model.decoder.out.weight" in keys and not [k for k in keys if ".encoder.backbone." in k], name
-    train(TrainConfig(out=str(tmp_path / "resumed"), epochs=1, **cfg), TINY)
-    resumed = train(TrainConfig(out=str(tmp_path / "resumed"), epochs=2, resume=True, force=True, **cfg), TINY)
+    train(tiny_run(out=str(tmp_path / "resumed"), epochs=1, **cfg), TINY)
+    resumed = train(tiny_run(out=str(tmp_path / "resumed"), epochs=2, resume=True, force=True, **cfg), TINY)
     assert (straight / "model.safetensors").read_bytes() == (resumed / "model.safetensors").read_bytes()
 
 
@@ -287,10 +296,10 @@ def test_a_validation_source_without_usable_images_stops_instead_of_holding_out(
     for image in (data / "val").iterdir():
         image.unlink()
     with pytest.raises(ValueError, match=r"'val' split of .*data has no usable images: 8 missing file"):
-        load_records(TrainConfig(data=str(data)))  # a folder's own val split
+        load_records(tiny_run(data=str(data)))  # a folder's own val split
     one_file = dict(data=str(tiny_synth / "annotations" / "captions_train.json"), images=str(tiny_synth / "train"))
     with pytest.raises(ValueError, match=r"--val-data .*data has no usable images: 8 missing file"):
-        load_records(TrainConfig(**one_file, val_data=str(data)))
+        load_records(tiny_run(**one_file, val_data=str(data)))
 
 
 def test_forced_resume_applies_the_new_schedule_patience_and_val_subset(tiny_synth, tmp_path, monkeypatch,
@@ -303,9 +312,9 @@ def test_forced_resume_applies_the_new_schedule_patience_and_val_subset(tiny_syn
                         lambda *a, **k: {"Bleu_4": 1.0, "CIDEr": cider[0], "distinct": 50.0})
     cfg = dict(data=str(tiny_synth), out=str(tmp_path / "run"), batch_size=16, threshold=1, lr=0.01, min_lr=0.001,
                cache_dir=str(tmp_path / "cache"), progress=False)
-    train(TrainConfig(**cfg, epochs=1, early_stop=1, val_images=8), TINY)
+    train(tiny_run(**cfg, epochs=1, early_stop=1, val_images=8), TINY)
     cider[0] = 1.0
-    run = train(TrainConfig(**cfg, epochs=3, early_stop=5, val_images=4, resume=True, force=True), TINY)
+    run = train(tiny_run(**cfg, epochs=3, early_stop=5, val_images=4, resume=True, force=True), TINY)
     table = rows(run)
     assert [int(r["epoch"]) for r in table] == [0, 1, 2]  # patience 5, not the run's 1
     closed = [0.001 + 0.009 * (1 + math.cos(math.pi * e / 3)) / 2 for e in range(3)]
@@ -319,15 +328,15 @@ def test_self_critical_fine_tunes_from_a_fine_tuned_run_and_resumes_with_its_own
     """SCST from a --fine-tune run reads images (it crashed on caption batches), and its resume ignores the model
     flags as its first run did (the CLI passes them all: they were compared with the --init model's)."""
     cli_like = TINY | {"backbone": "resnet50", "hidden_size": 512}  # what the command line said: unused with --init
-    records, _ = load_records(TrainConfig(data=str(tiny_synth)), log=lambda _: None)
+    records, _ = load_records(tiny_run(data=str(tiny_synth)), log=lambda _: None)
     vocab = Vocabulary.build((c for r in records for c in r.captions), threshold=1)
     torch.manual_seed(0)
     xe = save_artifact(CaptionModel(ModelConfig(vocab_size=len(vocab), fine_tune=True, **TINY)), vocab,
                        tmp_path / "xe")  # a fine-tuned run's artifact (its training is another test's)
     cfg = dict(data=str(tiny_synth), out=str(tmp_path / "scst"), batch_size=8, threshold=1, eval_every=10,
                progress=False, scst=True, init=str(xe), lr=1e-3, min_lr=1e-3, scheduler="none")
-    train(TrainConfig(**cfg, epochs=1), cli_like)
-    run = train(TrainConfig(**cfg, epochs=2, resume=True, force=True), cli_like)
+    train(tiny_run(**cfg, epochs=1), cli_like)
+    run = train(tiny_run(**cfg, epochs=2, resume=True, force=True), cli_like)
     table = rows(run)
     assert [int(r["epoch"]) for r in table] == [0, 1] and all(float(r["sample_len"]) > 0 for r in table)
     tuned, start = load(run), load(xe)
@@ -355,7 +364,7 @@ def test_cider_frequencies_left_by_another_run_are_recomputed(tmp_path, capsys) 
 
 def test_fine_tuning_validates_on_the_eval_transform(tiny_synth) -> None:
     """val_loss of a fine-tuned run reads each image as evaluation does, not a new random crop every time."""
-    cfg = TrainConfig(data=str(tiny_synth), threshold=1, val_images=2)
+    cfg = tiny_run(data=str(tiny_synth), threshold=1, val_images=2)
     train_records, val_records = load_records(cfg, log=lambda _: None)
     vocab = Vocabulary.build((c for r in train_records for c in r.captions), threshold=1)
     model_cfg = ModelConfig(vocab_size=len(vocab), fine_tune=True, **TINY)

@@ -35,7 +35,16 @@ from captioner.train_data import CaptionData
 from captioner.train_exit import TrainingFailed, cli_defaults, resume_command
 from captioner.train_module import CaptionModule
 
-TINY = dict(backbone="resnet18", encoder_weights="none", image_size=64, grid=2, embed_size=16, hidden_size=32)
+TINY = dict(decoder="show-tell", dropout=0.0, backbone="resnet18", encoder_weights="none", image_size=64, grid=2,
+            embed_size=16, hidden_size=32)
+
+
+def tiny_run(**settings) -> TrainConfig:
+    """A tiny run's config: a high rate, no moving average and no early stop, so that a few steps learn (the
+    defaults are the photo recipe's)."""
+    return TrainConfig(**(dict(lr=0.01, min_lr=0.001, ema=0.0, early_stop=0) | settings))
+
+
 CLI_TINY = ["--backbone", "resnet18", "--encoder-weights", "none", "--image-size", "64", "--grid", "2",
             "--embed-size", "16", "--hidden-size", "32"]
 
@@ -87,14 +96,14 @@ def test_a_folder_holding_a_model_is_refused_unless_forced_and_survives_a_stop(t
     cfg = dict(data=str(tiny_synth), out=str(folder), epochs=1, batch_size=16, threshold=1,
                cache_dir=str(tmp_path / "cache"), progress=False)
     with pytest.raises(FileExistsError, match="holds a model .*--force"):
-        train(TrainConfig(**cfg), TINY)
+        train(tiny_run(**cfg), TINY)
 
     def interrupted(self, stage: str) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(CaptionData, "setup", interrupted)
     with pytest.raises(SystemExit) as stop:
-        train(TrainConfig(force=True, **cfg), TINY)
+        train(tiny_run(force=True, **cfg), TINY)
     assert stop.value.code == 128 + signal.SIGINT
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works again
     err = capsys.readouterr().err
@@ -106,13 +115,13 @@ def test_a_folder_holding_a_model_is_refused_unless_forced_and_survives_a_stop(t
 def test_training_over_a_model_with_force_replaces_it_at_export(tiny_synth, tmp_path) -> None:
     folder = model_folder(tiny_synth, tmp_path / "model")
     old = (folder / "model.safetensors").read_bytes()
-    train(TrainConfig(data=str(tiny_synth), out=str(folder), epochs=1, batch_size=16, threshold=1, force=True,
+    train(tiny_run(data=str(tiny_synth), out=str(folder), epochs=1, batch_size=16, threshold=1, force=True,
                       cache_dir=str(tmp_path / "cache"), progress=False), TINY | {"embed_size": 8})
     assert (folder / "model.safetensors").read_bytes() != old and load(folder).config.embed_size == 8
 
 
 @pytest.mark.parametrize("flags", [
-    ["--epochs", "20"],  # TrainConfig's defaults, not the CLI's: once left out of the printed command
+    ["--epochs", "20"],  # settings away from the defaults
     ["--batch-size", "512", "--lr", "0.01", "--min-lr", "0.001", "--ema", "0", "--early-stop", "0"],
     ["--decoder", "show-tell", "--no-batch-norm", "--train-max-len", "0", "--threshold", "1", "--val-split", "none"],
     ["--init", "runs/x", "--scst", "--epochs", "2", "--batch-size", "50", "--lr", "5e-5", "--scheduler", "none"],
@@ -213,7 +222,7 @@ def test_sampling_survives_a_model_sure_of_a_ruled_out_word(decoder) -> None:
     """The self-critical crash: all but a ruled-out word (<unk>) at log-probability < -104, whose exp is 0 in float32:
     `torch.multinomial` got a row of zeros ("invalid multinomial distribution (sum of probabilities <= 0)")."""
     torch.manual_seed(0)
-    model = CaptionModel(ModelConfig(vocab_size=30, decoder=decoder, **TINY)).eval()
+    model = CaptionModel(ModelConfig(vocab_size=30, **TINY | {"decoder": decoder})).eval()
     with torch.no_grad():
         model.decoder.out.bias[UNK] = 1000.0
         features = model.features(torch.randn(3, 4, 512))
@@ -253,7 +262,7 @@ def test_non_finite_steps_are_skipped_and_counted_and_progress_lines_go_to_a_log
 
     monkeypatch.setattr(CaptionModule, "_loss", sometimes_nan)
     monkeypatch.setenv("CAPTIONER_PROGRESS_EVERY", "0")
-    run = train(TrainConfig(data=str(tiny_synth), out=str(tmp_path / "run"), epochs=2, batch_size=16, threshold=1,
+    run = train(tiny_run(data=str(tiny_synth), out=str(tmp_path / "run"), epochs=2, batch_size=16, threshold=1,
                             cache_dir=str(tmp_path / "cache"), encode_batch_size=8), TINY)
     out = capsys.readouterr()
     assert "epoch 1: skipped " in out.out and "for a non-finite loss or gradient" in out.out, out.out
@@ -275,7 +284,7 @@ def test_an_error_mid_run_exports_the_best_checkpoint_so_far_and_says_so(tiny_sy
     monkeypatch.setattr(CaptionModule, "_loss", broken_after_epoch_1)
     run = tmp_path / "run"
     with pytest.raises(TrainingFailed) as stop:
-        train(TrainConfig(data=str(tiny_synth), out=str(run), epochs=3, batch_size=4, threshold=1,
+        train(tiny_run(data=str(tiny_synth), out=str(run), epochs=3, batch_size=4, threshold=1,
                           cache_dir=str(tmp_path / "cache"), progress=False), TINY)
     message = str(stop.value)
     assert "stopped on an error in epoch 2" in message and "10 training steps in a row" in message, message
@@ -296,7 +305,7 @@ def test_a_runaway_caption_is_cut_by_default_saying_how_many(tiny_synth, tmp_pat
     annotations.write_text(json.dumps(coco))
     records, _ = open_split(data, "train")
     vocab = Vocabulary.build((c for r in records for c in r.captions), 1)
-    cfg = TrainConfig(data=str(data), out=str(tmp_path / "run"))
+    cfg = tiny_run(data=str(data), out=str(tmp_path / "run"))
     ids = CaptionData(cfg, ModelConfig(vocab_size=len(vocab), **TINY), records, [], vocab)._train_ids()
     longest = max(len(vocab.tokenizer.split(c)) for r in records for c in r.captions if c != runaway)
     said = capsys.readouterr().out

@@ -15,6 +15,13 @@ from captioner.data.vocab import SPECIALS, Vocabulary
 from captioner.data.word_vectors import apply_word_vectors, read_word_vectors
 from captioner.train import TrainConfig, train
 
+
+def tiny_run(**settings) -> TrainConfig:
+    """A tiny run's config: a high rate, no moving average and no early stop, so that a few steps learn (the
+    defaults are the photo recipe's)."""
+    return TrainConfig(**(dict(lr=0.01, min_lr=0.001, ema=0.0, early_stop=0) | settings))
+
+
 GLOVE = "the 0.1 0.2 0.3\nRed 1 2 3\nred 4 5 6\n. . . 7 8 9\n猫 -1 -2 -3.5\nsquare 0.5 0.5 0.5\n"
 
 
@@ -91,7 +98,7 @@ def test_training_starts_from_the_vectors_and_frozen_keeps_them(tiny_synth, tmp_
                  decoder="topdown")
     cfg = dict(data=str(tiny_synth), epochs=1, batch_size=16, threshold=1, cache_dir=str(tmp_path / "cache"),
                progress=False, word_vectors=str(path))
-    run = train(TrainConfig(out=str(tmp_path / "frozen"), freeze_word_vectors=True, **cfg), model)
+    run = train(tiny_run(out=str(tmp_path / "frozen"), freeze_word_vectors=True, **cfg), model)
     log = capsys.readouterr().out
     vocab = load(run).vocab
     shared = [w for w in words if w in vocab.stoi]
@@ -99,11 +106,11 @@ def test_training_starts_from_the_vectors_and_frozen_keeps_them(tiny_synth, tmp_
     embed = load_file(str(run / "model.safetensors"))["decoder.embed.weight"]
     for w in shared:
         assert torch.allclose(embed[vocab.stoi[w]], torch.tensor(vectors[w], dtype=torch.float32))
-    tuned = train(TrainConfig(out=str(tmp_path / "tuned"), **cfg), model)
+    tuned = train(tiny_run(out=str(tmp_path / "tuned"), **cfg), model)
     moved = load_file(str(tuned / "model.safetensors"))["decoder.embed.weight"]
     assert not torch.allclose(moved[vocab.stoi["red"]], torch.tensor(vectors["red"], dtype=torch.float32))
     with pytest.raises(ValueError, match="--freeze-word-vectors needs --word-vectors"):
-        TrainConfig(data="x", freeze_word_vectors=True)
+        tiny_run(data="x", freeze_word_vectors=True)
 
 
 def test_the_cli_stops_on_a_bad_vectors_file_naming_its_line(tiny_synth, tmp_path) -> None:

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import shlex
-from dataclasses import MISSING, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from captioner import recipe
+from captioner.models.config import ModelConfig
+from captioner.settings import defaults
 from captioner.train_config import TrainConfig
 
 NEVER_PRINTED = ("resume", "force")
@@ -19,10 +20,9 @@ class TrainingFailed(RuntimeError):
 
 
 def cli_defaults() -> dict[str, Any]:
-    """The defaults of ``captioner train``'s options by name: TrainConfig's, overridden by the recipe's (a test
-    checks them against the CLI's own)."""
-    config = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}
-    return config | recipe.TRAIN | recipe.MODEL | {"decoder": recipe.DECODER}
+    """The defaults of ``captioner train``'s options by name: the fields' of ModelConfig and TrainConfig, where the
+    CLI reads them too."""
+    return defaults(ModelConfig) | defaults(TrainConfig)
 
 
 def resume_command(cfg: TrainConfig, model_kwargs: dict[str, Any], resume: bool = True,

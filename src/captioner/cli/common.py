@@ -29,7 +29,6 @@ ImagesOpt = Annotated[Path | None, typer.Option(help="Image folder (COCO file, F
 LangOpt = Annotated[str | None, typer.Option("--lang", help="Caption language: en, zh, de, fr, es, it, nl (stored in "
                                              "vocab.json; default: guessed from the captions, said in the log)")]
 Decoder = Enum("Decoder", {name: name for name in DECODERS}, type=str)  # --decoder's choices: the registry
-DEFAULT_DECODER = Decoder(recipe.DECODER)
 TokenizerOpt = Annotated[str | None, typer.Option(help="The language's tokenizer: zh jieba (words, default) or char; "
                                                   "en treebank; others unicode")]
 

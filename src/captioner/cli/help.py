@@ -23,7 +23,7 @@ EVALUATE_SECTIONS: dict[str, tuple[str, ...]] = {
 
 TRAIN_SECTIONS: dict[str, tuple[str, ...]] = {
     "Data": ("data", "images", "val_data", "val_image_dir", "val_fraction", "val_split", "lang", "tokenizer",
-             "threshold", "cache_views", "cache_dir", "num_workers"),
+             "threshold", "cache_views", "cache_dir", "encode_batch_size", "num_workers"),
     "Model": ("decoder", "backbone", "encoder_weights", "image_size", "grid", "output_stride", "embed_size",
               "hidden_size", "num_layers", "attention_size", "context_size", "dropout", "batch_norm", "fine_tune",
               "init"),

@@ -1,6 +1,7 @@
 """`captioner serve`, `export` and `demo`: the service, ONNX graphs and the main job."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -66,33 +67,43 @@ SYNTHETIC_ONLY = ("train_images", "epochs", "attention_epochs", "image_size", "g
 PHOTOS_ONLY = ("images", "families", "cache_dir", "lang", "tokenizer")
 
 
+PHOTOS, SYNTHETIC = recipe.PRESETS["photos"], recipe.PRESETS["synthetic"]
+
+
 @app.command()
 def demo(ctx: typer.Context,
          out: Annotated[Path | None, typer.Option(help="Folder for the data set, the runs and the served model "
-                                                "(default runs/demo, with --data runs/photos)")] = None,
+                                                f"(default {SYNTHETIC.out}, with --data {PHOTOS.out})")] = None,
          data: Annotated[Path | None, typer.Option(help="A real photo set instead of the synthetic scenes: a "
                                                   "Flickr token file, captions CSV, Karpathy JSON or COCO folder")]
          = None,
          images: ImagesOpt = None,
          families: Annotated[str, typer.Option(help="With --data: decoder families to train, comma-separated")]
-         = ",".join(recipe.DEMO_FAMILIES),
+         = ",".join(PHOTOS.families),
          cache_dir: Annotated[Path | None, typer.Option(help="With --data: feature cache folder (default OUT/cache)")]
          = None,
          lang: LangOpt = None, tokenizer: TokenizerOpt = None,
-         train_images: Annotated[int, typer.Option(help="Synthetic training images")] = 4000,
-         epochs: Annotated[int, typer.Option(help="Show-Tell epochs (synthetic)")] = 6,
-         attention_epochs: Annotated[int, typer.Option(help="Attention epochs (synthetic)")] = 8,
+         train_images: Annotated[int, typer.Option(help="Synthetic training images")] = SYNTHETIC.train_images,
+         epochs: Annotated[int, typer.Option(help="Show-Tell epochs (synthetic)")]
+         = recipe.xe("show-tell", SYNTHETIC)["train"]["epochs"],
+         attention_epochs: Annotated[int, typer.Option(help="Attention epochs (synthetic)")]
+         = recipe.xe("attention", SYNTHETIC)["train"]["epochs"],
          scst_epochs: Annotated[int | None, typer.Option(help="Self-critical epochs for the better family (0: none; "
-                                                         f"default 2, with --data {recipe.SCST['epochs']})")] = None,
-         image_size: Annotated[int, typer.Option(help="Encoder input side (synthetic)")] = 128,
-         grid: Annotated[int, typer.Option(help="Feature grid side G, odd: a centre cell (synthetic)")] = 5,
+                                                         f"default {SYNTHETIC.scst['epochs']}, with --data "
+                                                         f"{PHOTOS.scst['epochs']})")] = None,
+         image_size: Annotated[int, typer.Option(help="Encoder input side (synthetic)")]
+         = SYNTHETIC.model["image_size"],
+         grid: Annotated[int, typer.Option(help="Feature grid side G, odd: a centre cell (synthetic)")]
+         = SYNTHETIC.model["grid"],
          backbone: Annotated[str, typer.Option(help="Frozen encoder (efficientnet_lite0: pretrained, offline)")]
-         = "efficientnet_lite0",
+         = SYNTHETIC.model["backbone"],
          output_stride: Annotated[int, typer.Option(help="Stride of the encoder's feature map (16: Lite0's "
-                                                    "stride-16 stage, whose cells keep colour and place)")] = 16,
+                                                    "stride-16 stage, whose cells keep colour and place)")]
+         = SYNTHETIC.model["output_stride"],
          precision: PrecisionOpt = "auto", progress: bool = True) -> None:
     """The main job, offline: synthetic scenes (or, with --data, a real photo set with the real-photo recipe) ->
     one feature cache -> Show-Tell and attention models -> self-critical training -> a table, pictures."""
+    from captioner.demo import run_demo
     from captioner.models.backbones import WeightsUnavailableError
 
     try:
@@ -101,27 +112,29 @@ def demo(ctx: typer.Context,
         if given:
             flags = ", ".join("--" + n.replace("_", "-") for n in given)
             which = "synthetic demo (without --data)" if data else "demo with --data"
-            raise ValueError(f"{flags}: only for the {which}; the real-photo recipe's settings are in "
-                             f"captioner/recipe.py")
-        if data is not None:
-            from captioner.photo_demo import run_photo_demo
-
+            raise ValueError(f"{flags}: only for the {which}; the presets' settings are in captioner/recipe.py")
+        if data is None:
+            preset = replace(SYNTHETIC, train_images=train_images, model=SYNTHETIC.model | dict(
+                image_size=image_size, grid=grid, backbone=backbone, output_stride=output_stride),
+                family=_with_epochs(SYNTHETIC, {"show-tell": epochs, "attention": attention_epochs}))
+        else:
             chosen = tuple(f.strip() for f in families.split(",") if f.strip())
             unknown = [f for f in chosen if f not in recipe.FAMILY]
             if unknown or not chosen:
                 raise ValueError(f"--families: choose from {', '.join(recipe.FAMILY)}, got {families!r}")
-            run_photo_demo(data, images, out or Path("runs/photos"), cache_dir, chosen,
-                           recipe.SCST["epochs"] if scst_epochs is None else scst_epochs, progress, lang, tokenizer,
-                           precision)
-            return
-        from captioner.pipeline import run_demo
-
-        run_demo(out or Path("runs/demo"), train_images=train_images, epochs=epochs,
-                 attention_epochs=attention_epochs, scst_epochs=2 if scst_epochs is None else scst_epochs,
-                 image_size=image_size, grid=grid, backbone=backbone, output_stride=output_stride, progress=progress,
-                 precision=precision)
+            preset = replace(PHOTOS, families=chosen)
+        if scst_epochs is not None:
+            preset = replace(preset, scst=preset.scst | {"epochs": scst_epochs})
+        run_demo(preset, data, images, out, cache_dir, progress, lang, tokenizer, precision)
     except (OSError, ValueError, WeightsUnavailableError) as e:
         raise _fail(e) from None
+
+
+def _with_epochs(preset: recipe.Preset, epochs: dict[str, int]) -> dict[str, dict[str, dict]]:
+    """The preset's per-family changes with each family's cross-entropy epochs set."""
+    return {name: changes | {"train": changes.get("train", {}) | {"epochs": epochs[name]}} if name in epochs
+            else changes for name, changes in preset.family.items()}
+
 
 if __name__ == "__main__":
     app()
