@@ -42,7 +42,8 @@ def run(quick: bool) -> list[dict]:
     itos = [*SPECIALS, *(f"w{i}" for i in range(s["vocab"] - len(SPECIALS)))]
     for family in ("show-tell", "attention"):
         say(f"gpu: {family}")
-        module = CaptionModule(asdict(ModelConfig(vocab_size=len(itos), decoder=family, encoder_weights="none")),
+        module = CaptionModule(asdict(ModelConfig(vocab_size=len(itos), decoder=family, backbone="resnet50",
+                                                  image_size=224, encoder_weights="none")),
                                itos, asdict(TrainConfig(data=".", batch_size=s["batch"]))).to(dev).train()
         optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=module.cfg.lr)
         for length in LENGTHS:

@@ -132,7 +132,8 @@ def probe_family(family: str, seed: int, data, vocab, cfg: dict) -> dict:
 
     say(f"scale: {family}, {cfg['warmup']} + {cfg['timed']} steps at batch {cfg['batch']}")
     Path("/proc/self/clear_refs").write_text("5")  # restart VmHWM: this family's peak
-    module = CaptionModule(asdict(ModelConfig(vocab_size=len(vocab), decoder=family, encoder_weights="none")),
+    module = CaptionModule(asdict(ModelConfig(vocab_size=len(vocab), decoder=family, backbone="resnet50",
+                                             image_size=224, encoder_weights="none")),
                            vocab.itos, asdict(TrainConfig(data=".", batch_size=cfg["batch"]))).train()
     optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=module.cfg.lr)
     sampler = LengthBucketSampler(data.captions.lengths, cfg["batch"], seed=seed)
