@@ -55,8 +55,8 @@ def _trained(family: str, score: str, s: dict) -> tuple[torch.nn.Module, torch.o
     """The recipe's CaptionModule for ``family`` (with ``score``) at the benchmark's sizes, and its Adam."""
     from captioner import recipe
     from captioner.models.config import ModelConfig
-    from captioner.train_config import TrainConfig
-    from captioner.train_module import CaptionModule
+    from captioner.training.config import TrainConfig
+    from captioner.training.module import CaptionModule
 
     settings = recipe.xe(family)
     model = asdict(ModelConfig(**settings["model"] | dict(vocab_size=s["vocab"], encoder_weights="none",

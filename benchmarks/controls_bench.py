@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from captioner.data.datasets import open_split
-from captioner.diagnostics import diagnose
-from captioner.evaluate import score_columns
+from captioner.evaluation.diagnostics import diagnose
+from captioner.evaluation.metrics import score_columns
 from captioner.inference import caption_features, load, load_ensemble, record_features
 from captioner.search import Search
 

@@ -18,9 +18,9 @@ PAIR = ("efficientnet_lite0", "resnet50")  # pretrained offline vs the seed's ba
 
 
 def run(quick: bool) -> list[dict]:
+    from captioner.data.synth import generate
     from captioner.features import FeatureCache, ImageViews
     from captioner.models.encoder import Encoder
-    from captioner.synth import generate
 
     s, dev = QUICK if quick else FULL, device()
     encoders = {name: Encoder(name, "none", grid=1).eval().to(dev) for name in (s["backbone"], *PAIR)}

@@ -22,7 +22,7 @@ LENGTHS = (13, 25)  # tokens with <start>/<end>: a typical COCO caption, the lon
 def run(quick: bool) -> list[dict]:
     from captioner.data.vocab import SPECIALS
     from captioner.models.captioner import ModelConfig
-    from captioner.train import CaptionModule, TrainConfig
+    from captioner.training.run import CaptionModule, TrainConfig
 
     dev = device()
     if dev.type != "cuda" and not quick:

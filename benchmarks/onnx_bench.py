@@ -26,10 +26,10 @@ STEPS = 11
 
 def run(quick: bool) -> list[dict]:
     from captioner.data.vocab import END, SPECIALS, Vocabulary
-    from captioner.export import export_onnx
+    from captioner.export.onnx import export_onnx
+    from captioner.export.runner import load_onnx
     from captioner.inference import Captioner
     from captioner.models.captioner import ModelConfig
-    from captioner.onnx_runner import load_onnx
     from captioner.search import Search
 
     s = QUICK if quick else FULL

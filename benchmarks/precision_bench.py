@@ -89,8 +89,8 @@ def step_rows(s: dict, autocast, setup: str) -> list[dict]:
 
     from captioner import recipe
     from captioner.models.config import ModelConfig
-    from captioner.train_config import TrainConfig
-    from captioner.train_module import CaptionModule
+    from captioner.training.config import TrainConfig
+    from captioner.training.module import CaptionModule
 
     torch.manual_seed(0)
     b, t = STEP["batch"], STEP["tokens"]

@@ -18,7 +18,7 @@ def run(quick: bool) -> list[dict]:
     from pycocoevalcap.cider.cider_scorer import CiderScorer
 
     from captioner.data.vocab import END, Vocabulary
-    from captioner.rewards import CiderD, reference_ids
+    from captioner.training.rewards import CiderD, reference_ids
 
     path, why = shared_file(FILE)
     if path is None:

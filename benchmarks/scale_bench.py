@@ -128,7 +128,7 @@ def probe_family(family: str, seed: int, data, vocab, cfg: dict) -> dict:
 
     from captioner.data.batching import LengthBucketSampler
     from captioner.models.captioner import ModelConfig
-    from captioner.train import CaptionModule, TrainConfig
+    from captioner.training.run import CaptionModule, TrainConfig
 
     say(f"scale: {family}, {cfg['warmup']} + {cfg['timed']} steps at batch {cfg['batch']}")
     Path("/proc/self/clear_refs").write_text("5")  # restart VmHWM: this family's peak

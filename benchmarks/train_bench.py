@@ -25,12 +25,12 @@ def run(quick: bool) -> list[dict]:
     from captioner.data.batching import LengthBucketSampler, pad_collate
     from captioner.data.captions import CachedCaptions, CachedImages, CaptionIds, ImageCaptions
     from captioner.data.datasets import open_split
+    from captioner.data.synth import generate
     from captioner.data.vocab import Vocabulary
     from captioner.features import encode_images
     from captioner.models.captioner import ModelConfig
-    from captioner.rewards import CiderD, reference_ids
-    from captioner.synth import generate
-    from captioner.train import CaptionModule, TrainConfig
+    from captioner.training.rewards import CiderD, reference_ids
+    from captioner.training.run import CaptionModule, TrainConfig
 
     s, dev = QUICK if quick else FULL, device()
     with tempfile.TemporaryDirectory() as tmp:

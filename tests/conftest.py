@@ -16,7 +16,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on the
 @pytest.fixture(scope="session")
 def tiny_synth(tmp_path_factory) -> Path:
     """A tiny synthetic data set (24/8/8 images at 64 px), made once per test session."""
-    from captioner.synth import generate
+    from captioner.data.synth import generate
 
     out = tmp_path_factory.mktemp("tiny_synth")
     generate(out, n_train=24, n_val=8, n_test=8, size=64, progress=False)

@@ -11,11 +11,11 @@ import torch
 
 from captioner.data.endings import bad_ending_words
 from captioner.data.vocab import END, SPECIALS, START, Vocabulary
-from captioner.decode import NEVER, Decoder, beam_search, greedy, repeats, sample, sample_captions, search
-from captioner.hypotheses import normalise
 from captioner.models.config import ModelConfig
 from captioner.models.families import DECODERS, create_decoder
 from captioner.search import Search
+from captioner.search.decode import NEVER, Decoder, beam_search, greedy, repeats, sample, sample_captions, search
+from captioner.search.hypotheses import normalise
 
 VOCAB, FEATURES = 10, 6  # 4 specials + 6 words
 
@@ -200,7 +200,7 @@ def run(impl: str, d: Decoder, features: torch.Tensor, beam: int = 1, max_len: i
             rows = beam_search(d, features, beam, max_len, alpha, **rules)
         return [[(h.ids, h.score, h.log_prob) for h in row] for row in rows]
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install captioner[onnx])")
-    from captioner import onnx_runner
+    from captioner.export import runner as onnx_runner
 
     step = numpy_step(d)
     with torch.no_grad():

@@ -10,14 +10,14 @@ import pytest
 import typer.main
 from typer.testing import CliRunner
 
-import captioner.train as train_mod
+import captioner.training.run as train_mod
 from captioner import recipe
 from captioner.cli import app
 from captioner.cli.train import NOT_OPTIONS
 from captioner.demo import run_demo
 from captioner.models.config import ModelConfig
-from captioner.train_config import TrainConfig
-from captioner.train_exit import resume_command
+from captioner.training.config import TrainConfig
+from captioner.training.exit import resume_command
 
 
 class Stop(Exception):

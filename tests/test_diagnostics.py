@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from captioner.diagnostics import diagnose, format_diagnostics, repeats_ngram
+from captioner.evaluation.diagnostics import diagnose, format_diagnostics, repeats_ngram
 
 
 def test_diagnose_counts_each_property() -> None:

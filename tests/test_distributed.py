@@ -279,7 +279,7 @@ def _score_main(out: str, rank: str, port: str) -> None:
     import torch
     import torch.distributed as dist
 
-    import captioner.train_module as training
+    import captioner.training.module as training
     from captioner.data.datasets import ImageRecord
     from captioner.data.vocab import Vocabulary
     from captioner.models.captioner import CaptionModel, ModelConfig
@@ -331,9 +331,9 @@ def _skip_main(out: str, rank: str, port: str) -> None:
 
     from captioner.data.vocab import Vocabulary
     from captioner.models.captioner import ModelConfig
-    from captioner.train_config import TrainConfig
-    from captioner.train_data import caption_collate
-    from captioner.train_module import CaptionModule
+    from captioner.training.config import TrainConfig
+    from captioner.training.data import caption_collate
+    from captioner.training.module import CaptionModule
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

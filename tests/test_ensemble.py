@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from captioner.data.vocab import SPECIALS, Vocabulary
-from captioner.decode import search, word_log_probs
 from captioner.inference import Captioner, load, load_ensemble
 from captioner.models.captioner import ModelConfig
 from captioner.models.ensemble import Ensemble
 from captioner.models.families import DECODERS, create_decoder
 from captioner.search import Search
+from captioner.search.decode import search, word_log_probs
 
 VOCAB, FEATURES = 10, 6
 WORDS = Vocabulary([*SPECIALS, *(f"w{i}" for i in range(VOCAB - len(SPECIALS)))])  # no bad endings among them
@@ -103,7 +103,7 @@ def test_the_onnx_runners_word_log_probabilities_mirror_decodes() -> None:
     pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install captioner[onnx])")
     from test_decode import numpy_step
 
-    from captioner import onnx_runner
+    from captioner.export import runner as onnx_runner
 
     d, features = decoder("attention"), torch.randn(3, 4, FEATURES)
     captions = [[h.ids for h in row] for row in search(d, features, WORDS, Search(beam=3, max_len=5))]

@@ -12,8 +12,8 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-from captioner import evaluate
-from captioner.evaluate import (
+from captioner.evaluation import metrics as evaluate
+from captioner.evaluation.metrics import (
     JavaMissingError,
     format_table,
     load_references,
@@ -55,7 +55,7 @@ def test_no_overlap_scores_zero_and_metrics_restrict_scorers() -> None:
 
 @pytest.fixture
 def started(monkeypatch: pytest.MonkeyPatch) -> list[Meteor]:
-    """The METEOR scorers that captioner.evaluate starts during the test."""
+    """The METEOR scorers that captioner.evaluation.metrics starts during the test."""
     meteors: list[Meteor] = []
 
     class RecordingMeteor(Meteor):

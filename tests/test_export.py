@@ -21,11 +21,11 @@ from captioner.data.datasets import open_split  # noqa: E402
 from captioner.data.images import eval_transform  # noqa: E402
 from captioner.data.rgb import load_rgb, to_rgb  # noqa: E402
 from captioner.data.vocab import END, START, Vocabulary  # noqa: E402
-from captioner.export import export_onnx  # noqa: E402
+from captioner.export.onnx import export_onnx  # noqa: E402
+from captioner.export.runner import load_onnx, preprocess  # noqa: E402
 from captioner.inference import Captioner  # noqa: E402
 from captioner.models.captioner import ModelConfig  # noqa: E402
 from captioner.models.families import DECODERS  # noqa: E402
-from captioner.onnx_runner import load_onnx, preprocess  # noqa: E402
 from captioner.search import Search  # noqa: E402
 from captioner.serve.app import create_app  # noqa: E402
 
@@ -152,7 +152,7 @@ def test_the_runner_needs_no_torch(exported: tuple[Captioner, Path], images: lis
         paths.append(str(tmp_path / f"{i}.png"))
     script = ("import json, sys\n"
               "sys.modules['torch'] = None  # any import of torch now fails\n"
-              "from captioner.onnx_runner import load_onnx\n"
+              "from captioner.export.runner import load_onnx\n"
               "from captioner.data.rgb import load_rgb\n"
               "from captioner.search import Search\n"
               f"rows = load_onnx({str(folder)!r}).caption([load_rgb(p) for p in {paths!r}], Search(beam=2))\n"

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from captioner.cli import app
 from captioner.data.datasets import has_splits, open_split
 from captioner.data.flickr import read_flickr
-from captioner.train import load_records
-from captioner.train_config import TrainConfig
+from captioner.training.config import TrainConfig
+from captioner.training.run import load_records
 
 
 def _images(folder: Path, names: list[str]) -> Path:

@@ -189,7 +189,7 @@ def test_eval_transform_is_deterministic_and_normalised() -> None:
 
 
 def test_thin_images_cost_what_a_3_to_1_image_costs(monkeypatch: pytest.MonkeyPatch) -> None:
-    onnx = pytest.importorskip("captioner.onnx_runner", reason="onnxruntime is not installed")
+    onnx = pytest.importorskip("captioner.export.runner", reason="onnxruntime is not installed")
     sizes, resize = [], Image.Image.resize
 
     def record(self: Image.Image, size: tuple[int, int], *args: object, **kw: object) -> Image.Image:

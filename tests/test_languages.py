@@ -21,12 +21,12 @@ from captioner.cli import app
 from captioner.data.datasets import open_split
 from captioner.data.tokenizers import get_tokenizer, guess_language
 from captioner.data.vocab import END, START, UNK, Vocabulary
-from captioner.diagnostics import diagnose
-from captioner.evaluate import metric_note, score_captions
+from captioner.evaluation.diagnostics import diagnose
+from captioner.evaluation.metrics import metric_note, score_captions
 from captioner.inference import Captioner, load
 from captioner.models.captioner import ModelConfig
-from captioner.rewards import reference_ids
 from captioner.serve.app import DEFAULT, create_app
+from captioner.training.rewards import reference_ids
 
 ZH, CHARS, DE = get_tokenizer("zh"), get_tokenizer("zh", "char"), get_tokenizer("de")
 HANZI = "一个穿着泳装的女人躺在海水里对恋人公园河边拥抱马场小女孩牵着匹火堆旁狗草地上玩耍跑男孩红色衣服"

@@ -12,8 +12,6 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from captioner.data.vocab import END, PAD, START, UNK, Vocabulary
-from captioner.decode import NEVER, beam_search, greedy, sample
-from captioner.hypotheses import normalise
 from captioner.inference import Captioner, load
 from captioner.models import attention
 from captioner.models.attention import attention_penalty
@@ -23,6 +21,8 @@ from captioner.models.encoder import Encoder
 from captioner.models.families import DECODERS, create_decoder
 from captioner.models.families import FAMILIES as REGISTRY
 from captioner.search import Search
+from captioner.search.decode import NEVER, beam_search, greedy, sample
+from captioner.search.hypotheses import normalise
 
 CAPTIONS = ["a red circle on the left", "a blue square above a green triangle", "a small red square on the right"]
 FAMILIES = DECODERS

@@ -10,9 +10,9 @@ import pytest
 from captioner import load, recipe
 from captioner.data.datasets import open_split
 from captioner.data.tokenizers import get_tokenizer
-from captioner.evaluate import score_any
+from captioner.evaluation.metrics import score_any
 from captioner.inference import caption_features, record_features
-from captioner.train import TrainConfig, train
+from captioner.training.run import TrainConfig, train
 
 TRAIN_IMAGES, VAL_IMAGES = 800, 100
 IMAGES = Path("data/flickr8k/Flicker8k_Dataset")

@@ -8,8 +8,8 @@ from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.cider.cider_scorer import CiderScorer
 
 from captioner.data.vocab import END, PAD, START, Vocabulary
-from captioner.evaluate import load_references, load_results
-from captioner.rewards import CiderD, padded, reference_ids
+from captioner.evaluation.metrics import load_references, load_results
+from captioner.training.rewards import CiderD, padded, reference_ids
 
 COCO = "data/coco-val2014-captions/captions_val2014_4refs.json"
 FAKECAP = "data/coco-val2014-captions/captions_val2014_fakecap_results.json"

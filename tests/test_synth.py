@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from captioner.synth import CAPTIONS_PER_IMAGE, SPLITS, describe, generate, names_all_objects
+from captioner.data.synth import CAPTIONS_PER_IMAGE, SPLITS, describe, generate, names_all_objects
 
 COUNTS = {"train": 6, "val": 3, "test": 3}
 

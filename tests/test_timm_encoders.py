@@ -57,8 +57,8 @@ def test_convnext_gives_its_last_map_pooled_to_the_grid() -> None:
 def test_a_timm_model_trains_captions_and_exports_to_onnx_with_the_same_captions(backbone: str, tiny_synth: Path,
                                                                                  tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
+    from captioner.export.runner import load_onnx
     from captioner.inference import load
-    from captioner.onnx_runner import load_onnx
 
     run, size = tmp_path / "run", ["--image-size", 32] if backbone == VIT else []  # ConvNeXt: its own 224 px
     result = invoke("train", "--data", tiny_synth, "--out", run, "--backbone", backbone, "--encoder-weights", "none",

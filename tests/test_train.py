@@ -17,17 +17,18 @@ import numpy as np
 import pytest
 import torch
 
-from captioner import load, train_module
+from captioner import load
 from captioner.data.captions import CachedCaptions
 from captioner.data.images import eval_transform, load_rgb
 from captioner.data.vocab import Vocabulary
 from captioner.io import read_csv
 from captioner.models.backbones import build_trunk
 from captioner.models.captioner import CaptionModel, ModelConfig, save_artifact
-from captioner.rewards import CiderD, reference_ids
-from captioner.train import TrainConfig, cider_document_frequencies, load_records, train
-from captioner.train_data import CaptionData, caption_collate
-from captioner.train_module import CaptionModule
+from captioner.training import module as train_module
+from captioner.training.data import CaptionData, caption_collate
+from captioner.training.module import CaptionModule
+from captioner.training.rewards import CiderD, reference_ids
+from captioner.training.run import TrainConfig, cider_document_frequencies, load_records, train
 
 TINY = dict(decoder="show-tell", dropout=0.0, backbone="resnet18", encoder_weights="none", image_size=64, grid=2,
             embed_size=16, hidden_size=32)

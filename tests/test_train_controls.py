@@ -13,9 +13,9 @@ from captioner.data.datasets import ImageRecord
 from captioner.data.vocab import END, PAD, START, UNK, Vocabulary
 from captioner.models.attention import ShowAttendTell
 from captioner.models.decoder import ShowTell, caption_loss, unroll
-from captioner.schedule import Schedule, parse_schedule
-from captioner.train import TrainConfig, train
-from captioner.train_module import word_dropout
+from captioner.training.module import word_dropout
+from captioner.training.run import TrainConfig, train
+from captioner.training.schedule import Schedule, parse_schedule
 
 VOCAB, FEATURES = 12, 6
 

@@ -20,20 +20,20 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import captioner.train as train_mod
+import captioner.training.run as train_mod
 from captioner import load
 from captioner.cli import _defaults, app
 from captioner.data.datasets import open_split
 from captioner.data.vocab import UNK, Vocabulary
-from captioner.decode import sample
 from captioner.features import FeatureCache, encode_images, fingerprint
 from captioner.io import read_csv, write_together
 from captioner.models.captioner import CaptionModel, ModelConfig, save_artifact
 from captioner.progress import ProgressLines
-from captioner.train import TrainConfig, train
-from captioner.train_data import CaptionData
-from captioner.train_exit import TrainingFailed, cli_defaults, resume_command
-from captioner.train_module import CaptionModule
+from captioner.search.decode import sample
+from captioner.training.data import CaptionData
+from captioner.training.exit import TrainingFailed, cli_defaults, resume_command
+from captioner.training.module import CaptionModule
+from captioner.training.run import TrainConfig, train
 
 TINY = dict(decoder="show-tell", dropout=0.0, backbone="resnet18", encoder_weights="none", image_size=64, grid=2,
             embed_size=16, hidden_size=32)

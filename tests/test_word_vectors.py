@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from captioner import load
 from captioner.data.vocab import SPECIALS, Vocabulary
 from captioner.data.word_vectors import apply_word_vectors, read_word_vectors
-from captioner.train import TrainConfig, train
+from captioner.training.run import TrainConfig, train
 
 
 def tiny_run(**settings) -> TrainConfig:

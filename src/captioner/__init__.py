@@ -4,8 +4,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from captioner.export.runner import OnnxCaptioner
     from captioner.inference import Captioner
-    from captioner.onnx_runner import OnnxCaptioner
 
 __version__ = "0.1.0"
 
@@ -18,7 +18,7 @@ def load(folder: str, device: str | None = None, runtime: str = "torch",
     ``captioner export --onnx`` on onnxruntime instead (no torch); all give ``caption(images, beam, ...)``.
     ``precision`` (torch runtimes): the encoder pass's, fp32, bf16 or auto (bf16 where the processor has it)."""
     if runtime == "onnx":
-        from captioner.onnx_runner import load_onnx
+        from captioner.export.runner import load_onnx
 
         return load_onnx(folder)
     if runtime not in ("torch", "int8"):

@@ -12,8 +12,8 @@ import numpy as np
 from captioner import recipe
 from captioner.data.datasets import find_annotation, open_split
 from captioner.data.records import ImageRecord
-from captioner.diagnostics import diagnose, format_diagnostics
-from captioner.evaluate import format_table, metric_note, score_columns, write_results
+from captioner.evaluation.diagnostics import diagnose, format_diagnostics
+from captioner.evaluation.metrics import format_table, metric_note, score_columns, write_results
 from captioner.inference import caption_features, load, record_features
 from captioner.io import read_csv, write_json
 from captioner.search import Search
@@ -61,7 +61,7 @@ def run_demo(preset: str | recipe.Preset = "synthetic", data: str | Path | None 
     OUT/data) and score the test split (the val split when there is none: training then validates on a held-out
     share of the training images, so the scored split stays unseen); ``lang`` and ``tokenizer``: the captions'
     language (None: guessed) and its tokenizer; ``precision``: precision.py."""
-    from captioner.train import TrainConfig, train
+    from captioner.training.run import TrainConfig, train
 
     p = recipe.PRESETS[preset] if isinstance(preset, str) else preset
     start, phases = time.perf_counter(), {}
@@ -148,7 +148,7 @@ def run_demo(preset: str | recipe.Preset = "synthetic", data: str | Path | None 
 
 def synthetic_data(p: recipe.Preset, folder: Path, progress: bool) -> Path:
     """The preset's synthetic scenes in ``folder``, generated unless there from an earlier run."""
-    from captioner.synth import generate
+    from captioner.data.synth import generate
 
     if not p.train_images:
         raise ValueError("this preset trains on given data: pass --data")
@@ -181,7 +181,7 @@ def scene_shares(data: str | Path, split: str, records: list[ImageRecord],
                  texts: dict[str, list[str]]) -> dict[str, dict[str, float]]:
     """Per caption set, the shares (0-100) of synthetic scenes whose caption names every object's colour and shape,
     and of lone objects whose position it names right."""
-    from captioner.synth import names_all_objects, position_right
+    from captioner.data.synth import names_all_objects, position_right
 
     images = {im["id"]: im for im in json.loads(find_annotation(data, split).read_text())["images"]}
     shares = {}

@@ -13,17 +13,16 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from captioner import decode
 from captioner.data import rgb
 from captioner.data.datasets import ImageRecord
 from captioner.data.images import eval_transform, to_rgb
 from captioner.data.vocab import Vocabulary
 from captioner.features import ImageViews, encode_images
-from captioner.hypotheses import Caption, captions
 from captioner.models.captioner import CaptionModel, ModelConfig, load_state, read_artifact, save_artifact
 from captioner.models.ensemble import Ensemble
 from captioner.precision import autocast, resolve
-from captioner.search import DEFAULT, Search
+from captioner.search import DEFAULT, Search, decode
+from captioner.search.hypotheses import Caption, captions
 
 
 class Captioner(CaptionModel):

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from captioner.data.datasets import open_split
-from captioner.diagnostics import diagnose
-from captioner.evaluate import format_table, metric_note, score_captions, write_results
+from captioner.evaluation.diagnostics import diagnose
+from captioner.evaluation.metrics import format_table, metric_note, score_captions, write_results
 from captioner.inference import caption_features, load_ensemble, record_features
 from captioner.io import write_json
 from captioner.model_card import write_card

@@ -23,7 +23,7 @@ from captioner.data.images import load_rgb  # noqa: E402
 from captioner.io import atomic_write, read_csv  # noqa: E402
 
 if TYPE_CHECKING:
-    from captioner.hypotheses import Caption
+    from captioner.search.hypotheses import Caption
 
 
 # fonts with Chinese glyphs, by family name (Debian's fonts-noto-cjk, fonts-wqy-*, macOS, Windows)

@@ -38,7 +38,7 @@ _SCST = dict(batch_size=50, scheduler="none", ema=0.0, early_stop=0)
 PRESETS = {
     # the defaults; then one SCST epoch: test BLEU-4 21.5 -> 22.3, CIDEr 53.7 -> 56.3 (a second: 22.2, 55.3)
     "photos": Preset(families=("attention",), scst=_SCST | dict(epochs=1, lr=5e-5, min_lr=5e-5)),
-    # coloured shapes at 128 px (synth.py): a smaller model, faster steps
+    # coloured shapes at 128 px (data/synth.py): a smaller model, faster steps
     "synthetic": Preset(
         families=("show-tell", "attention"), train_images=4000, out="runs/demo",
         searches=(("greedy", GREEDY), ("beam 3", Search(beam=3))), shown="greedy",

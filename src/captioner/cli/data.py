@@ -26,7 +26,7 @@ def synth(out: Annotated[Path, typer.Option(help="Folder to write the data set t
           size: Annotated[int, typer.Option(help="Image side in pixels")] = 128,
           seed: Annotated[int, typer.Option(help="Random seed (same seed, same files)")] = 0) -> None:
     """Write the synthetic captioned-scenes data set (COCO format, 5 captions per image)."""
-    from captioner.synth import generate
+    from captioner.data.synth import generate
 
     try:
         paths = generate(out, train, val, test, size, seed)

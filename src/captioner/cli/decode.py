@@ -127,7 +127,7 @@ def evaluate(model: ModelsOpt, data: DataArg, images: ImagesOpt = None,
                                                   "as `caption --runtime int8`)")] = "torch",
              precision: PrecisionOpt = "auto") -> None:
     """Caption a split (generation), write results_<split>.json + metrics_<split>.json, print the metrics."""
-    from captioner.evaluate import JavaMissingError
+    from captioner.evaluation.metrics import JavaMissingError
     from captioner.pipeline import evaluate_split
 
     try:
@@ -148,7 +148,7 @@ def score(results: Annotated[Path, typer.Option(help="COCO results JSON [{image_
           tokenizer: TokenizerOpt = None) -> None:
     """Score any results file against any COCO annotation file (BLEU-1..4, METEOR, ROUGE-L, CIDEr)."""
     from captioner.data.tokenizers import get_tokenizer
-    from captioner.evaluate import JavaMissingError, format_table, metric_note, score_files
+    from captioner.evaluation.metrics import JavaMissingError, format_table, metric_note, score_files
 
     try:
         words = get_tokenizer(lang, tokenizer)

@@ -55,7 +55,7 @@ def export(model: Annotated[Path, typer.Option(help="Model folder (model.safeten
            onnx: Annotated[Path, typer.Option(help="Folder to write the ONNX graphs (encoder, decoder start and step) "
                                               "and the config, vocabulary and preprocessing to")]) -> None:
     """Export a model as ONNX graphs for onnxruntime: then `caption` and `serve` with --runtime onnx."""
-    from captioner.export import export_onnx
+    from captioner.export.onnx import export_onnx
 
     try:
         typer.echo(f"onnx: {export_onnx(model, onnx)}")

@@ -1,4 +1,4 @@
-"""`captioner train`: its options are TrainConfig's and ModelConfig's fields (cli/options.py) -> captioner.train."""
+"""`captioner train`: its options are TrainConfig's and ModelConfig's fields (cli/options.py) -> training/run.py."""
 from __future__ import annotations
 
 import inspect
@@ -13,7 +13,7 @@ from captioner.cli.help import TRAIN_SECTIONS, sectioned
 from captioner.cli.options import FieldCommand, field_options
 from captioner.models.config import ModelConfig
 from captioner.models.families import describe
-from captioner.train_config import TrainConfig
+from captioner.training.config import TrainConfig
 
 NOT_OPTIONS = ("vocab_size", "seed", "trained_on", "vocab_sha256")  # ModelConfig's fields the run sets (seed: --seed)
 SHARED = {"data": DataArg, "images": ImagesOpt, "lang": LangOpt, "tokenizer": TokenizerOpt, "precision": PrecisionOpt,
@@ -30,8 +30,8 @@ def options() -> list[inspect.Parameter]:
 def train(ctx: typer.Context, **flags: Any) -> None:
     """Train a captioner (frozen encoder via the feature cache) and export it to the run folder."""
     from captioner.models.backbones import WeightsUnavailableError
-    from captioner.train import train as run
-    from captioner.train_exit import TrainingFailed
+    from captioner.training.exit import TrainingFailed
+    from captioner.training.run import train as run
 
     flags = {k: str(v) if isinstance(v, Path) else v.value if isinstance(v, Decoder) else v for k, v in flags.items()}
     model = {f.name: flags[f.name] for f in fields(ModelConfig) if f.name not in NOT_OPTIONS}

@@ -12,7 +12,7 @@ from captioner.settings import setting
 SIZES = ("vocab_size", "image_size", "grid", "embed_size", "hidden_size", "num_layers", "attention_size",
          "context_size", "max_len", "output_stride")
 ATTENTION_SCORES = ("additive", "dot")  # attention.py's score functions (models saved before "dot" are additive)
-SYNTHETIC = "captioner synthetic shapes"  # synth.py's description: a model trained on it knows shapes, not photos
+SYNTHETIC = "captioner synthetic shapes"  # data/synth.py's description: a model trained on it knows shapes, not photos
 # JSON types each annotation accepts (a float setting takes an integer too; true/false is no number)
 _KINDS: dict[str, tuple[tuple[type, ...], str]] = {"int": ((int,), "an integer"), "float": ((int, float), "a number"),
                                                    "str": ((str,), "a string"), "bool": ((bool,), "true or false")}

@@ -1,6 +1,6 @@
 """Show and Tell: the pooled image embedding is the LSTM's first input step, then the caption's word embeddings.
 
-Every decoder family speaks one interface, on which decode.py searches and export.py traces:
+Every decoder family speaks one interface, on which search/decode.py searches and export/onnx.py traces:
 ``start(features) -> state`` and ``step(tokens, state) -> (log-probs, state, attention or None)``; a state is a
 tuple of tensors whose first dimension is the batch, so a search reorders it with ``index_select(0, rows)``.
 

@@ -7,7 +7,7 @@ counts the words it returns plus <end> when <end> was produced (a caption cut at
 ``((5 + words) / 6) ** alpha`` (GNMT), words counted without <end>; elsewhere the log-probability itself.
 Rules any search may add (off by default): ``block_ngram`` N rules out a word that would complete an N-gram of words
 already in the caption; ``bad_endings`` (word ids) rules out <end> after one of them, and one of them as the last
-word of a caption cut at ``max_len``. onnx_runner.py mirrors all of it in numpy.
+word of a caption cut at ``max_len``. export/runner.py mirrors all of it in numpy.
 """
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from captioner.data.vocab import END, PAD, START, UNK, Vocabulary
-from captioner.hypotheses import Ended, Hypothesis, per_image, scored_rows, until_end
 from captioner.models.decoder import State
-from captioner.search import Search
+from captioner.search.hypotheses import Ended, Hypothesis, per_image, scored_rows, until_end
+from captioner.search.settings import Search
 
 NEVER = (PAD, START, UNK)  # tokens no search ever generates; nor <end> first: a caption has a word
 

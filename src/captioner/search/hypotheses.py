@@ -1,4 +1,4 @@
-"""What decode.py (torch) and onnx_runner.py (numpy) share, torch-free: a search's hypotheses and the captions made of
+"""What decode.py (torch) and export/runner.py (numpy) share, torch-free: a search's hypotheses and the captions made of
 them, beam search's kept captions and stopping rule, and reading a caption back from the beam's back-pointers.
 Attention maps stay in the caller's array type (torch.Tensor or np.ndarray): only indexing is done here."""
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """ONNX export: the encoder and the decoder's start and step as graphs with a dynamic batch axis, beside the config,
-vocabulary and preprocessing a runner needs (onnx_runner.py runs the folder without torch).
+vocabulary and preprocessing a runner needs (runner.py runs the folder without torch).
 
 Graphs (opset 17, the TorchScript-based exporter):
   encoder.onnx  images [B, 3, S, S] (normalised) -> features [B, N, C]

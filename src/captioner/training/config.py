@@ -5,8 +5,8 @@ import sys
 from dataclasses import MISSING, dataclass
 
 from captioner.precision import PRECISIONS
-from captioner.schedule import parse_schedule
 from captioner.settings import setting
+from captioner.training.schedule import parse_schedule
 
 SAFE_ON_RESUME = ("epochs", "min_lr", "eval_every", "early_stop", "val_images")  # --force may change these
 NOT_COMPARED = ("out", "resume", "force", "progress", "num_workers", "cache_dir", "encode_batch_size", "accelerator",

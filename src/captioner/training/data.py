@@ -12,7 +12,7 @@ from captioner.data.datasets import ImageRecord
 from captioner.data.vocab import Vocabulary
 from captioner.features import ImageViews, encode_images
 from captioner.models.captioner import ModelConfig
-from captioner.train_config import TrainConfig
+from captioner.training.config import TrainConfig
 
 CUT_PERCENTILE = 99.9  # of the training captions' lengths in words: the default --train-max-len
 

@@ -12,14 +12,14 @@ import torch
 
 from captioner.data.datasets import ImageRecord
 from captioner.data.vocab import END, PAD, START, UNK, Vocabulary
-from captioner.decode import greedy, sample
-from captioner.evaluate import score_any
+from captioner.evaluation.metrics import score_any
 from captioner.models.attention import attention_penalty
 from captioner.models.captioner import CaptionModel, ModelConfig
 from captioner.models.decoder import caption_loss, unroll
-from captioner.rewards import CiderD, padded
-from captioner.schedule import parse_schedule
-from captioner.train_config import TrainConfig
+from captioner.search.decode import greedy, sample
+from captioner.training.config import TrainConfig
+from captioner.training.rewards import CiderD, padded
+from captioner.training.schedule import parse_schedule
 
 MAX_SKIPPED_IN_A_ROW = 10  # steps with a non-finite loss or gradient in a row before training stops: it will not heal
 

@@ -2,8 +2,8 @@
 gives a model with inference.Captioner's ``caption(images, search, ...)``, ``config`` and ``vocab``.
 
 Greedy, beam (and diverse beam) search and sampling are written again here in numpy, because torch is absent; what
-needs no arrays is shared with decode.py (hypotheses.py: the beam's kept captions, its stopping rule and read-back,
-the Caption). The rest mirrors decode.py's conventions exactly (at most ``max_len`` tokens; a caption's
+needs no arrays is shared with search/decode.py (search/hypotheses.py: the beam's kept captions, its stopping rule and
+read-back, the Caption). The rest mirrors decode.py's conventions exactly (at most ``max_len`` tokens; a caption's
 log-probability counts its words and <end> when produced, its score is what its list is ordered by; n-gram blocking
 and bad endings; seeded sampling draws decode's uniforms, so the same captions).
 Preprocessing replicates data/images.eval_transform on PIL images: the centre at most 3:1 (rgb.crop_aspect), PIL's
@@ -21,10 +21,10 @@ from PIL import Image
 
 from captioner.data.rgb import crop_aspect, to_rgb
 from captioner.data.vocab import END, PAD, START, UNK, Vocabulary
-from captioner.hypotheses import Caption, Ended, Hypothesis, captions, per_image, scored_rows, until_end
 from captioner.io import read_json
 from captioner.models.config import ModelConfig
 from captioner.search import DEFAULT, Search
+from captioner.search.hypotheses import Caption, Ended, Hypothesis, captions, per_image, scored_rows, until_end
 
 NEVER = [PAD, START, UNK]  # tokens no search ever generates, nor <end> after <start> (decode.NEVER)
 FILES = ("encoder.onnx", "start.onnx", "step.onnx", "config.json", "vocab.json", "preprocess.json")

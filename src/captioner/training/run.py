@@ -1,7 +1,7 @@
 """Training with Lightning, wired up: records -> vocabulary and model -> data module, Lightning module and callbacks
-(``train_data``, ``train_module``, ``train_callbacks``) -> trainer -> run folder with the artifact; then the checks of
+(``data``, ``module``, ``callbacks``) -> trainer -> run folder with the artifact; then the checks of
 ``--resume``; a run holds its folder's lock throughout, and one stopped by SIGTERM, Ctrl-C or an error says what it
-left (``train_exit``).
+left (``exit``).
 """
 from __future__ import annotations
 
@@ -31,19 +31,19 @@ from captioner.model_card import write_card
 from captioner.models.captioner import ModelConfig, load_state, read_artifact, save_artifact
 from captioner.models.timm_backbones import own_image_size
 from captioner.precision import resolve, summary
-from captioner.rewards import CiderD, reference_ids, reference_key
-from captioner.run_folder import RUN_CONFIG, RUN_VOCAB, check_new_run, hold, run_file
-from captioner.train_callbacks import (
+from captioner.training.callbacks import (
     AtomicCheckpointIO,
     BestCheckpoint,
     EpochCSV,
     EpochProgressLines,
     EvalEarlyStopping,
 )
-from captioner.train_config import NOT_COMPARED, SAFE_ON_RESUME, TrainConfig, bars
-from captioner.train_data import CaptionData
-from captioner.train_exit import TrainingFailed, stopped_message
-from captioner.train_module import CaptionModule
+from captioner.training.config import NOT_COMPARED, SAFE_ON_RESUME, TrainConfig, bars
+from captioner.training.data import CaptionData
+from captioner.training.exit import TrainingFailed, stopped_message
+from captioner.training.folder import RUN_CONFIG, RUN_VOCAB, check_new_run, hold, run_file
+from captioner.training.module import CaptionModule
+from captioner.training.rewards import CiderD, reference_ids, reference_key
 
 
 def load_records(cfg: TrainConfig, log=print) -> tuple[list[ImageRecord], list[ImageRecord]]:

@@ -10,7 +10,7 @@ import torch
 
 from captioner.models.config import ModelConfig
 from captioner.settings import defaults
-from captioner.train_config import TrainConfig
+from captioner.training.config import TrainConfig
 
 NEVER_PRINTED = ("resume", "force")
 

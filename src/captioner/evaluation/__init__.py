@@ -1,0 +1,1 @@
+"""Evaluation: captions scored against references (metrics: pycocoevalcap) and their diagnostics."""
