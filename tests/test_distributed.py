@@ -351,6 +351,10 @@ def _skip_main(out: str, rank: str, port: str) -> None:
                                                                       collate_fn=caption_collate))
     weights = sum(float(p.double().sum()) for p in module.model.decoder.parameters())
     Path(out, f"rank{rank}.json").write_text(json.dumps({"steps": trainer.global_step, "weights": weights}))
+    # Lightning leaves its gloo group up; torn down at interpreter exit, a loaded machine once saw its threads abort
+    # the process ("terminate called without an active exception", exit -6) after the run had finished
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__" and len(sys.argv) == 8 and sys.argv[1] == "extract":
