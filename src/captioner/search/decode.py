@@ -215,11 +215,14 @@ def sample(decoder: Decoder, features: torch.Tensor, n: int = 5, max_len: int = 
 
     Rows i*n .. i*n+n-1 belong to image i. Words are drawn at ``temperature`` from the ``top_k`` likeliest (0: all)
     within the nucleus ``top_p`` (the likeliest words whose probabilities reach it); the log-probability is the
-    model's own (temperature 1, every word). With ``seed`` each step draws ``n`` uniforms from numpy's generator,
-    the same for every image, so an image's captions do not depend on the batch it is in; without, torch's.
+    model's own at temperature 1 over the words a search may say, renormalised: ruled-out words (<unk>, ...) take no
+    share, so a self-critical step that lowers a sampled caption cannot move mass onto words that are never drawn
+    (and so never lowered), which grew until every sample was improbable and the model collapsed. With ``seed`` each
+    step draws ``n`` uniforms from numpy's generator, the same for every image, so an image's captions do not depend
+    on the batch it is in; without, torch's.
     """
     ids, total, _ = _sample(decoder, features, n, max_len, temperature, top_k, top_p, seed, block_ngram,
-                            bad_endings)
+                            bad_endings, drawable=True)
     return ids, total
 
 
@@ -227,7 +230,8 @@ def sample(decoder: Decoder, features: torch.Tensor, n: int = 5, max_len: int = 
 def sample_captions(decoder: Decoder, features: torch.Tensor, n: int = 5, max_len: int = 20,
                     temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
                     block_ngram: int = 0, bad_endings: Sequence[int] | None = None) -> list[list[Hypothesis]]:
-    """``sample``'s captions of each image as hypotheses, most likely first (their score: the log-probability)."""
+    """``sample``'s captions of each image as hypotheses, most likely first (their score: the model's own
+    log-probability over every word, as greedy and beam search score)."""
     ids, total, alphas = _sample(decoder, features, n, max_len, temperature, top_k, top_p, seed, block_ngram,
                                  bad_endings)
     out = []
@@ -242,8 +246,10 @@ def sample_captions(decoder: Decoder, features: torch.Tensor, n: int = 5, max_le
 
 
 def _sample(decoder: Decoder, features: torch.Tensor, n: int, max_len: int, temperature: float, top_k: int,
-            top_p: float, seed: int | None, block_ngram: int,
-            bad_endings: Sequence[int] | None) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor | None]]:
+            top_p: float, seed: int | None, block_ngram: int, bad_endings: Sequence[int] | None,
+            drawable: bool = False) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor | None]]:
+    """``drawable``: the log-probabilities over the words that may be drawn (``sample``), else over every word (the
+    model's own, as greedy and beam search score captions)."""
     device = features.device
     step, state = _Step(decoder, device, max_len, block_ngram, bad_endings), decoder.start(features)
     rows = torch.arange(features.size(0), device=device).repeat_interleave(n)
@@ -256,6 +262,8 @@ def _sample(decoder: Decoder, features: torch.Tensor, n: int, max_len: int, temp
     for _ in range(max_len):
         words = torch.stack(steps, 1) if steps else tokens[:, None][:, :0]
         log_probs, state, alpha = step(tokens, state, words)
+        if drawable:
+            log_probs = log_probs.log_softmax(-1)
         tokens = _draw(log_probs.detach(), n, temperature, top_k, top_p, rng)
         total = total + torch.where(alive, log_probs.gather(1, tokens.unsqueeze(1)).squeeze(1), 0.0)
         steps.append(tokens.masked_fill(~alive, PAD))
