@@ -228,7 +228,7 @@ def test_self_critical_training_raises_the_reward(tiny_synth, tmp_path, baseline
                             lr=1e-2, min_lr=1e-2, scheduler="none", scst_baseline=baseline))
     table = rows(run)
     rewards = [float(r["train_reward"]) for r in table]
-    assert sum(rewards[-2:]) > 1.15 * sum(rewards[:2]), rewards  # +30% after 12 epochs; 6 are within the draws noise
+    assert sum(rewards[-2:]) > 1.15 * sum(rewards[:2]), rewards  # +30% after 12 epochs; 6 are within the draws' noise
     assert all(0 < float(r["sample_len"]) <= 20 for r in table) and table[-1]["val_cider"]
     assert (run / "cider_df.npz").is_file() and load(run).config == load(xe).config
 

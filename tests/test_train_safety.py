@@ -250,10 +250,9 @@ def test_a_self_critical_step_moves_no_mass_to_words_the_sampler_cannot_draw(dec
     ids, log_probs = sample(model.decoder, features, n=400, max_len=1)
     log_probs.sum().backward()
     bias = model.decoder.out.bias.grad
-    assert bias[[UNK, START, PAD]].abs().max() < 1e-4 * bias.abs().max()  # 0 but for rounding (was 140x the most)
-    first = {}  # one-word captions of the first image: each drawable word's probability, found by sampling
-    for word, lp in zip(ids[:400, 0].tolist(), log_probs[:400].tolist(), strict=True):
-        first[word] = lp
+    assert bias[[UNK, START, PAD]].abs().max() < 1e-4 * bias.abs().max()  # 0 but for rounding
+    # one-word captions of the first image: each drawable word's probability, found by sampling
+    first = dict(zip(ids[:400, 0].tolist(), log_probs[:400].tolist(), strict=True))
     assert len(first) == 12 - 4  # every word but <pad>, <start>, <unk> and <end> (not a first word) was drawn
     assert sum(math.exp(lp) for lp in first.values()) == pytest.approx(1.0, abs=1e-5)
 

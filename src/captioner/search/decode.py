@@ -217,7 +217,7 @@ def sample(decoder: Decoder, features: torch.Tensor, n: int = 5, max_len: int = 
     within the nucleus ``top_p`` (the likeliest words whose probabilities reach it); the log-probability is the
     model's own at temperature 1 over the words a search may say, renormalised: ruled-out words (<unk>, ...) take no
     share, so a self-critical step that lowers a sampled caption cannot move mass onto words that are never drawn
-    (and so never lowered), which grew until every sample was improbable and the model collapsed. With ``seed`` each
+    and so never lowered again (that mass would grow until every sample is improbable). With ``seed`` each
     step draws ``n`` uniforms from numpy's generator, the same for every image, so an image's captions do not depend
     on the batch it is in; without, torch's.
     """
