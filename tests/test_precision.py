@@ -61,3 +61,24 @@ def test_bf16_features_of_real_photos_point_where_float32_ones_do(tmp_path: Path
     assert not torch.equal(a, b)  # two caches, two passes
     cosine = torch.nn.functional.cosine_similarity(a, b)
     assert cosine.mean() >= 0.999 and cosine.min() >= 0.995
+
+
+def test_bf16_training_clips_the_gradients_of_its_fused_adam(tiny_synth, tmp_path, monkeypatch) -> None:
+    """Lightning's own "bf16-mixed" raises on clipping a fused optimizer's gradients (a float16 loss scaler would
+    leave them scaled); bfloat16 has none, so training clips them at --clip, and Adam stays fused."""
+    from captioner.training.module import CaptionModule
+    from captioner.training.run import TrainConfig, train
+
+    clipped, optimizers = [], []
+    clip, configure = torch.nn.utils.clip_grad_norm_, CaptionModule.configure_optimizers
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda p, norm, *a, **k: clipped.append(norm) or
+                        clip(p, norm, *a, **k))
+    monkeypatch.setattr(CaptionModule, "configure_optimizers", lambda self: optimizers.append(configure(self)) or
+                        optimizers[-1])
+    train(TrainConfig(data=str(tiny_synth), out=str(tmp_path / "run"), epochs=1, batch_size=8, threshold=1,
+                      val_images=8, cache_dir=str(tmp_path / "cache"), ema=0.0, early_stop=0, progress=False,
+                      precision="bf16", clip=2.5),
+          dict(decoder="attention", backbone="resnet18", encoder_weights="none", image_size=64, grid=2,
+               embed_size=16, hidden_size=32, attention_size=8, context_size=8))
+    optimizer = optimizers[0]["optimizer"] if isinstance(optimizers[0], dict) else optimizers[0]
+    assert optimizer.defaults["fused"] and clipped and set(clipped) == {2.5}

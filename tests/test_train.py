@@ -225,10 +225,12 @@ def test_self_critical_training_raises_the_reward(tiny_synth, tmp_path, baseline
                            eval_every=10, cache_dir=cache, progress=False), TINY)
     run = train(tiny_run(data=str(tiny_synth), out=str(tmp_path / "scst"), epochs=12, batch_size=4, threshold=1,
                             eval_every=12, val_images=8, cache_dir=cache, progress=False, scst=True, init=str(xe),
-                            lr=1e-2, min_lr=1e-2, scheduler="none", scst_baseline=baseline))
+                            lr=3e-3, min_lr=3e-3, scheduler="none", scst_baseline=baseline))
     table = rows(run)
     rewards = [float(r["train_reward"]) for r in table]
-    assert sum(rewards[-2:]) > 1.15 * sum(rewards[:2]), rewards  # +30% after 12 epochs; 6 are within the draws' noise
+    # +34-41% after 12 epochs (lr 1e-2 rose +30% or not at all, by the last digits of the features); 6 are within the
+    # draws' noise
+    assert sum(rewards[-2:]) > 1.15 * sum(rewards[:2]), rewards
     assert all(0 < float(r["sample_len"]) <= 20 for r in table) and table[-1]["val_cider"]
     assert (run / "cider_df.npz").is_file() and load(run).config == load(xe).config
 

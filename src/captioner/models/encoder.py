@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from captioner.models.backbones import build_trunk
+from captioner.models.fold import fold_batch_norms
 
 
 class Encoder(nn.Module):
@@ -29,6 +30,20 @@ class Encoder(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Grid features [B, G*G, C] of normalised images [B, 3, H, W] (average-pooled to G x G cells)."""
-        with torch.set_grad_enabled(self.fine_tune and torch.is_grad_enabled()):
-            x = self.backbone(images.contiguous(memory_format=torch.channels_last))
+        training = self.fine_tune and torch.is_grad_enabled()
+        images = images.contiguous(memory_format=torch.channels_last)
+        with torch.set_grad_enabled(training):
+            x = self.backbone(images) if training else self._folded(images)(images)
             return F.adaptive_avg_pool2d(x, self.grid).flatten(2).transpose(1, 2)
+
+    def _folded(self, images: torch.Tensor) -> nn.Module:
+        """The trunk with its BatchNorms folded (fold.py), made on first use and again when a weight changes; the
+        trunk itself when tracing for export, whose graphs keep the model's own layers."""
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return self.backbone
+        key = tuple((t.data_ptr(), 0 if t.is_inference() else t._version)  # inference tensors keep no version
+                    for t in [*self.backbone.parameters(), *self.backbone.buffers()])
+        cached = self.__dict__.get("_fold")
+        if cached is None or cached[0] != key:
+            self.__dict__["_fold"] = cached = key, fold_batch_norms(self.backbone, images[:2])
+        return cached[1]

@@ -39,10 +39,11 @@ class GridValues(nn.Module):
 
 def additive_scores(keys: torch.Tensor, query: torch.Tensor, score: nn.Linear) -> torch.Tensor:
     """Unnormalised attention scores [B, T, N] of the cells' keys [B, N, A] for the queries [B, T, A]:
-    w . tanh(key + query) + b. Under autograd without autocast (float32 training) by ``AdditiveScores``; plain ops
-    otherwise (bf16 training, search, export)."""
-    # under bf16 autocast the plain ops are as fast (1 thread) or faster (2 threads), so the function is fp32's
-    if (torch.is_grad_enabled() and not torch.is_autocast_enabled(keys.device.type) and not torch.jit.is_tracing()
+    w . tanh(key + query) + b. Under autograd (training, in either precision) by ``AdditiveScores``; plain ops
+    otherwise (search, export)."""
+    # under bf16 autocast too: its float32 tanh beats autograd's bf16 ops (batch 32 x 14 words x 49 cells x 256 on 2
+    # cores, forward and backward: 12.7 vs 23.5 ms)
+    if (torch.is_grad_enabled() and not torch.jit.is_tracing()
             and not torch.onnx.is_in_onnx_export()):
         return AdditiveScores.apply(keys, query, score.weight, score.bias)
     return score(torch.tanh(keys.unsqueeze(1) + query.unsqueeze(2))).squeeze(-1)

@@ -1,5 +1,5 @@
 """Training callbacks: early stopping and the best checkpoint on val CIDEr, the per-epoch CSV, atomic checkpoints,
-progress lines within an epoch."""
+bfloat16 steps that clip a fused optimizer's gradients, progress lines within an epoch."""
 from __future__ import annotations
 
 import csv
@@ -12,6 +12,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 
 from captioner.io import atomic_write, read_csv
 from captioner.progress import ProgressLines
@@ -98,6 +99,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         save = super().save_checkpoint
         atomic_write(path, lambda tmp: save(checkpoint, tmp, storage_options))
+
+
+class BFloat16Mixed(MixedPrecision):
+    """Lightning's "bf16-mixed" that clips the gradients of a fused optimizer (``torch.optim.Adam(fused=True)``):
+    Lightning refuses the pair because a float16 loss scaler would leave them scaled, but bfloat16 has no scaler."""
+
+    def __init__(self, device: str) -> None:
+        super().__init__("bf16-mixed", device)
+
+    def clip_gradients(self, optimizer: torch.optim.Optimizer, clip_val: float = 0.0, *args: Any) -> None:
+        Precision.clip_gradients(self, optimizer, clip_val, *args)
 
 
 class EpochProgressLines(Callback):

@@ -34,6 +34,7 @@ from captioner.precision import resolve, summary
 from captioner.training.callbacks import (
     AtomicCheckpointIO,
     BestCheckpoint,
+    BFloat16Mixed,
     EpochCSV,
     EpochProgressLines,
     EvalEarlyStopping,
@@ -211,11 +212,13 @@ def _train(cfg: TrainConfig, model_kwargs: dict[str, Any], defaults: dict[str, A
         callbacks.append(EpochProgressLines())
     trainer = L.Trainer(max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=cfg.devices,
                         num_nodes=cfg.num_nodes, strategy="ddp" if cfg.devices * cfg.num_nodes > 1 else "auto",
-                        precision="bf16-mixed" if steps == "bf16" else "32-true", gradient_clip_val=cfg.clip,
+                        gradient_clip_val=cfg.clip,
                         callbacks=callbacks, logger=TensorBoardLogger(out, name="tb", version=""),
                         use_distributed_sampler=False, num_sanity_val_steps=0,
                         enable_progress_bar=bars(cfg), enable_model_summary=False,
-                        log_every_n_steps=1, reload_dataloaders_every_n_epochs=1, plugins=[AtomicCheckpointIO()])
+                        log_every_n_steps=1, reload_dataloaders_every_n_epochs=1,
+                        plugins=[AtomicCheckpointIO()] + ([BFloat16Mixed("cuda" if cuda else "cpu")] if steps == "bf16"
+                                                          else []))
     try:
         trainer.fit(module, datamodule=data, ckpt_path=last if cfg.resume else None)
     except SIGTERMException:  # Lightning ends fit with exit status 0: say what is left and fail
