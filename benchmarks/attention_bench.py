@@ -1,7 +1,7 @@
 """Cross-entropy training steps (forward, backward, clipping, Adam) of Show-Tell, the soft-attention decoder with
 each score function and the other grid families, fp32 and bf16 autocast, interleaved in one process: their time
-ratios to Show-Tell. The additive score runs both ways: models/grid.AdditiveScores (fp32 training's) and autograd's
-plain ops (what it replaced, and what bf16 training keeps)."""
+ratios to Show-Tell. The additive score runs both ways: models/grid.AdditiveScores (training's, in both precisions)
+and autograd's plain ops (what it replaced)."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -10,7 +10,7 @@ from dataclasses import asdict
 import torch
 from torch import nn
 
-from benchmarks.common import row, say, timed_together
+from benchmarks.common import optimizer_of, row, say, timed_together
 
 SECTION = "attention"
 # a Flickr8k training batch of the recipe: 7x7 cells of 1280 (Lite2), ~14 tokens, 2,474 words, batch 32
@@ -64,8 +64,7 @@ def _trained(family: str, score: str, s: dict) -> tuple[torch.nn.Module, torch.o
     train = asdict(TrainConfig(data="-", **settings["train"]))
     vocab = ["<pad>", "<start>", "<end>", "<unk>"] + [f"w{i}" for i in range(s["vocab"] - 4)]
     module = CaptionModule(model, vocab, train).train()
-    params = [p for p in module.parameters() if p.requires_grad]
-    return module, torch.optim.Adam(params, lr=1e-4)
+    return module, optimizer_of(module)
 
 
 def _stepper(module, optimizer: torch.optim.Optimizer, batch: tuple, precision: str, steps: int, autocast,

@@ -26,6 +26,12 @@ def sync(dev: torch.device | str) -> None:
         torch.cuda.synchronize()
 
 
+def optimizer_of(module) -> torch.optim.Optimizer:
+    """The optimizer CaptionModule trains with (its ``configure_optimizers``, without the schedule)."""
+    configured = module.configure_optimizers()
+    return configured["optimizer"] if isinstance(configured, dict) else configured
+
+
 def train_step(module, optimizer: torch.optim.Optimizer, batch: tuple, bf16: bool = False) -> None:
     """CaptionModule's cross-entropy step on ``batch``: loss (bf16 autocast on CUDA if asked), backward, gradient
     clipping, Adam."""

@@ -10,7 +10,7 @@ from functools import partial
 
 import torch
 
-from benchmarks.common import device, row, say, timed, train_step
+from benchmarks.common import device, optimizer_of, row, say, timed, train_step
 
 SECTION = "gpu"
 COCO_CAPTIONS = 616_435  # train2014 + val2014
@@ -45,7 +45,7 @@ def run(quick: bool) -> list[dict]:
         module = CaptionModule(asdict(ModelConfig(vocab_size=len(itos), decoder=family, backbone="resnet50",
                                                   image_size=224, encoder_weights="none")),
                                itos, asdict(TrainConfig(data=".", batch_size=s["batch"]))).to(dev).train()
-        optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=module.cfg.lr)
+        optimizer = optimizer_of(module)
         for length in LENGTHS:
             captions = torch.randint(len(SPECIALS), len(itos), (s["batch"], length), device=dev)
             captions[:, 0], captions[:, -1] = SPECIALS.index("<start>"), SPECIALS.index("<end>")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import row, say, shared_file, timed_together
+from benchmarks.common import optimizer_of, row, say, shared_file, timed_together
 
 SECTION = "precision"
 FULL = dict(backbone="efficientnet_lite2", size=260, batch=32, photos=200, repeat=5, steps=10)
@@ -105,7 +105,7 @@ def step_rows(s: dict, autocast, setup: str) -> list[dict]:
         train = asdict(TrainConfig(data="-", **{k: v for k, v in settings["train"].items()}))
         module = CaptionModule(model, vocab, train).train()
         params = [p for p in module.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=1e-4)
+        optimizer = optimizer_of(module)
         for precision in ("fp32", "bf16"):
             def step(module=module, params=params, optimizer=optimizer, precision=precision) -> None:
                 for _ in range(s["steps"]):

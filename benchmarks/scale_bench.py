@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import row, say, shared_file, timed, train_step
+from benchmarks.common import optimizer_of, row, say, shared_file, timed, train_step
 from benchmarks.vocab_bench import FILE
 
 SECTION = "scale"
@@ -135,7 +135,7 @@ def probe_family(family: str, seed: int, data, vocab, cfg: dict) -> dict:
     module = CaptionModule(asdict(ModelConfig(vocab_size=len(vocab), decoder=family, backbone="resnet50",
                                              image_size=224, encoder_weights="none")),
                            vocab.itos, asdict(TrainConfig(data=".", batch_size=cfg["batch"]))).train()
-    optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=module.cfg.lr)
+    optimizer = optimizer_of(module)
     sampler = LengthBucketSampler(data.captions.lengths, cfg["batch"], seed=seed)
     evict(Path(cfg["grid"]))  # cold reads, as in a first epoch
     step = partial(train_step, module, optimizer)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from benchmarks.common import device, row, say, sync, timed
+from benchmarks.common import device, optimizer_of, row, say, sync, timed
 
 SECTION = "train"
 FULL = dict(images=1000, backbone="resnet50", size=128, grid=4, batch=128, timed_batches=4, scst_images=64)
@@ -44,15 +44,14 @@ def run(quick: bool) -> list[dict]:
         def stepper(decoder: str = "show-tell", **cfg):
             module = CaptionModule(asdict(model_cfg) | {"decoder": decoder}, vocab.itos,
                                    asdict(train_cfg) | cfg).to(dev).train()
-            params = [p for p in module.parameters() if p.requires_grad]
-            optimizer = torch.optim.Adam(params, lr=train_cfg.lr)
+            optimizer = optimizer_of(module)
 
             def step(batch) -> None:
                 batch = [t.to(dev, non_blocking=True) for t in batch]
                 loss = module._self_critical(batch) if module.cfg.scst else module._loss(batch)[1]
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, train_cfg.clip)
+                torch.nn.utils.clip_grad_norm_(module.parameters(), train_cfg.clip)
                 optimizer.step()
             return module, step
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from captioner.data.batching import LengthBucketSampler, pad_collate
-from captioner.data.captions import CachedCaptions, CaptionIds, ImageCaptions
+from captioner.data.captions import CachedCaptions, CaptionIds, ImageCaptions, float_tensor
 from captioner.data.datasets import ImageRecord
 from captioner.data.vocab import END, PAD, START, Vocabulary
 
@@ -191,3 +191,15 @@ def test_truncated_jpeg_is_skipped_and_named_once_while_batches_go_on(records: l
             assert sorted(int(n) for _, _, lengths in kept for n in lengths) == [6, 7, 10]  # the readable ones
     assert sum("cut.jpg" in str(w.message) for w in caught) == 1
     assert data.unreadable == {cut}
+
+
+def test_float_tensor_is_numpys_float32_of_any_cache_array(tmp_path, recwarn) -> None:
+    """Every float16 (subnormals, infinities, NaN included), from a read-only memmap view or a copy, converts exactly
+    as numpy does, without torch's warning about a non-writable array."""
+    values = np.arange(2**16, dtype=np.uint16).view(np.float16).reshape(256, 16, 16)
+    np.save(tmp_path / "f.npy", values)
+    cache = np.load(tmp_path / "f.npy", mmap_mode="r")
+    for array in (cache[:7, 0], cache[[3, 1, 200]], values):
+        got, want = float_tensor(array), np.asarray(array, dtype=np.float32)
+        assert got.dtype == torch.float32 and np.array_equal(got.numpy(), want, equal_nan=True)
+    assert not [w for w in recwarn if "not writable" in str(w.message)]

@@ -255,6 +255,36 @@ def test_with_ema_the_average_is_validated_and_saved(tiny_synth, tmp_path, monke
     assert not torch.allclose(last["current_model_state"]["model.decoder.out.weight"], saved)
 
 
+def test_the_moving_average_is_the_plain_ema_and_leaves_the_frozen_trunk_alone(monkeypatch) -> None:
+    """The average of every trained tensor (decoder weights and its BatchNorm statistics) is torch's EMA of it; the
+    frozen trunk's tensors are copied once and never averaged again (they never change)."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from captioner.training.callbacks import moving_average
+
+    vocab = Vocabulary.build(["a cat on a mat"], threshold=1)
+    module = CaptionModule(asdict(ModelConfig(vocab_size=len(vocab), **TINY)), vocab.itos, asdict(tiny_run(data="-")))
+    ours = AveragedModel(module, multi_avg_fn=moving_average(module, 0.9)._kwargs["multi_avg_fn"], use_buffers=True)
+    plain = AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    trunk = {module.state_dict(keep_vars=True)[k].data_ptr() for k in module._frozen_trunk()}
+    lerped, lerp = [], torch._foreach_lerp_
+    monkeypatch.setattr(torch, "_foreach_lerp_", lambda a, b, w: lerped.extend(b) or lerp(a, b, w))
+    g, averaged = torch.Generator().manual_seed(0), 0
+    for _ in range(3):
+        with torch.no_grad():
+            for p in module.model.decoder.parameters():
+                p.add_(torch.randn(p.shape, generator=g))
+            module.model.decoder.standardize.running_mean.add_(1.0)
+        lerped.clear()
+        ours.update_parameters(module)
+        assert trunk and not {t.data_ptr() for t in lerped} & trunk
+        averaged += len(lerped)
+        plain.update_parameters(module)
+    assert averaged  # the first update copies; the next two average
+    for (name, a), b in zip(ours.module.state_dict().items(), plain.module.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
 def test_resume_with_ema_gives_the_same_model_as_one_run_from_checkpoints_without_the_trunk(tiny_synth,
                                                                                               tmp_path) -> None:
     cfg = dict(data=str(tiny_synth), batch_size=8, threshold=1, scheduler="none", eval_every=2, val_images=8,

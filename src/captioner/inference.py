@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from captioner.data import rgb
+from captioner.data.captions import float_tensor
 from captioner.data.datasets import ImageRecord
 from captioner.data.images import eval_transform, to_rgb
 from captioner.data.vocab import Vocabulary
@@ -146,7 +147,7 @@ def caption_features(model: Captioner, features: np.ndarray, rows: np.ndarray | 
     device = next(model.parameters()).device
     captions: list[Caption] = []
     for start in tqdm(range(0, len(rows), batch_size), desc=f"decoding (beam {search.beam})", disable=not progress):
-        x = torch.from_numpy(np.asarray(features[rows[start:start + batch_size]], dtype=np.float32)).to(device)
+        x = float_tensor(features[rows[start:start + batch_size]]).to(device)
         captions += [row[0] for row in model.generate(x, search)]
     return captions
 

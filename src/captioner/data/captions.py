@@ -87,6 +87,12 @@ def gather_views(features: np.ndarray, rows: Sequence[int], views: Sequence[int]
     return out
 
 
+def float_tensor(array: np.ndarray) -> torch.Tensor:
+    """A float32 tensor of a (float16 cache) array. Torch converts ~10x faster than numpy: numpy's conversion of a
+    batch of 32 x 49 x 1280 took 6 ms of a ~60 ms training step."""
+    return torch.from_numpy(array if array.flags.writeable else np.array(array)).float()
+
+
 class CachedCaptions(Dataset):
     """(pooled feature, caption ids) pairs from a feature cache; each epoch draws one cached view per caption.
 
@@ -109,7 +115,7 @@ class CachedCaptions(Dataset):
     def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rows = [self.captions.image[i] for i in indices]
         views = self.view[list(indices)].tolist()
-        feats = torch.from_numpy(np.asarray(gather_views(self.features, rows, views), dtype=np.float32))
+        feats = float_tensor(gather_views(self.features, rows, views))
         ids = [(self.captions.mirrored if v % 2 else self.captions.plain)[i]
                for i, v in zip(indices, views, strict=True)]
         return feats, *pad(ids)
@@ -162,7 +168,7 @@ class CachedImages(Dataset):
 
     def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         rows = self.rows[list(indices)]
-        return torch.from_numpy(np.asarray(self.features[rows, 0], dtype=np.float32)), torch.from_numpy(rows)
+        return float_tensor(self.features[rows, 0]), torch.from_numpy(rows)
 
     def __getitem__(self, index: int):
         return self.__getitems__([index])

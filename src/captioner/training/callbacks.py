@@ -1,5 +1,6 @@
 """Training callbacks: early stopping and the best checkpoint on val CIDEr, the per-epoch CSV, atomic checkpoints,
-bfloat16 steps that clip a fused optimizer's gradients, progress lines within an epoch."""
+bfloat16 steps that clip a fused optimizer's gradients, the weights' moving average, progress lines within an
+epoch."""
 from __future__ import annotations
 
 import csv
@@ -10,9 +11,10 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, WeightAveraging
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from captioner.io import atomic_write, read_csv
 from captioner.progress import ProgressLines
@@ -110,6 +112,23 @@ class BFloat16Mixed(MixedPrecision):
 
     def clip_gradients(self, optimizer: torch.optim.Optimizer, clip_val: float = 0.0, *args: Any) -> None:
         Precision.clip_gradients(self, optimizer, clip_val, *args)
+
+
+def moving_average(module: L.LightningModule, decay: float) -> WeightAveraging:
+    """Lightning's weight averaging with an exponential moving average of the tensors training changes: the frozen
+    trunk's (``module._frozen_trunk()``) keep the copy made at the first step, as they never change; averaging them
+    too took ~60% of the average's time (Lite2's 6M weights beside the decoder's 4M)."""
+    ema, frozen = get_ema_multi_avg_fn(decay), []
+
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
+        if not frozen:  # here, not before: the model is on its device by the first step
+            state = module.state_dict(keep_vars=True)
+            frozen.append({state[k].data_ptr() for k in module._frozen_trunk()})
+        keep = [i for i, t in enumerate(current) if t.data_ptr() not in frozen[0]]
+        if keep:
+            ema([averaged[i] for i in keep], [current[i] for i in keep], n)
+
+    return WeightAveraging(multi_avg_fn=update)
 
 
 class EpochProgressLines(Callback):

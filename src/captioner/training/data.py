@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from captioner.data.batching import LengthBucketSampler, pad_collate
-from captioner.data.captions import CachedCaptions, CachedImages, CaptionIds, ImageCaptions
+from captioner.data.captions import CachedCaptions, CachedImages, CaptionIds, ImageCaptions, float_tensor
 from captioner.data.datasets import ImageRecord
 from captioner.data.vocab import Vocabulary
 from captioner.features import ImageViews, encode_images
@@ -60,7 +60,7 @@ class CaptionData(L.LightningDataModule):
         val_feats, val_ok = self._features(self.val_records, 1)
         self.val_set = CachedCaptions(val_feats, CaptionIds(self.val_records, self.vocab, val_ok), random_view=False)
         n = len(self.eval_records)
-        self.eval_inputs = torch.from_numpy(np.asarray(val_feats[:n, 0], dtype=np.float32))[val_ok[:n]]
+        self.eval_inputs = float_tensor(val_feats[:n, 0])[val_ok[:n]]
         self.eval_records = [r for r, good in zip(self.eval_records, val_ok[:n], strict=True) if good]
 
     def _train_ids(self, ok: np.ndarray | None = None) -> CaptionIds:

@@ -17,10 +17,9 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar, WeightAveraging
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from captioner.data.datasets import ImageRecord, SkipReport, describe, has_splits, open_split
 from captioner.data.tokenizers import choose_tokenizer
@@ -38,6 +37,7 @@ from captioner.training.callbacks import (
     EpochCSV,
     EpochProgressLines,
     EvalEarlyStopping,
+    moving_average,
 )
 from captioner.training.config import NOT_COMPARED, SAFE_ON_RESUME, TrainConfig, bars
 from captioner.training.data import CaptionData
@@ -205,7 +205,7 @@ def _train(cfg: TrainConfig, model_kwargs: dict[str, Any], defaults: dict[str, A
     if cfg.early_stop:
         callbacks.append(EvalEarlyStopping(cfg.early_stop, cfg.eval_every, forget))
     if cfg.ema:  # validated, checkpointed and exported: the exponential moving average of the weights
-        callbacks.append(WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(cfg.ema)))
+        callbacks.append(moving_average(module, cfg.ema))
     if bars(cfg):  # tqdm: Lightning's default rich bar redraws from a thread and cost ~30% of an epoch on 2 cores
         callbacks.append(TQDMProgressBar())
     elif cfg.progress:  # a log file: a line every 30 s within an epoch, besides each epoch's line
