@@ -20,7 +20,7 @@ import torch
 from captioner import load
 from captioner.data.captions import CachedCaptions
 from captioner.data.images import eval_transform, load_rgb
-from captioner.data.vocab import Vocabulary
+from captioner.data.vocab import START, Vocabulary
 from captioner.io import read_csv
 from captioner.models.backbones import build_trunk
 from captioner.models.captioner import CaptionModel, ModelConfig, save_artifact
@@ -409,3 +409,26 @@ def test_fine_tuning_validates_on_the_eval_transform(tiny_synth) -> None:
     expected = eval_transform(64, spec.mean, spec.std)(load_rgb(val_records[0].path))
     assert all(torch.equal(data.val_set[0][0], expected) for _ in range(3))
 
+
+
+def test_validation_decodes_each_epochs_weights_not_a_stale_copy(tiny_synth, tmp_path, monkeypatch) -> None:
+    """Decoding keeps copies of the decoder's weights laid out for speed until a version counter says they changed;
+    fused Adam and the moving average's swap write the weights without moving any: validation must still decode the
+    weights of its epoch (a stale copy had val CIDEr fall from the first epoch on Flickr8k, and the demo serve it)."""
+    gaps: list[float] = []
+    score = train_module.generation_scores
+
+    def spy(model, *args, **kwargs):
+        decoder, features = model.decoder, torch.randn(3, 4, model.encoder.feature_size)
+        tokens = torch.full((3,), START)
+        with torch.no_grad():
+            cached = decoder.step(tokens, decoder.start(features))[0]  # the laid-out copies
+        with torch.enable_grad():
+            live = decoder.step(tokens, decoder.start(features))[0].detach()  # the parameters themselves
+        gaps.append(float((cached - live).abs().max()))
+        return score(model, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "generation_scores", spy)
+    train(tiny_run(data=str(tiny_synth), out=str(tmp_path / "run"), epochs=3, batch_size=8, threshold=1,
+                   eval_every=1, val_images=8, ema=0.9, cache_dir=str(tmp_path / "cache"), progress=False), TINY)
+    assert len(gaps) == 3 and max(gaps) < 1e-4, gaps

@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from torch.autograd.graph import increment_version
 
 from captioner.data.datasets import ImageRecord
 from captioner.data.vocab import END, PAD, START, UNK, Vocabulary
@@ -140,6 +141,15 @@ class CaptionModule(L.LightningModule):
         self.log("val_loss", self._loss(batch)[0], on_epoch=True, prog_bar=True, sync_dist=True,
                  batch_size=batch[1].size(0))
 
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        self._weights_changed()  # fused Adam writes the weights without bumping their version counters
+
+    def _weights_changed(self) -> None:
+        """Bump the trained weights' version counters: copies of them laid out for decoding (decoder.Affines, a
+        fine-tuned trunk's folded copy) are remade when a counter moves, and these writes move none."""
+        increment_version([p for p in self.parameters() if p.requires_grad])
+
     def on_validation_epoch_start(self) -> None:
         """Every ``eval_every`` epochs, greedy captions of the eval images scored (BLEU-4, CIDEr): at the start, so
         with ``--ema`` they score the averaged weights, which the callback swaps in before and out before the end."""
@@ -148,6 +158,7 @@ class CaptionModule(L.LightningModule):
         data = self.trainer.datamodule  # train_data.CaptionData
         if not getattr(data, "eval_records", None):
             return
+        self._weights_changed()  # the moving average's weights came in through .data: no version counter saw them
         scores = generation_scores(self.model, self.vocab, data.eval_inputs, data.eval_records,
                                    self.trainer.global_rank, self.trainer.world_size)
         self.log("val_bleu4", scores["Bleu_4"], prog_bar=False)  # the same value on every rank (broadcast)
