@@ -83,3 +83,12 @@ def test_the_encoder_refolds_when_a_frozen_weight_changes() -> None:
         second = encoder(x)
     assert not torch.allclose(second, first, rtol=1e-3)
     assert torch.allclose(second, plain(), rtol=1e-3, atol=1e-4 * float(second.abs().max()))
+
+
+def test_an_encoder_on_the_meta_device_runs_unfolded() -> None:
+    """FLOPs are counted on the meta device (benchmarks/scale_bench.py): no data to fold or check, so the trunk runs
+    as it is (folding there raised: meta has no autocast)."""
+    encoder = Encoder("resnet18", "none", grid=2).to("meta").eval()
+    with torch.inference_mode():
+        assert encoder(torch.randn(1, 3, 64, 64, device="meta")).shape == (1, 4, 512)
+    assert "_fold" not in encoder.__dict__

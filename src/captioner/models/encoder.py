@@ -38,8 +38,9 @@ class Encoder(nn.Module):
 
     def _folded(self, images: torch.Tensor) -> nn.Module:
         """The trunk with its BatchNorms folded (fold.py), made on first use and again when a weight changes; the
-        trunk itself when tracing for export, whose graphs keep the model's own layers."""
-        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        trunk itself when tracing for export, whose graphs keep the model's own layers, and on the meta device
+        (FLOPs counted without data)."""
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or images.is_meta:
             return self.backbone
         key = tuple((t.data_ptr(), 0 if t.is_inference() else t._version)  # inference tensors keep no version
                     for t in [*self.backbone.parameters(), *self.backbone.buffers()])

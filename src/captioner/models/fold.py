@@ -4,6 +4,7 @@ float32, 1.45x under bf16 autocast; same features within float32 rounding)."""
 from __future__ import annotations
 
 import copy
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 from torch import nn
@@ -28,7 +29,7 @@ def fold_batch_norms(trunk: nn.Module, example: torch.Tensor) -> nn.Module:
         parent, _, child = bn_name.rpartition(".")
         after = [m for m in (getattr(bn, "drop", None), getattr(bn, "act", None)) if m is not None]
         setattr(modules[parent] if parent else folded, child, nn.Sequential(*after) if after else nn.Identity())
-    with torch.inference_mode(), torch.autocast(example.device.type, enabled=False):
+    with torch.inference_mode(), _float32(example):
         want, got = trunk(example.float()), folded(example.float())
     return folded if torch.allclose(got, want, rtol=1e-3, atol=1e-4 * float(want.abs().max())) else trunk
 
@@ -50,10 +51,16 @@ def _conv_bn_pairs(trunk: nn.Module, example: torch.Tensor) -> list[tuple[str, s
     handles = [m.register_forward_hook(conv_hook) for m in names if isinstance(m, nn.Conv2d)]
     handles += [m.register_forward_pre_hook(bn_hook) for m in names if isinstance(m, nn.BatchNorm2d)]
     try:
-        with torch.inference_mode(), torch.autocast(example.device.type, enabled=False):
+        with torch.inference_mode(), _float32(example):
             trunk(example.float())
     finally:
         for handle in handles:
             handle.remove()
     return pairs
 
+
+
+def _float32(example: torch.Tensor) -> AbstractContextManager:
+    """Autocast off on ``example``'s device, where that device has autocast."""
+    device = example.device.type
+    return torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) else nullcontext()
