@@ -1,6 +1,6 @@
 """A frozen trunk for inference with each BatchNorm folded into the convolution before it: one pass over the
-activations fewer per layer, and one rounding fewer under bfloat16 (Lite2 at 260 px on 2 cores: 1.3x faster in
-float32, 1.45x under bf16 autocast; same features within float32 rounding)."""
+activations fewer per layer, and one rounding fewer under bfloat16 (Lite2 at 260 px on 2 cores: 1.4x faster in
+either precision, `python -m benchmarks --only precision`; the same features within float32 rounding)."""
 from __future__ import annotations
 
 import copy
