@@ -51,7 +51,8 @@ class Affine:
 class Affines:
     """A step's affine maps, from ``build`` as (weight, bias) pairs: under autograd (or tracing) on the live
     parameters; otherwise built once, laid out for speed on CPU (in int8 when ``int8`` is set), and cached until a
-    parameter changes (an in-place update bumps its ``_version``, ``to()`` makes new tensors)."""
+    parameter changes (an in-place update bumps its ``_version``, ``to()`` makes new tensors; a write that bypasses
+    the counter, as fused Adam's does, must bump it with ``increment_version``: CaptionModule.optimizer_step)."""
 
     def __init__(self, build: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]) -> None:
         self.build, self.key, self.cache, self.int8 = build, None, (), False

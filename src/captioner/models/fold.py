@@ -45,7 +45,7 @@ def _conv_bn_pairs(trunk: nn.Module, example: torch.Tensor) -> list[tuple[str, s
         last["conv"], last["output"] = names[module], output
 
     def bn_hook(module: nn.Module, inputs: tuple) -> None:
-        if (last.get("output") is inputs[0] and not module.training and module.running_mean is not None):
+        if last.get("output") is inputs[0] and not module.training and module.running_mean is not None:
             pairs.append((last["conv"], names[module]))
 
     handles = [m.register_forward_hook(conv_hook) for m in names if isinstance(m, nn.Conv2d)]
@@ -57,7 +57,6 @@ def _conv_bn_pairs(trunk: nn.Module, example: torch.Tensor) -> list[tuple[str, s
         for handle in handles:
             handle.remove()
     return pairs
-
 
 
 def _float32(example: torch.Tensor) -> AbstractContextManager:

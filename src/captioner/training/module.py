@@ -23,8 +23,6 @@ from captioner.training.rewards import CiderD, padded
 from captioner.training.schedule import parse_schedule
 
 MAX_SKIPPED_IN_A_ROW = 10  # steps with a non-finite loss or gradient in a row before training stops: it will not heal
-
-
 FUSED_ADAM = ("cpu", "cuda")  # devices with PyTorch's fused Adam kernel
 
 
@@ -142,12 +140,11 @@ class CaptionModule(L.LightningModule):
                  batch_size=batch[1].size(0))
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimizer's step, then the trained weights' version counters bumped: copies of the weights laid out
+        for decoding (decoder.Affines, a fine-tuned trunk's folded copy) are remade when a counter moves, and fused
+        Adam moves none. (The moving average swaps its weights in through .data, unseen too, but only ever after a
+        step, whose bump already invalidated the copies.)"""
         super().optimizer_step(*args, **kwargs)
-        self._weights_changed()  # fused Adam writes the weights without bumping their version counters
-
-    def _weights_changed(self) -> None:
-        """Bump the trained weights' version counters: copies of them laid out for decoding (decoder.Affines, a
-        fine-tuned trunk's folded copy) are remade when a counter moves, and these writes move none."""
         increment_version([p for p in self.parameters() if p.requires_grad])
 
     def on_validation_epoch_start(self) -> None:
@@ -158,7 +155,6 @@ class CaptionModule(L.LightningModule):
         data = self.trainer.datamodule  # train_data.CaptionData
         if not getattr(data, "eval_records", None):
             return
-        self._weights_changed()  # the moving average's weights came in through .data: no version counter saw them
         scores = generation_scores(self.model, self.vocab, data.eval_inputs, data.eval_records,
                                    self.trainer.global_rank, self.trainer.world_size)
         self.log("val_bleu4", scores["Bleu_4"], prog_bar=False)  # the same value on every rank (broadcast)
